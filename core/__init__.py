@@ -1,0 +1,9 @@
+"""Fully distributed training of graph convolutional neural networks (GCNNs).
+
+Layout: :mod:`core.graph` (graphs, shift operators, consensus weights), :mod:`core.ops` (message
+passing in TensorFlow), :mod:`core.gcnn` (the GCNN and its forward pass, eqs. 9-10),
+:mod:`core.backprop` (local backpropagation, eqs. 11-14), :mod:`core.replicas` (per-node copies),
+:mod:`core.comm` (communication simulator and the schedules of Table I), :mod:`core.optimizers`
+(centralized and distributed optimizers, eqs. 15-17) and :mod:`core.executors` (one mini-batch of
+training, batched or literally round by round). ``core`` knows nothing of wireless, datasets or apps.
+"""

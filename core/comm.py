@@ -1,0 +1,232 @@
+"""Communication simulator: message-passing schedules (Section III-C, Fig. 1, Table I) and their counts.
+
+A *round* is one synchronous exchange in which every node broadcasts one message to all its one-hop
+neighbours. Several payloads may be bundled into one round's message (piggybacking): bundling adds
+their sizes but costs one round. Every neighbour exchange of the distributed code goes through a
+:class:`CommSimulator`, which computes the exchange and records each payload in the round that the
+:class:`Schedule` assigns to it, so the rounds and floats reported are counted from what was sent.
+
+Payloads (for an L-layer GCNN with widths g_0..g_L and B samples b = 0..B-1):
+
+- ``fwd`` (b, l): X^{l-1}(b), size g_{l-1}, for l = 1..L (eq. 10);
+- ``bwd`` (b, l): Theta1^{l} Q^{l}(b), size g_{l-1}, for l = L..2 (eq. 14);
+- ``grad`` (b or None, k): the k-th consensus round on local gradients (eq. 15), size |theta|;
+- ``param`` (piece p): the p-th piece of [d_i, theta^i (, u~^i)] that the eq. (17) optimizers
+  broadcast once per mini-batch, split over the LB forward rounds (d_i is the degree that S and W need).
+
+Schedules, rounds per mini-batch (Table I):
+
+============  ==========================================================  ====================
+name          what                                                        rounds
+============  ==========================================================  ====================
+forward       forward passes only (centralized training, inference)       LB
+naive         per sample: forward, backward, K gradient-consensus rounds  B(2L-1) + BK
+batch         forward and backward per sample, K consensus per batch      B(2L-1) + K
+piggyback     backward of sample b rides on the forward of b+1, then K    LB + L - 1 + K
+dopt          as piggyback; theta (and u~) pieces ride on forward rounds  LB + L - 1
+============  ==========================================================  ====================
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from core.gcnn import Exchange
+from core.ops import Operator, apply_operator
+
+SCHEDULES = ("forward", "naive", "batch", "piggyback", "dopt")
+
+
+class ScheduleError(RuntimeError):
+    """A payload was sent that the schedule has no place for, twice, or out of its round."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One payload: ``kind`` in fwd/bwd/grad/param, the sample it belongs to (or None) and its index
+    (layer l for fwd/bwd, consensus round k = 1..K for grad, piece number for param)."""
+
+    kind: str
+    sample: int | None
+    index: int
+
+
+class Schedule:
+    """When each payload of a mini-batch is sent: the timeline of Section III-C and Fig. 1.
+
+    Args:
+        name: one of :data:`SCHEDULES`.
+        num_layers: L.
+        batch_size: B.
+        consensus_rounds: K (used by ``naive``, ``batch`` and ``piggyback``).
+        param_size: size of the per-node vector that ``dopt`` mixes once per mini-batch
+            (|theta|, or 2|theta| for D-AMSGrad); the degree d_i is added to it.
+    """
+
+    def __init__(self, name: str, num_layers: int, batch_size: int, consensus_rounds: int = 1,
+                 param_size: int = 0):
+        if name not in SCHEDULES:
+            raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+        if num_layers < 1 or batch_size < 1:
+            raise ValueError(f"need L >= 1 and B >= 1, got L={num_layers}, B={batch_size}")
+        if consensus_rounds < 1 and name in ("naive", "batch", "piggyback"):
+            raise ValueError(f"need K >= 1 consensus rounds, got {consensus_rounds}")
+        self.name, self.L, self.B, self.K = name, int(num_layers), int(batch_size), int(consensus_rounds)
+        self.param_size = int(param_size)
+        # the degree d_i plus the parameter payload, split as evenly as possible over the LB rounds
+        self._pieces = np.array_split(np.arange(self.param_size + 1), self.L * self.B) if name == "dopt" else []
+
+    @property
+    def num_rounds(self) -> int:
+        L, B, K = self.L, self.B, self.K
+        return {"forward": L * B, "naive": B * (2 * L - 1 + K), "batch": B * (2 * L - 1) + K,
+                "piggyback": L * B + L - 1 + K, "dopt": L * B + L - 1}[self.name]
+
+    @property
+    def counts_backward(self) -> bool:
+        """Whether backward messages are exchanged (not for centralized training)."""
+        return self.name != "forward"
+
+    def param_pieces(self) -> list[tuple[int, int, int]]:
+        """(piece p, start, stop) slices of [d_i, payload]; piece p rides on forward round p."""
+        return [(p, int(ix[0]), int(ix[-1]) + 1) for p, ix in enumerate(self._pieces) if len(ix)]
+
+    def round_of(self, msg: Message) -> int:
+        """The round (0-based, within the mini-batch) in which ``msg`` is sent."""
+        L, B, K, b, i = self.L, self.B, self.K, msg.sample, msg.index
+        per_sample = {"naive": 2 * L - 1 + K, "batch": 2 * L - 1}.get(self.name, L)
+        if msg.kind == "fwd" and 1 <= i <= L and b is not None and 0 <= b < B:
+            return b * per_sample + i - 1
+        if msg.kind == "bwd" and 2 <= i <= L and b is not None and 0 <= b < B and self.counts_backward:
+            r = L - i  # 0-based backward round of this sample: layer L first
+            if self.name in ("naive", "batch"):
+                return b * per_sample + L + r
+            return (b + 1) * L + r  # piggybacked on the forward round r+1 of sample b+1 (Fig. 1)
+        if msg.kind == "grad" and 1 <= i <= K:
+            if self.name == "naive" and b is not None and 0 <= b < B:
+                return b * per_sample + 2 * L - 1 + i - 1
+            if self.name == "batch" and b is None:
+                return B * (2 * L - 1) + i - 1
+            if self.name == "piggyback" and b is None:
+                return L * B + L - 1 + i - 1
+        if msg.kind == "param" and self.name == "dopt" and b is None and 0 <= i < len(self.param_pieces()):
+            return i
+        raise ScheduleError(f"schedule {self.name!r} (L={L}, B={B}, K={K}) has no round for {msg}")
+
+    def messages(self) -> list[Message]:
+        """Every payload of one mini-batch."""
+        L, B, K = self.L, self.B, self.K
+        msgs = [Message("fwd", b, l) for b in range(B) for l in range(1, L + 1)]
+        if self.counts_backward:
+            msgs += [Message("bwd", b, l) for b in range(B) for l in range(L, 1, -1)]
+        if self.name == "naive":
+            msgs += [Message("grad", b, k) for b in range(B) for k in range(1, K + 1)]
+        elif self.name in ("batch", "piggyback"):
+            msgs += [Message("grad", None, k) for k in range(1, K + 1)]
+        elif self.name == "dopt":
+            msgs += [Message("param", None, p) for p, _, _ in self.param_pieces()]
+        return msgs
+
+    def timeline(self) -> list[list[Message]]:
+        """The payloads of each round, in time order (what the protocol executor runs)."""
+        rounds = [[] for _ in range(self.num_rounds)]
+        for m in self.messages():
+            rounds[self.round_of(m)].append(m)
+        return rounds
+
+
+@dataclass(frozen=True)
+class CommCost:
+    """Counts of one program of message passing (typically one mini-batch).
+
+    ``floats_per_node`` is what a node with at least one neighbour sends (a broadcast of m floats counts
+    m once, whatever the degree); isolated nodes send nothing.
+    """
+
+    rounds: int
+    floats_per_node: int
+    largest_message: int
+    active_fraction: float = 1.0
+
+    @property
+    def floats_mean(self) -> float:
+        return self.floats_per_node * self.active_fraction
+
+    @property
+    def floats_max(self) -> int:
+        return self.floats_per_node if self.active_fraction > 0 else 0
+
+
+class CommSimulator(Exchange):
+    """Performs and counts the neighbour exchanges of one mini-batch under a :class:`Schedule`.
+
+    ``propagate(op, x, message)`` computes ``op @ x`` and records the payload(s): ``message`` is
+    ``(kind, index)`` for an exchange that carries every sample of the batch at once (the batched
+    executor; one payload per sample is recorded for fwd/bwd, and for grad under ``naive``), or
+    ``(kind, index, sample)`` for a single payload. :meth:`exchange_round` sends a bundle of payloads
+    as one round (the protocol executor). Recording a payload twice, or one the schedule has no place
+    for, raises :class:`ScheduleError`; :meth:`cost` checks that every scheduled payload was sent.
+    """
+
+    def __init__(self, schedule: Schedule, degree=None):
+        self.schedule = schedule
+        self._active = 1.0 if degree is None else float(np.mean(np.asarray(degree) > 0))
+        self._sent: dict[Message, int] = {}
+        self._round_size: dict[int, int] = defaultdict(int)
+
+    def record(self, msg: Message, size: int) -> int:
+        if msg in self._sent:
+            raise ScheduleError(f"payload {msg} was sent twice")
+        r = self.schedule.round_of(msg)
+        self._sent[msg] = int(size)
+        self._round_size[r] += int(size)
+        return r
+
+    def propagate(self, op: Operator, x: tf.Tensor, message=None) -> tf.Tensor:
+        if message is None:
+            raise ScheduleError("every exchange of a counted program must name its payload")
+        kind, index, *sample = message
+        size = int(x.shape[-1])
+        if sample:
+            self.record(Message(kind, sample[0], index), size)
+        elif kind in ("fwd", "bwd") or (kind == "grad" and self.schedule.name == "naive"):
+            # Batched: the B per-sample payloads of this exchange. For per-sample gradient consensus
+            # (naive), one exchange of the batch-summed gradient stands for the B per-sample rounds:
+            # consensus is linear, so sum_b W^K x(b) = W^K sum_b x(b) (the protocol executor runs the
+            # per-sample rounds literally and a test checks both agree).
+            for b in range(self.schedule.B):
+                self.record(Message(kind, b, index), size)
+        elif kind == "param":
+            for p, start, stop in self.schedule.param_pieces():
+                self.record(Message("param", None, p), stop - start)
+            if size != self.schedule.param_size:
+                raise ScheduleError(f"param payload of size {size}, schedule expects {self.schedule.param_size}")
+        else:
+            self.record(Message(kind, None, index), size)
+        return apply_operator(op, x)
+
+    def exchange_round(self, round_index: int, items) -> list[tf.Tensor]:
+        """Send a bundle of ``(Message, op, payload)`` as the single round ``round_index``."""
+        out = []
+        for msg, op, payload in items:
+            r = self.record(msg, int(payload.shape[-1]))
+            if r != round_index:
+                raise ScheduleError(f"{msg} belongs to round {r}, sent in round {round_index}")
+            out.append(apply_operator(op, payload))
+        return out
+
+    def cost(self) -> CommCost:
+        missing = set(self.schedule.messages()) - set(self._sent)
+        if missing:
+            example = sorted(missing, key=str)[0]
+            raise ScheduleError(f"{len(missing)} scheduled payloads were never sent, e.g. {example}")
+        return CommCost(
+            rounds=len(self._round_size),
+            floats_per_node=int(sum(self._sent.values())),
+            largest_message=max(self._round_size.values(), default=0),
+            active_fraction=self._active,
+        )

@@ -1,0 +1,252 @@
+"""Executors: one mini-batch of (distributed) GCNN training, with every exchange counted.
+
+Both executors run the same program (Algorithm 1, lines 5-12): forward passes (eq. 10), local
+backpropagation (eqs. 11-14), the consensus rounds an optimizer needs (eq. 15 or 17) and the local
+update, with every neighbour exchange going through a :class:`core.comm.CommSimulator`.
+
+- :class:`BatchedExecutor` runs all B samples of a mini-batch at once (one gather + segment sum per
+  layer and direction). It is the fast path, traceable by ``tf.function`` / XLA.
+- :class:`ProtocolExecutor` runs the schedule literally, round by round, sample by sample, bundling
+  each round's payloads into one exchange. It is slow and is the ground truth for the counts: a
+  payload that the schedule sends before its inputs exist fails.
+
+A test proves that both give the same parameters and the same counts.
+
+Conventions: parameters are per-node flat vectors theta (|V|, |theta|) for distributed optimizers and
+one shared flat vector (|theta|,) for centralized ones (see :mod:`core.replicas` for flattening).
+Batches are sample-major as in the public API: x (B, |V|, g_0), y (B, |V|, g_L). The distributed
+loss of a sample is l = sum_i l_i (so node averages of local gradients equal the centralized gradient
+of the node-mean loss, DESIGN section 3); the reported loss is the node- and sample-mean of l_i.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from core import replicas
+from core.backprop import backward_message, input_gradient, layer_gradients, local_backprop
+from core.comm import CommCost, CommSimulator, Schedule, ScheduleError
+from core.gcnn import GCNN, NO_COUNT, ForwardCache, _node_major_factor, node_matmul
+from core.ops import Operator
+from core.optimizers import Optimizer
+
+
+def squared_error(y_hat: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """Per-node loss l_i = ||y_i - y_hat_i||^2 (eq. 6c), summed over output features."""
+    return tf.reduce_sum(tf.square(y - y_hat), axis=-1)
+
+
+def unflatten(gcnn: GCNN, theta: tf.Tensor) -> list[tf.Tensor]:
+    """The GCNN's parameter list from a flat (|theta|,) or (|V|, |theta|) vector."""
+    return replicas.unflatten(theta, gcnn.param_shapes())
+
+
+def flatten(params) -> tf.Tensor:
+    """Flat form of a GCNN parameter list (per-node when Theta0 has a node axis)."""
+    return replicas.flatten(params, per_node=params[0].shape.rank == 3)
+
+
+def node_major(x, y, self_factor=None):
+    """Sample-major batch (B, |V|, g) to the node-major layout of ``core`` (|V|, B, g)."""
+    if self_factor is not None and self_factor.shape.rank == 2:
+        self_factor = tf.transpose(self_factor)
+    return tf.transpose(x, [1, 0, 2]), tf.transpose(y, [1, 0, 2]), self_factor
+
+
+@dataclass
+class StepResult:
+    theta: tf.Tensor
+    state: tuple
+    loss: tf.Tensor
+    cost: CommCost
+
+
+class _Executor:
+    """What both executors share: the model, the loss and the gradient of the loss at the output."""
+
+    def __init__(self, gcnn: GCNN, loss: Callable = squared_error):
+        self.gcnn = gcnn
+        self.loss = loss
+
+    def schedule_for(self, optimizer: Optimizer, batch_size: int) -> Schedule:
+        return Schedule(optimizer.schedule, self.gcnn.num_layers, batch_size, optimizer.consensus_rounds,
+                        optimizer.payload_size(self.gcnn.num_params))
+
+    def output_gradient(self, y_hat: tf.Tensor, y: tf.Tensor):
+        """Z^L = d(sum_i l_i)/dX^L (eq. 11) and the node-mean loss, node-major (|V|, B, g_L)."""
+        with tf.GradientTape() as tape:
+            tape.watch(y_hat)
+            per_node = self.loss(y_hat, y)
+            total = tf.reduce_sum(per_node)
+        return tape.gradient(total, y_hat), tf.reduce_mean(per_node)
+
+    def centralized_gradient(self, theta, x, y, shift, self_factor, sim):
+        """Gradient of sum_b mean_i l_i(b) for shared parameters; counts the forward rounds only."""
+        x, y, self_factor = node_major(x, y, self_factor)
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            y_hat, _ = self.gcnn.forward(unflatten(self.gcnn, theta), x, shift, self_factor, exchange=sim)
+            per_node = self.loss(y_hat, y)
+            objective = tf.reduce_sum(tf.reduce_mean(per_node, axis=0))
+        return tape.gradient(objective, theta), tf.reduce_mean(per_node)
+
+
+class BatchedExecutor(_Executor):
+    """All B samples of a mini-batch at once; records the same payloads as the protocol executor."""
+
+    def local_gradients(self, theta, x, y, shift: Operator, self_factor=None, sim=None):
+        """Per-node local gradients (|V|, |theta|) summed over the batch (eq. 8c), and the loss."""
+        x, y, self_factor = node_major(x, y, self_factor)
+        params = unflatten(self.gcnn, theta)
+        sim = sim or CommSimulator(Schedule("piggyback", self.gcnn.num_layers, x.shape[1]))
+        y_hat, cache = self.gcnn.forward(params, x, shift, self_factor, exchange=sim)
+        z_out, loss = self.output_gradient(y_hat, y)
+        grads = local_backprop(self.gcnn, params, cache, z_out, shift, self_factor, exchange=sim)
+        return flatten(grads), loss
+
+    def train_step(self, theta, state, x, y, shift: Operator, mixing: Operator | None,
+                   optimizer: Optimizer, lr, self_factor=None) -> StepResult:
+        """One mini-batch: gradients, consensus per the optimizer's schedule, local update."""
+        sim = CommSimulator(self.schedule_for(optimizer, x.shape[0]))
+        if optimizer.centralized:
+            grad, loss = self.centralized_gradient(theta, x, y, shift, self_factor, sim)
+            mixed = None
+        else:
+            grad, loss = self.local_gradients(theta, x, y, shift, self_factor, sim)
+            mixed = None
+            if optimizer.consensus == "gradient":
+                mixed = grad
+                for k in range(1, optimizer.consensus_rounds + 1):
+                    mixed = sim.propagate(mixing, mixed, message=("grad", k))  # eq. (15)
+            elif optimizer.consensus == "parameter":
+                mixed = sim.propagate(mixing, optimizer.payload(theta, state), message=("param", 0))
+        theta, state = optimizer.step(theta, grad, mixed, state, lr)
+        return StepResult(theta, state, loss, sim.cost())
+
+
+class ProtocolExecutor(_Executor):
+    """Runs a mini-batch exactly as the network would: round by round, sample by sample (eager only)."""
+
+    def train_step(self, theta, state, x, y, shift: Operator, mixing: Operator | None,
+                   optimizer: Optimizer, lr, self_factor=None) -> StepResult:
+        schedule = self.schedule_for(optimizer, x.shape[0])
+        sim = CommSimulator(schedule)
+        if optimizer.centralized:
+            # The server computes the gradient; the network only runs the forward passes. Run them
+            # literally so their rounds are counted, then take the centralized gradient.
+            self._run(schedule, sim, unflatten(self.gcnn, tf.repeat(theta[None], shift.num_nodes, 0)), x, y,
+                      shift, self_factor, None, None, backward=False)
+            grad, loss = self.centralized_gradient(theta, x, y, shift, self_factor, NO_COUNT)
+            mixed = None
+        else:
+            payload = optimizer.payload(theta, state) if optimizer.consensus == "parameter" else None
+            grad, mixed, loss = self._run(schedule, sim, unflatten(self.gcnn, theta), x, y, shift, self_factor,
+                                          mixing, payload, backward=True)
+        theta, state = optimizer.step(theta, grad, mixed, state, lr)
+        return StepResult(theta, state, loss, sim.cost())
+
+    def _run(self, schedule: Schedule, sim: CommSimulator, params, x, y, shift, self_factor, mixing,
+             payload, backward: bool):
+        gcnn, L, B = self.gcnn, self.gcnn.num_layers, schedule.B
+        layers = gcnn.unpack(params)
+        num_nodes = shift.num_nodes
+
+        def sample_op(op: Operator, b: int) -> Operator:
+            return op._replace(values=op.values[b:b + 1]) if op.per_sample else op
+
+        def sample_factor(b: int):
+            if self_factor is None or self_factor.shape.rank == 1:
+                return self_factor
+            return tf.transpose(self_factor[b:b + 1])  # node-major (|V|, 1)
+
+        caches = [ForwardCache([], [], [], []) for _ in range(B)]
+        feats = [[tf.transpose(x[b:b + 1], [1, 0, 2])] for b in range(B)]  # X^0(b), X^1(b), ... node-major
+        q = [dict() for _ in range(B)]  # Q^l(b) once known
+        sample_grads = [[None] * L for _ in range(B)]  # per-layer local gradients of each sample
+        losses = []
+        consensus = {}  # (sample or None) -> current consensus iterate
+        mixed_payload = None
+        if payload is not None:
+            degree_column = tf.zeros([num_nodes, 1], payload.dtype)  # d_i rides in piece 0 (counted only)
+            full_payload = tf.concat([degree_column, payload], axis=-1)
+            mixed_payload = [None] * full_payload.shape[-1]
+
+        def gradient_of(b):
+            if any(g is None for g in sample_grads[b]):
+                raise ScheduleError(f"gradient of sample {b} used before its backward pass finished")
+            return flatten([g for layer in sample_grads[b] for g in layer])
+
+        def require(value, what):
+            if value is None:
+                raise ScheduleError(f"{what} is sent before it has been computed")
+            return value
+
+        for t, messages in enumerate(schedule.timeline()):
+            items = []
+            for m in messages:
+                b = m.sample
+                if m.kind == "fwd":
+                    x_in = feats[b][m.index - 1] if len(feats[b]) >= m.index else None
+                    items.append((m, sample_op(shift, b), require(x_in, f"X^{m.index - 1} of sample {b}")))
+                elif m.kind == "bwd":
+                    qb = require(q[b].get(m.index), f"Q^{m.index} of sample {b}")
+                    items.append((m, sample_op(shift, b).transposed(), backward_message(layers[m.index - 1], qb)))
+                elif m.kind == "grad":
+                    key = b
+                    if m.index == 1:
+                        consensus[key] = gradient_of(b) if b is not None else tf.add_n(
+                            [gradient_of(s) for s in range(B)])
+                    items.append((m, mixing, consensus[key]))
+                elif m.kind == "param":
+                    _, start, stop = schedule.param_pieces()[m.index]
+                    items.append((m, mixing, full_payload[:, start:stop]))
+            received = sim.exchange_round(t, items)
+            for (m, _, _), r in zip(items, received):
+                b = m.sample
+                if m.kind == "fwd":
+                    feats[b].append(self._forward_layer(m.index, layers[m.index - 1], caches[b], feats[b][-1], r,
+                                                        sample_factor(b)))
+                    if m.index == L:
+                        z, loss = self.output_gradient(caches[b].outputs[-1],
+                                                       tf.transpose(y[b:b + 1], [1, 0, 2]))
+                        losses.append(loss)
+                        if backward:
+                            q[b][L], sample_grads[b][L - 1] = layer_gradients(
+                                gcnn, L, layers[L - 1], caches[b], z, sample_factor(b))
+                elif m.kind == "bwd":
+                    l = m.index
+                    z = input_gradient(layers[l - 1], q[b][l], r, sample_factor(b))  # eq. (14)
+                    q[b][l - 1], sample_grads[b][l - 2] = layer_gradients(
+                        gcnn, l - 1, layers[l - 2], caches[b], z, sample_factor(b))
+                elif m.kind == "grad":
+                    consensus[b] = r
+                elif m.kind == "param":
+                    _, start, stop = schedule.param_pieces()[m.index]
+                    for k in range(start, stop):
+                        mixed_payload[k] = r[:, k - start]
+        loss = tf.reduce_mean(tf.stack(losses))
+        if not backward:
+            return None, None, loss
+        grad = tf.add_n([gradient_of(b) for b in range(B)])
+        if schedule.name == "naive":
+            mixed = tf.add_n([consensus[b] for b in range(B)])
+        elif schedule.name in ("batch", "piggyback"):
+            mixed = consensus[None]
+        else:
+            mixed = tf.stack(mixed_payload[1:], axis=-1)  # drop the degree column
+        return grad, mixed, loss
+
+    def _forward_layer(self, l, layer, cache: ForwardCache, x_in, agg, self_factor):
+        """Node-local computation of eq. (10) once the aggregate of round l has arrived; returns X^l."""
+        x_self = x_in if self_factor is None else x_in * _node_major_factor(self_factor)
+        h = node_matmul(x_self, layer.theta0) + node_matmul(agg, layer.theta1)
+        if layer.bias is not None:
+            h = h + layer.bias[:, None, :]
+        cache.inputs.append(x_in)
+        cache.aggregates.append(agg)
+        cache.preactivations.append(h)
+        cache.outputs.append(self.gcnn.activation(l)(h))
+        return cache.outputs[-1]

@@ -1,0 +1,210 @@
+"""Centralized and distributed optimizers (DESIGN section 3) on flat parameter vectors.
+
+Every optimizer works on parameters flattened to one vector: shape (|theta|,) for centralized
+training (one shared model), (|V|, |theta|) for distributed training (one row per node). An optimizer
+never talks to neighbours itself: it says what must be mixed and the executor performs the consensus
+rounds through the communication simulator, then hands the mixed values to :meth:`Optimizer.step`:
+
+- ``consensus = "none"`` (C-SGD, C-Adam): nothing is mixed;
+- ``consensus = "gradient"`` (D-naive, D-naive-PB): K rounds x <- W x on the local gradients (eq. 15),
+  ``mixed`` is W^K g;
+- ``consensus = "parameter"`` (D-SGD, D-Adam, D-AMSGrad, eq. 17): one round on :meth:`payload`
+  (theta, and u~ for D-AMSGrad), ``mixed`` is W times the payload.
+
+State is a tuple of tensors so that steps compile into ``tf.function`` / XLA programs.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+OPTIMIZERS = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad")
+
+
+class Optimizer:
+    """Base class. Subclasses set ``name``, ``consensus`` and ``schedule`` and implement ``step``."""
+
+    name = "optimizer"
+    consensus = "none"
+    schedule = "forward"  # the communication schedule of core.comm this optimizer runs under
+
+    def __init__(self, consensus_rounds: int = 1):
+        if int(consensus_rounds) != consensus_rounds or consensus_rounds < 1:
+            raise ValueError(f"consensus rounds K must be an integer >= 1, got {consensus_rounds!r}")
+        self.consensus_rounds = int(consensus_rounds)
+
+    @property
+    def centralized(self) -> bool:
+        return self.consensus == "none"
+
+    def payload_size(self, num_params: int) -> int:
+        """Floats per node mixed by the parameter-consensus round (0 if there is none)."""
+        return num_params if self.consensus == "parameter" else 0
+
+    def init_state(self, theta: tf.Tensor) -> tuple:
+        return ()
+
+    def payload(self, theta: tf.Tensor, state: tuple) -> tf.Tensor:
+        """What each node broadcasts for parameter consensus (eq. 17): theta by default."""
+        return theta
+
+    def step(self, theta, grad, mixed, state, lr):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r}, K={self.consensus_rounds})"
+
+
+class CentralizedSGD(Optimizer):
+    name = "c-sgd"
+
+    def step(self, theta, grad, mixed, state, lr):
+        return theta - lr * grad, state
+
+
+class CentralizedAdam(Optimizer):
+    """Standard Adam with bias correction."""
+
+    name = "c-adam"
+
+    def __init__(self, beta1=0.9, beta2=0.999, eps=1e-8):
+        super().__init__()
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+
+    def init_state(self, theta):
+        return (tf.zeros_like(theta), tf.zeros_like(theta), tf.zeros([], theta.dtype))
+
+    def step(self, theta, grad, mixed, state, lr):
+        m, v, t = state
+        t = t + 1
+        m = self.beta1 * m + (1 - self.beta1) * grad
+        v = self.beta2 * v + (1 - self.beta2) * grad * grad
+        m_hat = m / (1 - self.beta1**t)
+        v_hat = v / (1 - self.beta2**t)
+        return theta - lr * m_hat / (tf.sqrt(v_hat) + self.eps), (m, v, t)
+
+
+class GradientConsensus(Optimizer):
+    """D-naive (K): each node steps with K consensus rounds of local gradients, theta - alpha W^K g.
+
+    The update is the same whether consensus runs per sample (``schedule="naive"``: D-naive) or once on
+    the batch-summed gradient (``"batch"``, or ``"piggyback"``: D-naive-PB); only the rounds differ.
+    """
+
+    consensus = "gradient"
+
+    def __init__(self, consensus_rounds: int = 1, schedule: str = "naive"):
+        super().__init__(consensus_rounds)
+        if schedule not in ("naive", "batch", "piggyback"):
+            raise ValueError(f"gradient consensus runs under naive, batch or piggyback, not {schedule!r}")
+        self.schedule = schedule
+        self.name = {"naive": "d-naive", "batch": "d-naive-batch", "piggyback": "d-naive-pb"}[schedule]
+
+    def payload_size(self, num_params):
+        return num_params
+
+    def step(self, theta, grad, mixed, state, lr):
+        return theta - lr * mixed, state
+
+
+class DSGD(Optimizer):
+    """D-SGD (eq. 17, Swenson et al.): theta^i <- sum_j W_ij theta^j - alpha g_i."""
+
+    name = "d-sgd"
+    consensus = "parameter"
+    schedule = "dopt"
+
+    def step(self, theta, grad, mixed, state, lr):
+        return mixed - lr * grad, state
+
+
+class DAdam(Optimizer):
+    """D-Adam (DADAM, Nazari et al.): local moments, max-tracked second moment, mixed parameters.
+
+    m_i <- b1 m_i + (1-b1) g_i;  v_i <- b2 v_i + (1-b2) g_i^2;  v^_i <- max(v^_i, v_i);
+    theta^i <- sum_j W_ij theta^j - alpha m_i / (sqrt(v^_i) + eps).
+
+    ``bias_correction=True, eps=1e-7`` gives the paper authors' published variant (bias-corrected local
+    Adam with Keras' epsilon, without the max), see DESIGN section 4.
+    """
+
+    name = "d-adam"
+    consensus = "parameter"
+    schedule = "dopt"
+
+    def __init__(self, beta1=0.9, beta2=0.999, eps=1e-8, bias_correction: bool = False):
+        super().__init__()
+        self.beta1, self.beta2, self.eps, self.bias_correction = beta1, beta2, eps, bias_correction
+
+    def init_state(self, theta):
+        return (tf.zeros_like(theta), tf.zeros_like(theta), tf.zeros_like(theta), tf.zeros([], theta.dtype))
+
+    def step(self, theta, grad, mixed, state, lr):
+        m, v, v_max, t = state
+        t = t + 1
+        m = self.beta1 * m + (1 - self.beta1) * grad
+        v = self.beta2 * v + (1 - self.beta2) * grad * grad
+        if self.bias_correction:
+            direction = (m / (1 - self.beta1**t)) / (tf.sqrt(v / (1 - self.beta2**t)) + self.eps)
+        else:
+            v_max = tf.maximum(v_max, v)
+            direction = m / (tf.sqrt(v_max) + self.eps)
+        return mixed - lr * direction, (m, v, v_max, t)
+
+
+class DAMSGrad(Optimizer):
+    """D-AMSGrad (Chen et al.): the second moment is tracked by consensus on u~ (DESIGN section 3).
+
+    m_i, v_i as D-Adam; v^_i(t) = max(v^_i(t-1), v_i(t)) with v^_i(0) = eps; u~_i(1) = eps;
+    u_i(t) = max(u~_i(t), eps);  theta^i(t+1) = sum_j W_ij theta^j(t) - alpha m_i(t) / sqrt(u_i(t));
+    u~_i(t+1) = sum_j W_ij u~_j(t) - v^_i(t-1) + v^_i(t).
+    The payload is [theta^i, u~_i]: one extra |theta|-sized consensus message per mini-batch.
+    """
+
+    name = "d-amsgrad"
+    consensus = "parameter"
+    schedule = "dopt"
+
+    def __init__(self, beta1=0.9, beta2=0.999, eps=1e-8):
+        super().__init__()
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+
+    def payload_size(self, num_params):
+        return 2 * num_params
+
+    def init_state(self, theta):
+        eps = tf.fill(tf.shape(theta), tf.cast(self.eps, theta.dtype))
+        return (tf.zeros_like(theta), tf.zeros_like(theta), eps, eps)  # m, v, v^, u~
+
+    def payload(self, theta, state):
+        return tf.concat([theta, state[3]], axis=-1)
+
+    def step(self, theta, grad, mixed, state, lr):
+        m, v, v_max, u_tilde = state
+        mixed_theta, mixed_u = tf.split(mixed, 2, axis=-1)
+        m = self.beta1 * m + (1 - self.beta1) * grad
+        v = self.beta2 * v + (1 - self.beta2) * grad * grad
+        new_v_max = tf.maximum(v_max, v)
+        u = tf.maximum(u_tilde, self.eps)
+        theta = mixed_theta - lr * m / tf.sqrt(u)
+        u_tilde = mixed_u - v_max + new_v_max
+        return theta, (m, v, new_v_max, u_tilde)
+
+
+def make_optimizer(name: str, consensus_rounds: int = 1, authors_variant: bool = False) -> Optimizer:
+    """Build one of :data:`OPTIMIZERS` by name (``authors_variant`` selects the published D-Adam)."""
+    if name == "c-sgd":
+        return CentralizedSGD()
+    if name == "c-adam":
+        return CentralizedAdam()
+    if name == "d-naive":
+        return GradientConsensus(consensus_rounds, "naive")
+    if name == "d-naive-pb":
+        return GradientConsensus(consensus_rounds, "piggyback")
+    if name == "d-sgd":
+        return DSGD()
+    if name == "d-adam":
+        return DAdam(eps=1e-7, bias_correction=True) if authors_variant else DAdam()
+    if name == "d-amsgrad":
+        return DAMSGrad()
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
