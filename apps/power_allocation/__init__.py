@@ -1,0 +1,1 @@
+"""App B: UWMMSE power allocation and its WMMSE baselines (DESIGN section 8)."""
