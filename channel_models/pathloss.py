@@ -87,12 +87,7 @@ def uma_los(d2d, fc_ghz, h_bs=DEFAULT_H_BS, h_ut=DEFAULT_H_UT, h_e=DEFAULT_H_E, 
     h_bs = np.asarray(h_bs, dtype=np.float64)
     h_ut = np.asarray(h_ut, dtype=np.float64)
     pl1 = 28.0 + 22.0 * np.log10(d3d) + 20.0 * np.log10(fc_ghz)
-    pl2 = (
-        28.0
-        + 40.0 * np.log10(d3d)
-        + 20.0 * np.log10(fc_ghz)
-        - 9.0 * np.log10(d_bp**2 + (h_bs - h_ut) ** 2)
-    )
+    pl2 = 28.0 + 40.0 * np.log10(d3d) + 20.0 * np.log10(fc_ghz) - 9.0 * np.log10(d_bp**2 + (h_bs - h_ut) ** 2)
     # The table switches formula on d2D (not d3D) at the breakpoint.
     return np.where(d2d <= d_bp, pl1, pl2)
 

@@ -1,0 +1,27 @@
+"""Dataset generators, the shared HDF5 format and streaming loaders (uses `channel_models`).
+
+Generate with `python -m datasets <kind> --help` (kinds: power-allocation, conflict-graphs, ...).
+Read with the kind's loader, which validates the file and streams it item by item:
+
+    from datasets import PowerAllocationDataset
+    with PowerAllocationDataset("data/power_allocation.h5") as data:
+        for batch in data.batches("train", shuffle=True, seed=0, epoch=0):
+            ...  # batch.H: (batch_size, N, N) float32, H[s, j, i] from transmitter j to receiver i
+
+Modules: `storage` (HDF5 writing/reading, metadata, checksum, `DatasetError`), `cli` (command-line
+plumbing and the kind registry), `streaming` (item order, tf.data), and one module per kind.
+"""
+
+from datasets.conflict_graphs import ConflictGraph, ConflictGraphDataset, ConflictGraphsConfig
+from datasets.power_allocation import PowerAllocationBatch, PowerAllocationConfig, PowerAllocationDataset
+from datasets.storage import DatasetError
+
+__all__ = [
+    "ConflictGraph",
+    "ConflictGraphDataset",
+    "ConflictGraphsConfig",
+    "DatasetError",
+    "PowerAllocationBatch",
+    "PowerAllocationConfig",
+    "PowerAllocationDataset",
+]

@@ -1,0 +1,388 @@
+"""On-disk format shared by every dataset kind: HDF5 files with a schema, metadata and a checksum.
+
+A dataset kind declares a `Schema`: its name, an integer version and the arrays it stores, each an
+`ArraySpec` with a dtype, symbolic dimension names (so that e.g. every `train/*` array must agree on
+the number of batches) and content checks. This module then provides both directions:
+
+Writing, `write_dataset(path, schema, config, generator, attrs)`: a context manager yielding a
+`DatasetWriter` whose `create_array` / `append` stream arrays to disk along their first axis (the
+"row" axis: a batch, a graph, ...), hashing the bytes as they go. The file is written under a
+temporary name in the destination folder and moved to `path` with `os.replace` only after every
+array is complete and the metadata is written, so an interrupted or failed run never leaves a file
+under the final name (a killed process may leave a hidden `.<name>.*.tmp` file next to it).
+
+Reading, `DatasetReader(path, schema)`: opens the file, checks the root attributes and the presence,
+dtype and shape of every array, and reads rows on demand (`read`), checking their content. A full
+pass (`verify`) also recomputes the checksum. Every problem raises `DatasetError` naming the file.
+
+Root attributes of every file (the names are the constants below):
+
+* `schema` (str, the kind) and `schema_version` (int);
+* `generator` (str, "<module> <version>" of the code that wrote it);
+* `config` (str, JSON of every generation parameter including the seed);
+* any kind-specific scalar attributes (e.g. `noise_power_w`);
+* `checksum` (str, "sha256:<hex>"): SHA-256 over the canonical JSON of all the other root
+  attributes and, for every array in name order, its name, dtype, shape and the SHA-256 of its bytes
+  in C order. Each array also carries its own digest in its `sha256` attribute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+ATTR_SCHEMA = "schema"
+ATTR_SCHEMA_VERSION = "schema_version"
+ATTR_GENERATOR = "generator"
+ATTR_CONFIG = "config"
+ATTR_CHECKSUM = "checksum"
+ARRAY_DIGEST_ATTR = "sha256"
+
+_VERIFY_BLOCK_BYTES = 64 * 2**20  # rows are re-read in blocks of about this size by `verify`
+
+
+class DatasetError(Exception):
+    """A dataset file is missing, truncated, corrupted, of another kind or schema version."""
+
+
+ContentCheck = Callable[[np.ndarray], "str | None"]
+"""Validates rows of an array; returns None if fine, else a description of the problem."""
+
+
+def check_finite(rows: np.ndarray) -> str | None:
+    """Content check: every value is finite (no NaN or infinity)."""
+    if rows.dtype.kind == "f" and not np.all(np.isfinite(rows)):
+        return "contains NaN or infinite values"
+    return None
+
+
+def check_non_negative(rows: np.ndarray) -> str | None:
+    """Content check: no value is negative."""
+    if np.any(rows < 0):
+        return f"contains negative values (min {np.min(rows):g})"
+    return None
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of a schema.
+
+    `dims` names each axis (the first is the row axis); arrays that share a name must have equal sizes
+    along those axes. `checks` run on every row that is read (and on every row in `verify`).
+    """
+
+    name: str
+    dims: tuple[str, ...]
+    dtype: np.dtype | type
+    checks: tuple[ContentCheck, ...] = (check_finite,)
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A dataset kind's on-disk layout: its name, integer version and arrays."""
+
+    name: str
+    version: int
+    arrays: tuple[ArraySpec, ...]
+    _by_name: dict[str, ArraySpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_by_name", {spec.name: spec for spec in self.arrays})
+
+    def spec(self, name: str) -> ArraySpec:
+        """The `ArraySpec` called `name`; KeyError if the schema has none."""
+        return self._by_name[name]
+
+
+class DatasetWriter:
+    """Streams the arrays of one file (obtain it from `write_dataset`)."""
+
+    def __init__(self, file: h5py.File, schema: Schema):
+        self._file = file
+        self._schema = schema
+        self._filled: dict[str, int] = {}  # rows written so far, per array
+        self._hashes: dict = {}  # running SHA-256 of each array's bytes, in row order
+
+    def create_array(self, name: str, shape: tuple[int, ...], rows_per_chunk: int = 1) -> None:
+        """Create array `name` of the schema with `shape`, chunked by `rows_per_chunk` rows."""
+        spec = self._schema.spec(name)
+        if len(shape) != len(spec.dims):
+            raise ValueError(f"{name} has dims {spec.dims}, got shape {shape}")
+        chunks = (max(1, min(rows_per_chunk, shape[0])), *shape[1:]) if shape[0] and all(shape) else None
+        # track_times=False keeps the bytes of a file a pure function of its content (determinism).
+        self._file.create_dataset(name, shape=shape, dtype=spec.numpy_dtype, chunks=chunks, track_times=False)
+        self._filled[name] = 0
+        self._hashes[name] = hashlib.sha256()
+
+    def append(self, name: str, rows: np.ndarray) -> None:
+        """Write `rows` (shape (k, *shape[1:])) after the rows already written to `name`."""
+        dataset = self._file[name]
+        rows = np.ascontiguousarray(rows, dtype=dataset.dtype)
+        start = self._filled[name]
+        if rows.shape[1:] != dataset.shape[1:] or start + rows.shape[0] > dataset.shape[0]:
+            raise ValueError(
+                f"cannot append rows of shape {rows.shape} to {name} {dataset.shape} at row {start}"
+            )
+        dataset[start : start + rows.shape[0]] = rows
+        self._hashes[name].update(rows.tobytes())
+        self._filled[name] = start + rows.shape[0]
+
+    def _finish(self, metadata: Mapping[str, object]) -> None:
+        missing = [spec.name for spec in self._schema.arrays if spec.name not in self._filled]
+        incomplete = [n for n, rows in self._filled.items() if rows != self._file[n].shape[0]]
+        if missing or incomplete:
+            raise RuntimeError(f"dataset incomplete: missing arrays {missing}, partly written {incomplete}")
+        digests = {name: h.hexdigest() for name, h in self._hashes.items()}
+        for name, digest in digests.items():
+            self._file[name].attrs[ARRAY_DIGEST_ATTR] = digest
+        for key, value in metadata.items():
+            self._file.attrs[key] = value
+        self._file.attrs[ATTR_CHECKSUM] = _combine_checksum(metadata, self._array_entries(digests))
+
+    def _array_entries(self, digests: Mapping[str, str]) -> list[tuple[str, str, tuple[int, ...], str]]:
+        return [(n, self._file[n].dtype.str, self._file[n].shape, d) for n, d in digests.items()]
+
+
+@contextmanager
+def write_dataset(
+    path: str | os.PathLike,
+    schema: Schema,
+    config: Mapping[str, object],
+    generator: str,
+    attrs: Mapping[str, object] | None = None,
+) -> Iterator[DatasetWriter]:
+    """Write a dataset file atomically; yields a `DatasetWriter`.
+
+    `config` (JSON-serialisable: every generation parameter and the seed) is stored as the `config`
+    attribute, `generator` as `generator`, and `attrs` (scalars or strings) as further root
+    attributes. On normal exit every array of `schema` must have been created and filled; the
+    checksum is written and the file is moved to `path` (replacing an existing file). If the body
+    raises (including KeyboardInterrupt), the temporary file is removed and `path` is untouched.
+    """
+    final = Path(path)
+    metadata = {
+        ATTR_SCHEMA: schema.name,
+        ATTR_SCHEMA_VERSION: int(schema.version),
+        ATTR_GENERATOR: generator,
+        ATTR_CONFIG: json.dumps(config, sort_keys=True),
+        **(attrs or {}),
+    }
+    # Same folder as the destination, so that os.replace is an atomic rename on one file system.
+    temporary = final.parent / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with h5py.File(temporary, "x") as file:
+            writer = DatasetWriter(file, schema)
+            yield writer
+            writer._finish(metadata)
+        _fsync(temporary)
+        os.replace(temporary, final)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class DatasetReader:
+    """Opens a dataset file of a given schema and validates it; base of the kind-specific loaders.
+
+    On construction: the file must open as HDF5, carry the root attributes of this module with the
+    expected `schema` and `schema_version`, a `config` that parses as JSON, and every array of the
+    schema with the right dtype and number of axes; axes sharing a dimension name must agree, and
+    `expected_dims` (e.g. sizes read from the config) must match. Raises `DatasetError` otherwise.
+    Content checks run on each row read (`read`), or on all rows in `verify`.
+    Use as a context manager or call `close`.
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: Schema):
+        self.path = Path(path)
+        self.schema = schema
+        if not self.path.is_file():
+            raise DatasetError(f"{self.path}: no such dataset file")
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise DatasetError(
+                f"{self.path}: not a readable HDF5 file (truncated or corrupted?): {exc}"
+            ) from exc
+        try:
+            self.attrs = self._read_attributes()
+            self.config: dict = self.attrs[ATTR_CONFIG]
+            self.dims = self._check_arrays()
+            self._check_expected_dims()
+        except BaseException:
+            self.file.close()
+            raise
+
+    def expected_dims(self) -> Mapping[str, int]:
+        """Hook for subclasses: dimension sizes fixed by the metadata (e.g. by `self.config`).
+
+        Checked against the arrays on construction; a KeyError (a config entry missing) becomes a
+        `DatasetError`.
+        """
+        return {}
+
+    def read(self, name: str, index: int | slice) -> np.ndarray:
+        """Rows `index` of array `name` (an int gives one row without the row axis), content-checked."""
+        try:
+            rows = self.file[name][index]
+        except (OSError, ValueError, KeyError) as exc:
+            raise DatasetError(f"{self.path}: cannot read {name}[{_format_index(index)}]: {exc}") from exc
+        for check in self.schema.spec(name).checks:
+            problem = check(rows)
+            if problem:
+                raise DatasetError(f"{self.path}: {name}[{_format_index(index)}] {problem}")
+        return rows
+
+    def verify(self) -> None:
+        """Read every row (content checks) and recompute the checksum; raise `DatasetError` on mismatch."""
+        digests = {}
+        for spec in self.schema.arrays:
+            dataset = self.file[spec.name]
+            row_bytes = max(1, dataset.dtype.itemsize * int(np.prod(dataset.shape[1:])))
+            step = max(1, _VERIFY_BLOCK_BYTES // row_bytes)
+            digest = hashlib.sha256()
+            for start in range(0, dataset.shape[0], step):
+                digest.update(
+                    np.ascontiguousarray(self.read(spec.name, slice(start, start + step))).tobytes()
+                )
+            digests[spec.name] = digest.hexdigest()
+            if dataset.attrs.get(ARRAY_DIGEST_ATTR) != digests[spec.name]:
+                raise DatasetError(f"{self.path}: {spec.name} does not match its checksum (corrupted data)")
+        entries = [(n, self.file[n].dtype.str, self.file[n].shape, d) for n, d in digests.items()]
+        metadata = {key: self.file.attrs[key] for key in self.file.attrs if key != ATTR_CHECKSUM}
+        if _combine_checksum(metadata, entries) != self.checksum:
+            raise DatasetError(f"{self.path}: metadata does not match the checksum (corrupted attributes)")
+
+    @property
+    def checksum(self) -> str:
+        """The stored content checksum, "sha256:<hex>"."""
+        return self.attrs[ATTR_CHECKSUM]
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _read_attributes(self) -> dict:
+        attrs = {}
+        try:
+            for key in self.file.attrs:
+                attrs[key] = _plain(self.file.attrs[key])
+        except (OSError, ValueError, KeyError) as exc:
+            raise DatasetError(f"{self.path}: unreadable attributes (corrupted file?): {exc}") from exc
+        missing = [
+            k
+            for k in (ATTR_SCHEMA, ATTR_SCHEMA_VERSION, ATTR_GENERATOR, ATTR_CONFIG, ATTR_CHECKSUM)
+            if k not in attrs
+        ]
+        if ATTR_SCHEMA in missing:
+            raise DatasetError(f"{self.path}: not a dataset of this project (no {ATTR_SCHEMA!r} attribute)")
+        if attrs[ATTR_SCHEMA] != self.schema.name:
+            raise DatasetError(
+                f"{self.path}: is a {attrs[ATTR_SCHEMA]!r} dataset, expected {self.schema.name!r}"
+            )
+        if missing:
+            raise DatasetError(f"{self.path}: missing root attributes {missing}")
+        if attrs[ATTR_SCHEMA_VERSION] != self.schema.version:
+            raise DatasetError(
+                f"{self.path}: schema version {attrs[ATTR_SCHEMA_VERSION]} of {self.schema.name!r}, "
+                "this code "
+                f"reads version {self.schema.version}; regenerate the dataset"
+            )
+        try:
+            attrs[ATTR_CONFIG] = json.loads(attrs[ATTR_CONFIG])
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(
+                f"{self.path}: the {ATTR_CONFIG!r} attribute is not valid JSON: {exc}"
+            ) from exc
+        return attrs
+
+    def _check_arrays(self) -> dict[str, int]:
+        dims: dict[str, tuple[int, str]] = {}
+        for spec in self.schema.arrays:
+            try:
+                dataset = self.file[spec.name]
+            except KeyError:
+                raise DatasetError(f"{self.path}: missing array {spec.name!r}") from None
+            if not isinstance(dataset, h5py.Dataset):
+                raise DatasetError(f"{self.path}: {spec.name!r} is not an array")
+            if dataset.dtype != spec.numpy_dtype:
+                raise DatasetError(
+                    f"{self.path}: {spec.name} has dtype {dataset.dtype}, expected {spec.numpy_dtype}"
+                )
+            if dataset.ndim != len(spec.dims):
+                raise DatasetError(
+                    f"{self.path}: {spec.name} has shape {dataset.shape}, expected axes {spec.dims}"
+                )
+            for dim, size in zip(spec.dims, dataset.shape, strict=True):
+                if dim not in dims:
+                    dims[dim] = (size, spec.name)
+                elif dims[dim][0] != size:
+                    raise DatasetError(
+                        f"{self.path}: {spec.name} has {dim}={size} "
+                        f"but {dims[dim][1]} has {dim}={dims[dim][0]}"
+                    )
+        return {dim: size for dim, (size, _) in dims.items()}
+
+    def _check_expected_dims(self) -> None:
+        try:
+            expected = dict(self.expected_dims())
+        except KeyError as exc:
+            raise DatasetError(f"{self.path}: the {ATTR_CONFIG!r} attribute lacks the entry {exc}") from None
+        for name, size in expected.items():
+            if self.dims.get(name) != size:
+                raise DatasetError(
+                    f"{self.path}: dimension {name!r} is {self.dims.get(name)} in the arrays but {size} "
+                    "in the metadata"
+                )
+
+
+def _combine_checksum(metadata: Mapping[str, object], entries) -> str:
+    digest = hashlib.sha256()
+    plain = {key: _plain(value) for key, value in metadata.items() if key != ATTR_CHECKSUM}
+    digest.update(json.dumps(plain, sort_keys=True).encode())
+    for name, dtype, shape, array_digest in sorted(entries):
+        digest.update(f"\n{name}\t{dtype}\t{tuple(int(s) for s in shape)}\t{array_digest}".encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _plain(value):
+    """HDF5 attribute value (numpy scalar, bytes) -> plain Python value for JSON and comparisons."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _format_index(index: int | slice) -> str:
+    if isinstance(index, slice):
+        return f"{index.start or 0}:{'' if index.stop is None else index.stop}"
+    return str(index)
+
+
+def _fsync(path: str) -> None:
+    # Make the data durable before the rename publishes it, so a crash cannot expose a torn file.
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
