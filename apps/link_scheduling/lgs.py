@@ -15,7 +15,7 @@ decreasing priority, because a vertex is in the set exactly when none of its hig
 is; `sequential_greedy_mwis` is that oracle.
 
 Everything is NumPy and vectorised over a batch of B weight vectors, on one shared graph (V, V) or on
-a batch of graphs (B, V, V) with the same V; the only Python loop is over iterations (about 4-6 on the
+a batch of graphs (B, V, V) with the same V; the only Python loop is over iterations (2-7 on the
 100-vertex Erdos-Renyi graphs of DESIGN section 9).
 """
 
@@ -90,15 +90,28 @@ def _check_weights(weights, num_vertices: int) -> np.ndarray:
     return weights
 
 
-def _priority_rank(weights: np.ndarray) -> np.ndarray:
-    """Rank of every vertex by (weight, -index), 0 = highest priority; shape as `weights` (B, V).
+def _pack_rows(mask: np.ndarray) -> np.ndarray:
+    """Pack the last axis of a boolean (..., V) array into (..., ceil(V/64)) uint64 bit sets.
 
-    A stable sort of -weights orders equal weights by increasing index, which is the tie rule.
+    Only ever combined (&) with other arrays packed by this function, so the bit order is irrelevant.
     """
-    order = np.argsort(-weights, axis=-1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.broadcast_to(np.arange(weights.shape[-1]), order.shape), axis=-1)
-    return rank
+    packed = np.packbits(mask, axis=-1, bitorder="little")
+    words = -(-mask.shape[-1] // 64)
+    out = np.zeros(mask.shape[:-1] + (8 * words,), dtype=np.uint8)
+    out[..., : packed.shape[-1]] = packed
+    return out.view(np.uint64)
+
+
+def _intersects(rows: np.ndarray, sets: np.ndarray) -> np.ndarray:
+    """(B, V) boolean: does packed row rows[(b,) v] share a bit with the packed set sets[b]?
+
+    rows is (V, W) or (B, V, W), sets is (B, W). A loop over the W = ceil(V/64) words keeps every
+    operation a flat (B, V) integer op.
+    """
+    hit = rows[..., 0] & sets[:, None, 0]
+    for k in range(1, rows.shape[-1]):
+        hit |= rows[..., k] & sets[:, None, k]
+    return hit != 0
 
 
 def local_greedy_mwis(adjacency, weights, *, validate: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -127,8 +140,10 @@ def local_greedy_mwis(adjacency, weights, *, validate: bool = True) -> tuple[np.
         takes 2, a path whose weights increase along it takes V (the decision travels one hop per
         round).
 
-    Cost: O(K B V^2) time and O(B V^2) memory (a dense float32 "higher-priority neighbour" matrix per
-    sample makes each iteration one batched matrix-vector product through BLAS).
+    Cost: O(K B V^2 / 64) time and O(B V^2 / 64) memory with K iterations: neighbourhoods are bit
+    sets of 64-bit words, so an iteration is a few integer ops on (B, V) arrays. No BLAS is involved,
+    which keeps the time steady on a CPU shared with other processes (multi-threaded BLAS on tiny
+    matrices slows down by 10x there).
     """
     if validate:
         adjacency = _check_adjacency(adjacency)
@@ -146,32 +161,31 @@ def local_greedy_mwis(adjacency, weights, *, validate: bool = True) -> tuple[np.
         weights = np.broadcast_to(weights, adjacency.shape[:2])
     elif weights.ndim == 1:
         weights = weights[None, :]
-
     batch, num_vertices = weights.shape
-    rank = _priority_rank(weights)  # (B, V)
-    # The (B, V, V) comparison below dominates the set-up cost; the narrowest integer type halves it.
-    rank = rank.astype(np.int16 if num_vertices <= np.iinfo(np.int16).max else np.int32)
-    # higher[b, v, u] = 1 when u is a neighbour of v with higher priority in sample b. A vertex joins
-    # once none of these is undecided (a decided higher neighbour must be "out": had it joined, v
-    # would have left), so the blocking count is one matrix-vector product per iteration. float32
-    # counts are exact up to 2^24 neighbours.
-    higher = (adjacency & (rank[:, None, :] < rank[:, :, None])).astype(np.float32)
-    adjacency_f = adjacency.astype(np.float32)
-
     undecided = np.ones((batch, num_vertices), dtype=bool)
     in_set = np.zeros((batch, num_vertices), dtype=bool)
     iterations = np.zeros(batch, dtype=np.int64)
     left_in_last = np.zeros(batch, dtype=bool)
+
+    if num_vertices > 0:
+        # Priority (weight, -index): a stable sort of -weights lists equal weights by increasing index.
+        order = np.argsort(-weights, axis=-1, kind="stable")  # order[b, r] = vertex of rank r
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.broadcast_to(np.arange(num_vertices), order.shape), axis=-1)
+        # above[b, r] = bit set of the vertices ranked before r (exclusive prefix OR over the order);
+        # higher[b, v] = neighbours of v ranked before v. A vertex joins once none of them is
+        # undecided: a decided higher-priority neighbour is necessarily "out" (had it joined, v would
+        # have left), so this is DESIGN section 9's "largest in its closed undecided neighbourhood".
+        singletons = _pack_rows(np.eye(num_vertices, dtype=bool))
+        above = np.zeros((batch, num_vertices, singletons.shape[-1]), dtype=np.uint64)
+        np.bitwise_or.accumulate(singletons[order[:, :-1]], axis=1, out=above[:, 1:])
+        neighbours = _pack_rows(adjacency)  # (V, W) or (B, V, W)
+        higher = np.take_along_axis(above, rank[:, :, None], axis=1) & neighbours
+
     while undecided.any():
         active = undecided.any(axis=1)
-        blocking = np.matmul(higher, undecided[:, :, None].astype(np.float32))[:, :, 0]
-        joins = undecided & (blocking == 0)
-        joins_f = joins.astype(np.float32)
-        if adjacency.ndim == 2:
-            hears_join = joins_f @ adjacency_f  # symmetric adjacency: (J A)[b, v] = sum_u J[b, u] A[u, v]
-        else:
-            hears_join = np.matmul(adjacency_f, joins_f[:, :, None])[:, :, 0]
-        leaves = undecided & ~joins & (hears_join > 0)
+        joins = undecided & ~_intersects(higher, _pack_rows(undecided))
+        leaves = undecided & ~joins & _intersects(neighbours, _pack_rows(joins))
         in_set |= joins
         undecided &= ~(joins | leaves)
         iterations += active
