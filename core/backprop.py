@@ -20,36 +20,29 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from core.gcnn import GCNN, NO_COUNT, Exchange, ForwardCache, LayerParams, _node_major_factor
+from core.gcnn import GCNN, NO_COUNT, Exchange, ForwardCache, LayerParams, _node_major_factor, stacked_weights
 from core.ops import Operator
 
 
-def layer_gradients(gcnn: GCNN, l: int, layer: LayerParams, cache: ForwardCache, z: tf.Tensor,
-                    self_factor=None):
+def layer_gradients(gcnn: GCNN, l: int, layer: LayerParams, cache: ForwardCache, z: tf.Tensor):
     """Q^l (eq. 12) and the local gradients of layer l's parameters (eqs. 13a-b), summed over samples."""
     i = l - 1
     q = gcnn.activation(l).vjp(cache.preactivations[i], cache.outputs[i], z)
-    x_self = cache.inputs[i] if self_factor is None else cache.inputs[i] * _node_major_factor(self_factor)
-    grads = [
-        tf.linalg.matmul(x_self, q, transpose_a=True),  # (13a): (|V|, g_{l-1}, g_l)
-        tf.linalg.matmul(cache.aggregates[i], q, transpose_a=True),  # (13b), information reuse
-    ]
+    # [s X^{l-1}, S X^{l-1}]^T Q^l gives dTheta0 (13a) and dTheta1 (13b) at once; the aggregate is reused
+    stacked_grad = tf.linalg.matmul(cache.stacked[i], q, transpose_a=True)  # (|V|, 2 g_{l-1}, g_l)
+    grads = tf.split(stacked_grad, 2, axis=-2)
     if layer.bias is not None:
         grads.append(tf.reduce_sum(q, axis=1))
     return q, grads
 
 
-def backward_message(layer: LayerParams, q: tf.Tensor) -> tf.Tensor:
-    """P^l = Theta1^{l,j} Q_j^l, the vector node j broadcasts in the backward round of layer l."""
-    return tf.linalg.matmul(q, layer.theta1, transpose_b=True)
-
-
-def input_gradient(layer: LayerParams, q: tf.Tensor, received: tf.Tensor, self_factor=None) -> tf.Tensor:
-    """Z^{l-1} of eq. (14) from Q^l and the received sum_{j in N+(i)} S_ji P_j^l."""
-    own = tf.linalg.matmul(q, layer.theta0, transpose_b=True)
+def backward_products(layer: LayerParams, q: tf.Tensor, self_factor=None):
+    """(s_i Theta0^{l,i} Q_i^l, P_i^l = Theta1^{l,i} Q_i^l): node i's own term of eq. (14) and the
+    message it broadcasts in the backward round of layer l, from one product."""
+    own, message = tf.split(tf.linalg.matmul(q, stacked_weights(layer), transpose_b=True), 2, axis=-1)
     if self_factor is not None:
         own = own * _node_major_factor(self_factor)
-    return own + received
+    return own, message
 
 
 def local_backprop(gcnn: GCNN, params, cache: ForwardCache, z_out: tf.Tensor, shift: Operator,
@@ -73,8 +66,8 @@ def local_backprop(gcnn: GCNN, params, cache: ForwardCache, z_out: tf.Tensor, sh
     transposed = shift.transposed()
     for l in range(gcnn.num_layers, 0, -1):
         layer = layers[l - 1]
-        q, grads_by_layer[l - 1] = layer_gradients(gcnn, l, layer, cache, z, self_factor)
+        q, grads_by_layer[l - 1] = layer_gradients(gcnn, l, layer, cache, z)
         if l > 1:
-            received = exchange.propagate(transposed, backward_message(layer, q), message=("bwd", l))
-            z = input_gradient(layer, q, received, self_factor)
+            own, message = backward_products(layer, q, self_factor)
+            z = own + exchange.propagate(transposed, message, message=("bwd", l))  # eq. (14)
     return [g for layer_grads in grads_by_layer for g in layer_grads]

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from core import replicas
-from core.backprop import backward_message, input_gradient, layer_gradients, local_backprop
+from core.backprop import backward_products, layer_gradients, local_backprop
 from core.comm import CommCost, CommSimulator, Schedule, ScheduleError
-from core.gcnn import GCNN, NO_COUNT, ForwardCache, _node_major_factor, node_matmul
+from core.gcnn import GCNN, NO_COUNT, ForwardCache
 from core.ops import Operator
 from core.optimizers import Optimizer
 
@@ -162,9 +162,10 @@ class ProtocolExecutor(_Executor):
                 return self_factor
             return tf.transpose(self_factor[b:b + 1])  # node-major (|V|, 1)
 
-        caches = [ForwardCache([], [], [], []) for _ in range(B)]
+        caches = [ForwardCache([], [], []) for _ in range(B)]
         feats = [[tf.transpose(x[b:b + 1], [1, 0, 2])] for b in range(B)]  # X^0(b), X^1(b), ... node-major
         q = [dict() for _ in range(B)]  # Q^l(b) once known
+        own_terms = [dict() for _ in range(B)]  # s_i Theta0^l Q^l(b), the local term of eq. (14)
         sample_grads = [[None] * L for _ in range(B)]  # per-layer local gradients of each sample
         losses = []
         consensus = {}  # (sample or None) -> current consensus iterate
@@ -193,7 +194,8 @@ class ProtocolExecutor(_Executor):
                     items.append((m, sample_op(shift, b), require(x_in, f"X^{m.index - 1} of sample {b}")))
                 elif m.kind == "bwd":
                     qb = require(q[b].get(m.index), f"Q^{m.index} of sample {b}")
-                    items.append((m, sample_op(shift, b).transposed(), backward_message(layers[m.index - 1], qb)))
+                    own_terms[b][m.index], message = backward_products(layers[m.index - 1], qb, sample_factor(b))
+                    items.append((m, sample_op(shift, b).transposed(), message))
                 elif m.kind == "grad":
                     key = b
                     if m.index == 1:
@@ -207,20 +209,18 @@ class ProtocolExecutor(_Executor):
             for (m, _, _), r in zip(items, received):
                 b = m.sample
                 if m.kind == "fwd":
-                    feats[b].append(self._forward_layer(m.index, layers[m.index - 1], caches[b], feats[b][-1], r,
-                                                        sample_factor(b)))
+                    feats[b].append(gcnn.layer_update(m.index, layers[m.index - 1], feats[b][-1], r,
+                                                      sample_factor(b), caches[b]))
                     if m.index == L:
                         z, loss = self.output_gradient(caches[b].outputs[-1],
                                                        tf.transpose(y[b:b + 1], [1, 0, 2]))
                         losses.append(loss)
                         if backward:
-                            q[b][L], sample_grads[b][L - 1] = layer_gradients(
-                                gcnn, L, layers[L - 1], caches[b], z, sample_factor(b))
+                            q[b][L], sample_grads[b][L - 1] = layer_gradients(gcnn, L, layers[L - 1], caches[b], z)
                 elif m.kind == "bwd":
                     l = m.index
-                    z = input_gradient(layers[l - 1], q[b][l], r, sample_factor(b))  # eq. (14)
-                    q[b][l - 1], sample_grads[b][l - 2] = layer_gradients(
-                        gcnn, l - 1, layers[l - 2], caches[b], z, sample_factor(b))
+                    z = own_terms[b][l] + r  # eq. (14)
+                    q[b][l - 1], sample_grads[b][l - 2] = layer_gradients(gcnn, l - 1, layers[l - 2], caches[b], z)
                 elif m.kind == "grad":
                     consensus[b] = r
                 elif m.kind == "param":
@@ -238,15 +238,3 @@ class ProtocolExecutor(_Executor):
         else:
             mixed = tf.stack(mixed_payload[1:], axis=-1)  # drop the degree column
         return grad, mixed, loss
-
-    def _forward_layer(self, l, layer, cache: ForwardCache, x_in, agg, self_factor):
-        """Node-local computation of eq. (10) once the aggregate of round l has arrived; returns X^l."""
-        x_self = x_in if self_factor is None else x_in * _node_major_factor(self_factor)
-        h = node_matmul(x_self, layer.theta0) + node_matmul(agg, layer.theta1)
-        if layer.bias is not None:
-            h = h + layer.bias[:, None, :]
-        cache.inputs.append(x_in)
-        cache.aggregates.append(agg)
-        cache.preactivations.append(h)
-        cache.outputs.append(self.gcnn.activation(l)(h))
-        return cache.outputs[-1]

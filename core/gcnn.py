@@ -96,8 +96,7 @@ class LayerParams(NamedTuple):
 class ForwardCache(NamedTuple):
     """What every node keeps from the forward pass for reuse in backpropagation (Section III-C)."""
 
-    inputs: list  # X^{l-1} per layer, node-major (|V|, B, g_{l-1})
-    aggregates: list  # sum_j S_ij X_j^{l-1} per layer (information reuse, eq. 13b)
+    stacked: list  # [s_i X_i^{l-1}, sum_j S_ij X_j^{l-1}] per layer, (|V|, B, 2 g_{l-1}) (eqs. 13a-b)
     preactivations: list  # H^l per layer
     outputs: list  # X^l per layer
 
@@ -210,22 +209,32 @@ class GCNN:
             x = tf.transpose(x, [1, 0, 2])
             if self_factor is not None and self_factor.shape.rank == 2:
                 self_factor = tf.transpose(self_factor)
-        cache = ForwardCache([], [], [], [])
+        cache = ForwardCache([], [], [])
         for l, layer in enumerate(self.unpack(params), start=1):
             agg = exchange.propagate(shift, x, message=("fwd", l))  # one round: node j sends X_j^{l-1}
-            x_self = x if self_factor is None else x * _node_major_factor(self_factor)
-            h = node_matmul(x_self, layer.theta0) + node_matmul(agg, layer.theta1)
-            if layer.bias is not None:
-                h = h + (layer.bias[:, None, :] if layer.bias.shape.rank == 2 else layer.bias)
-            out = self.activation(l)(h)
-            cache.inputs.append(x)
-            cache.aggregates.append(agg)
-            cache.preactivations.append(h)
-            cache.outputs.append(out)
-            x = out
+            x = self.layer_update(l, layer, x, agg, self_factor, cache)
+
         if sample_major:
             x = tf.transpose(x, [1, 0, 2])
         return x, cache
+
+    def layer_update(self, l: int, layer: LayerParams, x, agg, self_factor, cache: ForwardCache):
+        """Node-local part of layer l (eq. 10) once the round's aggregate has arrived; returns X^l."""
+        x_self = x if self_factor is None else x * _node_major_factor(self_factor)
+        stacked = tf.concat([x_self, agg], axis=-1)
+        h = node_matmul(stacked, stacked_weights(layer))  # X Theta0 + (S X) Theta1 in one product
+        if layer.bias is not None:
+            h = h + (layer.bias[:, None, :] if layer.bias.shape.rank == 2 else layer.bias)
+        out = self.activation(l)(h)
+        cache.stacked.append(stacked)
+        cache.preactivations.append(h)
+        cache.outputs.append(out)
+        return out
+
+
+def stacked_weights(layer: LayerParams) -> tf.Tensor:
+    """[Theta0; Theta1] stacked on the input axis, so eq. (10) is one product per layer."""
+    return tf.concat([layer.theta0, layer.theta1], axis=-2)
 
 
 def node_matmul(x: tf.Tensor, theta: tf.Tensor) -> tf.Tensor:
