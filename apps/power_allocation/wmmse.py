@@ -116,23 +116,32 @@ def wmmse_step(H, v, sigma2, pmax, a=None, b=None):
     return transmitter_update(H, u, w_hat, pmax)
 
 
-@tf.function(reduce_retracing=True)
-def _wmmse_powers(H, sigma2, pmax, num_iterations):
-    # tf.range makes AutoGraph emit one tf.while_loop, so the iteration count is a runtime tensor:
-    # 4 and 100 iterations share a single trace per dtype.
+def _wmmse_loop(H, sigma2, pmax, num_iterations):
+    # A tensor-valued loop condition makes AutoGraph emit one tf.while_loop whose trip count is a
+    # runtime value: 4 and 100 iterations share one trace and, under XLA, one compilation (a
+    # tf.range bound would be a compile-time constant to XLA and recompile for every count).
     v = tf.ones_like(H[..., 0]) * tf.sqrt(pmax)  # v_i initialised to √Pmax (DESIGN section 8)
-    for _ in tf.range(num_iterations):
+    iteration = tf.constant(0, tf.int32)
+    while iteration < num_iterations:
         v = wmmse_step(H, v, sigma2, pmax)
+        iteration += 1
     return tf.square(v)
 
 
-def wmmse(H, sigma2, pmax, num_iterations: int = 100):
+# XLA fuses the dozen tiny (B, N, N) ops of an iteration: about 10x faster than the plain graph for
+# B = 64, N = 25 and 100 iterations, at the price of one compilation (~0.5-2 s) per input shape and
+# dtype. The plain graph suits one-off calls on many different shapes (e.g. tests).
+_wmmse_xla = tf.function(_wmmse_loop, reduce_retracing=True, jit_compile=True)
+_wmmse_graph = tf.function(_wmmse_loop, reduce_retracing=True)
+
+
+def wmmse(H, sigma2, pmax, num_iterations: int = 100, *, jit_compile: bool = True):
     """WMMSE power allocation: `num_iterations` steps from v = √Pmax; returns powers p = v² (..., N).
 
     100 iterations is the paper's "WMMSE" baseline, 4 its truncated "WMMSE-Tr". H is a (..., N, N)
     float32/float64 tensor or array (H[..., j, i]: transmitter j to receiver i); sigma2 > 0 and
-    pmax > 0 are scalars. Runs as a compiled tf.function (no retracing across iteration counts or
-    scalar values).
+    pmax > 0 are scalars. Runs as a compiled tf.function, XLA-compiled unless jit_compile=False;
+    neither retraces nor recompiles across iteration counts or scalar values.
     """
     H = tf.convert_to_tensor(H)
     if H.dtype not in (tf.float32, tf.float64):
@@ -148,7 +157,8 @@ def wmmse(H, sigma2, pmax, num_iterations: int = 100):
             continue  # symbolic inside someone's graph: cannot be checked here
         if not (math.isfinite(float(value)) and float(value) > 0):
             raise ValueError(f"{name} must be a finite positive scalar, got {value}")
-    return _wmmse_powers(
+    run = _wmmse_xla if jit_compile else _wmmse_graph
+    return run(
         H,
         tf.cast(sigma2, H.dtype),
         tf.cast(pmax, H.dtype),

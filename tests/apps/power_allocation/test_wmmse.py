@@ -14,6 +14,14 @@ import tensorflow as tf
 from apps.power_allocation import wmmse as W
 
 
+def wmmse_graph(H, sigma2, pmax, num_iterations):
+    """W.wmmse without XLA: no per-shape compilation, so the many shapes below stay fast.
+
+    The XLA path runs the same Python loop; test_xla_matches_graph_and_compiles_once compares them.
+    """
+    return W.wmmse(H, sigma2, pmax, num_iterations, jit_compile=False)
+
+
 def random_channels(seed, batch, n, min_distance=0.03, dtype=np.float64):
     """Rayleigh-faded amplitude gains with d^-3.5 path-loss-like scaling, H[b, j, i]: tx j -> rx i.
 
@@ -72,7 +80,7 @@ def test_matches_loop_reference_in_float64(n, seed):
     sigma2, pmax = 1.0, 2.0
     history = reference_wmmse(H, sigma2, pmax, 100)
     for iterations in (1, 4, 100):
-        p = W.wmmse(H, sigma2, pmax, iterations).numpy()
+        p = wmmse_graph(H, sigma2, pmax, iterations).numpy()
         expected_p = history[iterations] ** 2
         np.testing.assert_allclose(p, expected_p, rtol=1e-10, atol=1e-12 * pmax)
         rate = W.sum_rate(H, p, sigma2).numpy()
@@ -92,7 +100,7 @@ def test_two_user_case_by_hand():
     u, w = W.mmse_receiver(H, tf.ones((1, 2), tf.float64), 1.0)
     np.testing.assert_allclose(u.numpy(), [[2 / 21, 4 / 9]], rtol=1e-14)
     np.testing.assert_allclose(w.numpy(), [[21 / 20, 9 / 5]], rtol=1e-14)
-    p = W.wmmse(H, 1.0, 1.0, num_iterations=1).numpy()
+    p = wmmse_graph(H, 1.0, 1.0, num_iterations=1).numpy()
     np.testing.assert_allclose(p, [[(63 / 115) ** 2, 1.0]], rtol=1e-14)
     # rates: SINR_0 = (1/4)(63/115)² / (1 + 4 · 1), SINR_1 = 1 / (1 + (1/4)(63/115)²)
     p0 = Fraction(63, 115) ** 2
@@ -133,7 +141,7 @@ def test_sum_rate_increases_with_iterations():
     H = random_channels(4, batch=16, n=25)
     sigma2, pmax = 1.0, 1.0
     counts = [0, 1, 2, 4, 10, 30, 100]
-    rates = np.array([W.sum_rate(H, W.wmmse(H, sigma2, pmax, k), sigma2).numpy() for k in counts])
+    rates = np.array([W.sum_rate(H, wmmse_graph(H, sigma2, pmax, k), sigma2).numpy() for k in counts])
     # monotone per sample (the objective identity above), and strictly better on average
     assert np.all(np.diff(rates, axis=0) >= -1e-9 * rates[1:])
     assert rates[-1].mean() > rates[1].mean() + 0.1
@@ -145,7 +153,7 @@ def test_powers_stay_within_budget(dtype):
     H = random_channels(5, batch=8, n=12, dtype=dtype)
     rng = np.random.default_rng(5)
     for pmax in (0.01, 1.0, 5.0):
-        p = W.wmmse(H, 1.0, pmax, 30).numpy()
+        p = wmmse_graph(H, 1.0, pmax, 30).numpy()
         assert p.dtype == dtype
         assert np.all(p >= 0) and np.all(p <= pmax * (1 + 1e-6))
         # UWMMSE-style multipliers, including switched-off nodes (a = b = 0 gives v = 0, not NaN)
@@ -209,7 +217,7 @@ def test_float32_is_stable_at_realistic_snr():
     assert direct_snr[:, :5].max() > 1e8  # the regime this test is about
     rate64 = W.sum_rate(H, W.wmmse(H, sigma2, 5.0, 100), sigma2).numpy()
     H32 = H.astype(np.float32)
-    p32 = W.wmmse(H32, sigma2, 5.0, 100)
+    p32 = W.wmmse(H32, sigma2, 5.0, 100)  # the default, XLA-compiled path
     rate32 = W.sum_rate(H32, p32, sigma2).numpy()
     assert np.all(np.isfinite(p32.numpy()))
     np.testing.assert_allclose(rate32, rate64, rtol=1e-3)
@@ -217,12 +225,26 @@ def test_float32_is_stable_at_realistic_snr():
 
 def test_one_trace_serves_all_iteration_counts_and_scalars():
     H = random_channels(9, batch=4, n=7)
-    W.wmmse(H, 1.0, 1.0, 1)  # warm-up: may trace for this dtype
-    traces = W._wmmse_powers.experimental_get_tracing_count()
-    W.wmmse(H, 0.5, 2.0, 4)
-    W.wmmse(H, 2.0, 3.0, 100)
-    assert W._wmmse_powers.experimental_get_tracing_count() == traces
-    np.testing.assert_allclose(W.wmmse(H, 1.0, 3.0, 0).numpy(), np.full((4, 7), 3.0))
+    wmmse_graph(H, 1.0, 1.0, 1)  # warm-up: may trace for this dtype
+    traces = W._wmmse_graph.experimental_get_tracing_count()
+    wmmse_graph(H, 0.5, 2.0, 4)
+    wmmse_graph(H, 2.0, 3.0, 100)
+    assert W._wmmse_graph.experimental_get_tracing_count() == traces
+    np.testing.assert_allclose(wmmse_graph(H, 1.0, 3.0, 0).numpy(), np.full((4, 7), 3.0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_xla_matches_graph_and_compiles_once(dtype):
+    # Same shape as test_float32_is_stable_at_realistic_snr, so the XLA cache is shared.
+    H = random_channels(10, batch=8, n=25, dtype=dtype)
+    W.wmmse(H, 1.0, 2.0, 1)
+    traces = W._wmmse_xla.experimental_get_tracing_count()
+    for iterations in (0, 4, 100):
+        xla = W.wmmse(H, 1.0, 2.0, iterations).numpy()
+        graph = wmmse_graph(H, 1.0, 2.0, iterations).numpy()
+        assert xla.dtype == dtype
+        np.testing.assert_allclose(xla, graph, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-7)
+    assert W._wmmse_xla.experimental_get_tracing_count() == traces
 
 
 @pytest.mark.parametrize(
@@ -240,4 +262,4 @@ def test_one_trace_serves_all_iteration_counts_and_scalars():
 )
 def test_invalid_inputs_raise_clear_errors(H, sigma2, pmax, iterations, message):
     with pytest.raises(ValueError, match=message):
-        W.wmmse(H, sigma2, pmax, iterations)
+        wmmse_graph(H, sigma2, pmax, iterations)
