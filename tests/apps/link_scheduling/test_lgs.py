@@ -223,6 +223,19 @@ def test_training_scale_graph_matches_sequential_greedy(mean_degree):
     assert rounds.min() >= 1 and rounds.max() <= 2 * 100
 
 
+@pytest.mark.parametrize("num_vertices", [63, 64, 65, 130])
+def test_neighbourhoods_spanning_several_64_bit_words(num_vertices):
+    # Neighbourhoods are packed into ceil(V/64) words; check the word boundaries, per-sample graphs.
+    rng = np.random.default_rng(num_vertices)
+    graphs = np.stack([random_graph(rng, num_vertices, p) for p in (0.02, 0.1, 0.3)])
+    weights = rng.random((3, num_vertices))
+    weights[2] = np.round(weights[2] * 3)  # ties across words
+    in_set, rounds = local_greedy_mwis(graphs, weights)
+    for b in range(3):
+        np.testing.assert_array_equal(in_set[b], sequential_greedy_mwis(graphs[b], weights[b]))
+        assert rounds[b] == protocol_simulation(graphs[b], weights[b])[1]
+
+
 def test_adjacency_from_edges():
     adjacency = adjacency_from_edges([0, 2, 1], [1, 1, 0], 4)  # (1, 0) repeats (0, 1)
     expected = np.zeros((4, 4), dtype=bool)
