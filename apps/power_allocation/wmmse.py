@@ -67,7 +67,7 @@ def mmse_receiver(H, v, sigma2):
     u_i = H_ii v_i / (σ² + Σ_j H_ji² v_j²) and w_i = 1 / (1 − u_i H_ii v_i) (DESIGN section 8), w in
     the cancellation-free form of the module docstring. H (..., N, N), v (..., N) -> (u, w) (..., N).
     """
-    H_sq, H_sq_off, H_diag = _gains_squared(H)
+    _, H_sq_off, H_diag = _gains_squared(H)
     noise_and_interference = _interference(H_sq_off, tf.square(v), sigma2)
     received = noise_and_interference + tf.square(H_diag * v)  # σ² + Σ_j H_ji² v_j²
     u = H_diag * v / received
@@ -100,8 +100,8 @@ def wmmse_step(H, v, sigma2, pmax, a=None, b=None):
       H: (..., N, N) float32/float64 amplitude gains, H[..., j, i] from transmitter j to receiver i.
       v: (..., N) current transmit amplitudes in [0, √Pmax].
       sigma2, pmax: noise power and power budget (scalars or tensors broadcastable to (..., N)).
-      a, b: optional per-node multipliers broadcastable to (..., N), e.g. GCNN outputs of shape
-        (B, N); differentiable, so gradients flow into whatever produced them.
+      a, b: optional per-node multipliers broadcastable to (..., N), e.g. GCNN outputs squeezed to
+        shape (B, N); differentiable, so gradients flow into whatever produced them.
 
     Returns:
       v' with the shape of v.
@@ -128,9 +128,9 @@ def _wmmse_loop(H, sigma2, pmax, num_iterations):
     return tf.square(v)
 
 
-# XLA fuses the dozen tiny (B, N, N) ops of an iteration: about 10x faster than the plain graph for
-# B = 64, N = 25 and 100 iterations, at the price of one compilation (~0.5-2 s) per input shape and
-# dtype. The plain graph suits one-off calls on many different shapes (e.g. tests).
+# XLA fuses the dozen tiny (B, N, N) ops of an iteration: 4-10x faster than the plain graph for
+# B = 64, N = 25 and 100 iterations (benchmarks/bench_lgs_wmmse.py), at the price of one compilation
+# (~0.5-2 s) per input shape and dtype. The plain graph suits one-off calls on many shapes (tests).
 _wmmse_xla = tf.function(_wmmse_loop, reduce_retracing=True, jit_compile=True)
 _wmmse_graph = tf.function(_wmmse_loop, reduce_retracing=True)
 
