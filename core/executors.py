@@ -56,6 +56,25 @@ def node_major(x, y, self_factor=None):
     return tf.transpose(x, [1, 0, 2]), tf.transpose(y, [1, 0, 2]), self_factor
 
 
+def consensus_update(optimizer: Optimizer, theta, state, grad, mixing: Operator | None, lr, exchange):
+    """Algorithm 1, line 12: the consensus rounds ``optimizer`` needs, then its local update.
+
+    ``grad`` holds the local gradients summed over the mini-batch ((|V|, |theta|), or (|theta|,) for a
+    centralized optimizer, which mixes nothing). Gradient consensus runs K rounds x <- W x (eq. 15);
+    parameter consensus mixes the optimizer's payload once (eq. 17). Every round goes through
+    ``exchange`` (a :class:`core.comm.CommSimulator` counts it). Shared by :class:`BatchedExecutor` and
+    :mod:`core.trainer` (whose apps may compute ``grad`` in their own way).
+    """
+    mixed = None
+    if optimizer.consensus == "gradient":
+        mixed = grad
+        for k in range(1, optimizer.consensus_rounds + 1):
+            mixed = exchange.propagate(mixing, mixed, message=("grad", k))  # eq. (15)
+    elif optimizer.consensus == "parameter":
+        mixed = exchange.propagate(mixing, optimizer.payload(theta, state), message=("param", 0))
+    return optimizer.step(theta, grad, mixed, state, lr)
+
+
 @dataclass
 class StepResult:
     theta: tf.Tensor
@@ -113,17 +132,9 @@ class BatchedExecutor(_Executor):
         sim = CommSimulator(self.schedule_for(optimizer, x.shape[0]))
         if optimizer.centralized:
             grad, loss = self.centralized_gradient(theta, x, y, shift, self_factor, sim)
-            mixed = None
         else:
             grad, loss = self.local_gradients(theta, x, y, shift, self_factor, sim)
-            mixed = None
-            if optimizer.consensus == "gradient":
-                mixed = grad
-                for k in range(1, optimizer.consensus_rounds + 1):
-                    mixed = sim.propagate(mixing, mixed, message=("grad", k))  # eq. (15)
-            elif optimizer.consensus == "parameter":
-                mixed = sim.propagate(mixing, optimizer.payload(theta, state), message=("param", 0))
-        theta, state = optimizer.step(theta, grad, mixed, state, lr)
+        theta, state = consensus_update(optimizer, theta, state, grad, mixing, lr, sim)
         return StepResult(theta, state, loss, sim.cost())
 
 

@@ -12,13 +12,62 @@ rounds through the communication simulator, then hands the mixed values to :meth
   (theta, and u~ for D-AMSGrad), ``mixed`` is W times the payload.
 
 State is a tuple of tensors so that steps compile into ``tf.function`` / XLA programs.
+
+The step size alpha_t follows a :class:`LearningRate` schedule (Algorithm 1, line 13): constant or
+exponential decay.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import tensorflow as tf
 
 OPTIMIZERS = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad")
+LR_SCHEDULES = ("constant", "exponential")
+
+
+@dataclass(frozen=True)
+class LearningRate:
+    """alpha_t for update t = 0, 1, ... (Algorithm 1, lines 1 and 13).
+
+    ``constant``: alpha_t = alpha. ``exponential``: alpha_t = alpha * rate^(t / steps), or
+    rate^floor(t / steps) with ``staircase`` (the usual exponential decay of Keras/TF).
+    """
+
+    alpha: float
+    schedule: str = "constant"
+    decay_rate: float = 0.96
+    decay_steps: int = 1000
+    staircase: bool = False
+
+    def __post_init__(self):
+        if not (isinstance(self.alpha, int | float) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"learning rate must be a finite number > 0, got {self.alpha!r}")
+        if self.schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr schedule {self.schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if not 0 < self.decay_rate <= 1:
+            raise ValueError(f"lr decay rate must be in (0, 1], got {self.decay_rate!r}")
+        if int(self.decay_steps) != self.decay_steps or self.decay_steps < 1:
+            raise ValueError(f"lr decay steps must be an integer >= 1, got {self.decay_steps!r}")
+
+    def __call__(self, step, dtype=tf.float32) -> tf.Tensor:
+        """alpha_t as a scalar tensor of ``dtype``; ``step`` (t) may be a Python int or an integer tensor."""
+        alpha = tf.constant(self.alpha, dtype)
+        if self.schedule == "constant":
+            return alpha
+        exponent = tf.cast(step, dtype) / tf.constant(float(self.decay_steps), dtype)
+        if self.staircase:
+            exponent = tf.floor(exponent)
+        return alpha * tf.pow(tf.constant(self.decay_rate, dtype), exponent)
+
+    def value(self, step: int) -> float:
+        """alpha_t as a Python float (for logs and tests)."""
+        if self.schedule == "constant":
+            return float(self.alpha)
+        exponent = step / self.decay_steps
+        return float(self.alpha * self.decay_rate ** (math.floor(exponent) if self.staircase else exponent))
 
 
 class Optimizer:
