@@ -9,6 +9,28 @@ A dataset kind is a module of this package that defines a module-level `KIND = D
 * `generate(config, out_path, quiet)`: writes the file (use `storage.write_dataset` so the write is
   atomic, and `progress_bar` for the progress display).
 
+A minimal kind module (e.g. `datasets/my_kind.py`)::
+
+    SCHEMA = storage.Schema("my-kind", 1, (storage.ArraySpec("train/x", ("samples", "width"), np.float32),))
+
+    @dataclass(frozen=True)
+    class MyConfig:
+        samples: int = 100
+        seed: int = 0
+
+        def __post_init__(self):
+            cli.check_counts(self, ("samples",))
+            cli.check_seed(self)
+
+    def generate(config, out, quiet=True):
+        with storage.write_dataset(out, SCHEMA, dataclasses.asdict(config), f"{__name__} 1.0") as writer:
+            writer.create_array("train/x", (config.samples, 8))
+            writer.append("train/x", np.random.default_rng(config.seed).random((config.samples, 8)))
+
+    KIND = cli.DatasetKind("my-kind", "one-line help", "description", add_arguments, configure, generate)
+
+and its loader subclasses `storage.DatasetReader` (see `datasets.power_allocation`).
+
 Keep a kind module light to import (heavy libraries such as TensorFlow inside functions), because the
 CLI imports every kind to list them.
 

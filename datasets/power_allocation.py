@@ -10,7 +10,8 @@ for `batches_per_layout` consecutive batches of `batch_size` samples (batches l*
 layout l), so the paper preset has 100 layouts x 100 batches x 64 samples = 640 000 matrices (the
 paper: "640 000 realizations of CSI matrices under 100 realizations of transceiver locations"). The
 test split has `test_batches` batches with a fresh layout every `test_batches_per_layout` batches
-(default 1: one layout per batch of 64, as in the authors' code). Path loss depends on the layout
+(default 1: one layout per batch of 64, as in the authors' code; `--layouts 10000
+--batches-per-layout 1` does the same for training). Path loss depends on the layout
 only; shadowing is drawn once per link and layout (it is a location-bound large-scale effect) unless
 `shadowing_per = "sample"`; fading is drawn afresh for every sample.
 

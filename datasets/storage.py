@@ -137,7 +137,7 @@ class DatasetWriter:
                 f"cannot append rows of shape {rows.shape} to {name} {dataset.shape} at row {start}"
             )
         dataset[start : start + rows.shape[0]] = rows
-        self._hashes[name].update(rows.tobytes())
+        self._hashes[name].update(rows)  # C-contiguous: hashes exactly the bytes of rows.tobytes()
         self._filled[name] = start + rows.shape[0]
 
     def _finish(self, metadata: Mapping[str, object]) -> None:
@@ -208,6 +208,7 @@ class DatasetReader:
     def __init__(self, path: str | os.PathLike, schema: Schema):
         self.path = Path(path)
         self.schema = schema
+        self._datasets: dict[str, h5py.Dataset] = {}
         if not self.path.is_file():
             raise DatasetError(f"{self.path}: no such dataset file")
         try:
@@ -236,7 +237,9 @@ class DatasetReader:
     def read(self, name: str, index: int | slice) -> np.ndarray:
         """Rows `index` of array `name` (an int gives one row without the row axis), content-checked."""
         try:
-            rows = self.file[name][index]
+            if name not in self._datasets:  # h5py's path lookup costs as much as reading a small row
+                self._datasets[name] = self.file[name]
+            rows = self._datasets[name][index]
         except (OSError, ValueError, KeyError) as exc:
             raise DatasetError(f"{self.path}: cannot read {name}[{_format_index(index)}]: {exc}") from exc
         for check in self.schema.spec(name).checks:
@@ -254,9 +257,7 @@ class DatasetReader:
             step = max(1, _VERIFY_BLOCK_BYTES // row_bytes)
             digest = hashlib.sha256()
             for start in range(0, dataset.shape[0], step):
-                digest.update(
-                    np.ascontiguousarray(self.read(spec.name, slice(start, start + step))).tobytes()
-                )
+                digest.update(np.ascontiguousarray(self.read(spec.name, slice(start, start + step))))
             digests[spec.name] = digest.hexdigest()
             if dataset.attrs.get(ARRAY_DIGEST_ATTR) != digests[spec.name]:
                 raise DatasetError(f"{self.path}: {spec.name} does not match its checksum (corrupted data)")
