@@ -124,7 +124,9 @@ def test_out_of_range_distance_raises_or_clamps(function):
         function(9.5, FC)
     with pytest.raises(ValueError, match="d2d must be in"):
         function(np.array([100.0, 5001.0]), FC)
-    np.testing.assert_allclose(function([0.1, 9.5, 6000.0], FC, clamp=True), function([10.0, 10.0, 5000.0], FC))
+    np.testing.assert_allclose(
+        function([0.1, 9.5, 6000.0], FC, clamp=True), function([10.0, 10.0, 5000.0], FC)
+    )
     for bad in (0.0, -3.0):
         with pytest.raises(ValueError, match="d2d must be > 0"):
             function(bad, FC, clamp=True)
