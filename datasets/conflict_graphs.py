@@ -183,7 +183,8 @@ class ConflictGraphDataset(storage.DatasetReader):
         super().__init__(path, SCHEMA)
 
     def expected_dims(self):
-        return {"vertices": self.config["vertices"], "test_samples": self.config["test_samples"]}
+        names = ("vertices", "train_graphs", "test_graphs", "test_samples")
+        return {name: self.config[name] for name in names}
 
     @property
     def num_vertices(self) -> int:

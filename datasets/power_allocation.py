@@ -320,7 +320,14 @@ class PowerAllocationDataset(storage.DatasetReader):
         super().__init__(path, SCHEMA)
 
     def expected_dims(self):
-        return {"batch_size": self.config["batch_size"], "pairs": self.config["pairs"], "xy": 2}
+        config = self.config
+        return {
+            "train_batches": config["layouts"] * config["batches_per_layout"],
+            "test_batches": config["test_batches"],
+            "batch_size": config["batch_size"],
+            "pairs": config["pairs"],
+            "xy": 2,
+        }
 
     @property
     def noise_power_w(self) -> float:

@@ -261,6 +261,17 @@ def test_loader_rejects_bad_files(tmp_path, power_file, graph_file):
         file.attrs["config"] = file.attrs["config"].replace('"pairs": 4', '"pairs": 5')
     with pytest.raises(DatasetError, match="dimension 'pairs' is 4 in the arrays but 5 in the metadata"):
         PowerAllocationDataset(bad_config)
+    fewer = tmp_path / "fewer.h5"
+    shutil.copy(power_file, fewer)
+    with h5py.File(fewer, "r+") as file:
+        for name in ("H", "tx_pos", "rx_pos"):
+            values = file[f"test/{name}"][:2]
+            del file[f"test/{name}"]
+            file[f"test/{name}"] = values
+    with pytest.raises(
+        DatasetError, match="dimension 'test_batches' is 2 in the arrays but 3 in the metadata"
+    ):
+        PowerAllocationDataset(fewer)
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(power_file.read_bytes()[:-1000])
     with pytest.raises(DatasetError, match="truncated.h5: not a readable HDF5 file"):
