@@ -47,20 +47,27 @@ class ScheduleError(RuntimeError):
 
 @dataclass(frozen=True)
 class Message:
-    """One payload: ``kind`` in fwd/bwd/grad/param, the sample it belongs to (or None) and its index
-    (layer l for fwd/bwd, consensus round k = 1..K for grad, piece number for param)."""
+    """One payload: ``kind`` in fwd/bwd/grad/param, the sample it belongs to (or None), its index
+    (layer l for fwd/bwd, consensus round k = 1..K for grad, piece number for param) and, for several
+    payloads bundled into the same slot (e.g. two GCNNs of a pipeline exchanging in the same round),
+    the name of the ``part``."""
 
     kind: str
     sample: int | None
     index: int
+    part: str = ""
 
 
 class Schedule:
     """When each payload of a mini-batch is sent: the timeline of Section III-C and Fig. 1.
 
+    For a pipeline of several message-passing stages (e.g. unfolded layers each containing GCNNs), L is
+    the number of sequential forward exchanges per sample and the backward pass has (at most) L - 1,
+    exactly as for a GCNN: exchange 1 carries data only, so its gradient is never sent.
+
     Args:
         name: one of :data:`SCHEDULES`.
-        num_layers: L.
+        num_layers: L, the forward exchanges per sample.
         batch_size: B.
         consensus_rounds: K (used by ``naive``, ``batch`` and ``piggyback``).
         param_size: size of the per-node vector that ``dopt`` mixes once per mini-batch
@@ -170,13 +177,28 @@ class CommSimulator(Exchange):
     ``(kind, index, sample)`` for a single payload. :meth:`exchange_round` sends a bundle of payloads
     as one round (the protocol executor). Recording a payload twice, or one the schedule has no place
     for, raises :class:`ScheduleError`; :meth:`cost` checks that every scheduled payload was sent.
+
+    Pipelines whose gradients come from ``tf.GradientTape`` rather than the explicit backprop pass
+    ``count_tape_backward=True``: every forward exchange then has a custom gradient that performs the
+    transposed exchange of the backward pass and records it as the ``bwd`` payload of the same index
+    (what a network running that backward pass would send). :meth:`view` numbers the exchanges of a
+    pipeline stage and bundles parallel stages into the same rounds.
     """
 
-    def __init__(self, schedule: Schedule, degree=None):
+    def __init__(self, schedule: Schedule, degree=None, count_tape_backward: bool = False):
         self.schedule = schedule
+        self.count_tape_backward = count_tape_backward
         self._active = 1.0 if degree is None else float(np.mean(np.asarray(degree) > 0))
         self._sent: dict[Message, int] = {}
         self._round_size: dict[int, int] = defaultdict(int)
+
+    def view(self, offset: int = 0, part: str = "") -> Exchange:
+        """An exchange that sends ``fwd`` payload l as ``fwd`` l + ``offset`` tagged ``part``.
+
+        E.g. an unfolded layer u of a pipeline runs its GCNNs on ``sim.view(offset=2 * u, part="a")`` and
+        ``sim.view(offset=2 * u, part="b")``: both GCNNs' layer-l messages travel in the same round.
+        """
+        return _SimulatorView(self, offset, part)
 
     def record(self, msg: Message, size: int) -> int:
         if msg in self._sent:
@@ -186,28 +208,48 @@ class CommSimulator(Exchange):
         self._round_size[r] += int(size)
         return r
 
-    def propagate(self, op: Operator, x: tf.Tensor, message=None) -> tf.Tensor:
+    def propagate(self, op: Operator, x: tf.Tensor, message=None, part: str = "") -> tf.Tensor:
         if message is None:
             raise ScheduleError("every exchange of a counted program must name its payload")
         kind, index, *sample = message
-        size = int(x.shape[-1])
+        self._record_exchange(kind, index, sample, int(x.shape[-1]), part)
+        if self.count_tape_backward and kind == "fwd":
+            return self._with_counted_backward(op, x, index, part)
+        return apply_operator(op, x)
+
+    def _with_counted_backward(self, op: Operator, x: tf.Tensor, index: int, part: str) -> tf.Tensor:
+        """op @ x whose gradient (op^T dy: the backward message of eq. 14's kind) is counted as bwd.
+
+        The gradient is taken with respect to x only: shift weights are data, not trainable.
+        """
+
+        @tf.custom_gradient
+        def exchange(x):
+            def backward(dy):
+                self._record_exchange("bwd", index, [], int(dy.shape[-1]), part)
+                return apply_operator(op.transposed(), dy)
+
+            return apply_operator(op, x), backward
+
+        return exchange(x)
+
+    def _record_exchange(self, kind: str, index: int, sample: list, size: int, part: str) -> None:
         if sample:
-            self.record(Message(kind, sample[0], index), size)
+            self.record(Message(kind, sample[0], index, part), size)
         elif kind in ("fwd", "bwd") or (kind == "grad" and self.schedule.name == "naive"):
             # Batched: the B per-sample payloads of this exchange. For per-sample gradient consensus
             # (naive), one exchange of the batch-summed gradient stands for the B per-sample rounds:
             # consensus is linear, so sum_b W^K x(b) = W^K sum_b x(b) (the protocol executor runs the
             # per-sample rounds literally and a test checks both agree).
             for b in range(self.schedule.B):
-                self.record(Message(kind, b, index), size)
+                self.record(Message(kind, b, index, part), size)
         elif kind == "param":
             for p, start, stop in self.schedule.param_pieces():
                 self.record(Message("param", None, p), stop - start)
             if size != self.schedule.param_size:
                 raise ScheduleError(f"param payload of size {size}, schedule expects {self.schedule.param_size}")
         else:
-            self.record(Message(kind, None, index), size)
-        return apply_operator(op, x)
+            self.record(Message(kind, None, index, part), size)
 
     def exchange_round(self, round_index: int, items) -> list[tf.Tensor]:
         """Send a bundle of ``(Message, op, payload)`` as the single round ``round_index``."""
@@ -220,7 +262,8 @@ class CommSimulator(Exchange):
         return out
 
     def cost(self) -> CommCost:
-        missing = set(self.schedule.messages()) - set(self._sent)
+        sent = {Message(m.kind, m.sample, m.index) for m in self._sent}  # any part fills the slot
+        missing = set(self.schedule.messages()) - sent
         if missing:
             example = sorted(missing, key=str)[0]
             raise ScheduleError(f"{len(missing)} scheduled payloads were never sent, e.g. {example}")
@@ -230,3 +273,18 @@ class CommSimulator(Exchange):
             largest_message=max(self._round_size.values(), default=0),
             active_fraction=self._active,
         )
+
+
+class _SimulatorView(Exchange):
+    """See :meth:`CommSimulator.view`."""
+
+    def __init__(self, sim: CommSimulator, offset: int, part: str):
+        self.sim, self.offset, self.part = sim, int(offset), part
+
+    def propagate(self, op: Operator, x: tf.Tensor, message=None) -> tf.Tensor:
+        if message is None:
+            raise ScheduleError("every exchange of a counted program must name its payload")
+        kind, index, *rest = message
+        if kind in ("fwd", "bwd"):
+            index += self.offset
+        return self.sim.propagate(op, x, (kind, index, *rest), part=self.part)

@@ -176,3 +176,51 @@ def test_timeline_respects_dependencies():
         assert last_forward < backward[0] < backward[1]
     assert len(s.timeline()) == s.num_rounds == 3 * 4 + 2
     assert all(len(r) >= 1 for r in s.timeline())
+
+
+def test_tape_backward_is_counted_like_the_explicit_backprop():
+    """A GCNN differentiated by GradientTape through a counting simulator sends what eq. (14) sends."""
+    gcnn = GCNN((3, 4, 5, 1), "tanh", bias=True)
+    graph = Graph.from_networkx(nx.barabasi_albert_graph(9, 2, seed=3))
+    optimizer = make_optimizer("d-sgd")
+    args, explicit = run_batched(gcnn, graph, optimizer, 4, seed=3)
+    theta, _, x, y, shift, *_ = args
+    sim = CommSimulator(BatchedExecutor(gcnn).schedule_for(optimizer, 4), count_tape_backward=True)
+    with tf.GradientTape() as tape:
+        tape.watch(theta)
+        params = [tf.reshape(p, (9, *s)) for p, s in zip(
+            tf.split(theta, [int(np.prod(s)) for s in gcnn.param_shapes()], axis=1), gcnn.param_shapes())]
+        y_hat, _ = gcnn.forward(params, x, shift, exchange=sim, sample_major=True)
+        loss = tf.reduce_sum((y_hat - y) ** 2)
+    grad = tape.gradient(loss, theta)
+    local, _ = BatchedExecutor(gcnn).local_gradients(theta, x, y, shift)
+    np.testing.assert_allclose(grad, local, rtol=1e-10, atol=1e-13)
+    sim.propagate(to_operator(graph.metropolis_hastings(), F64), theta, message=("param", 0))
+    assert sim.cost() == explicit.cost
+
+
+def test_pipeline_stages_bundle_parallel_parts():
+    """Two stages, each with two parallel 2-layer GCNNs: L = 4 sequential exchanges per sample."""
+    n, B = 7, 3
+    graph = Graph.from_networkx(nx.cycle_graph(n))
+    shift = to_operator(graph.shift_operator("normalized_adjacency"), F64)
+    gcnn = GCNN((1, 3, 1), ("relu", "sigmoid"), bias=True)
+    params = {part: [replicate(p, n) for p in gcnn.init_params(seed, "glorot", F64)]
+              for seed, part in enumerate("ab")}
+    schedule = Schedule("dopt", num_layers=4, batch_size=B, param_size=8)
+    sim = CommSimulator(schedule, count_tape_backward=True)
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        h = tf.ones((n, B, 1), F64)
+        for stage in range(2):
+            a, _ = gcnn.forward(params["a"], h, shift, exchange=sim.view(offset=2 * stage, part="a"))
+            b, _ = gcnn.forward(params["b"], h, shift, exchange=sim.view(offset=2 * stage, part="b"))
+            h = a * h + b
+        loss = tf.reduce_sum(h)
+    tape.gradient(loss, params)
+    sim.propagate(to_operator(graph.metropolis_hastings(), F64), tf.zeros((n, 8), F64), message=("param", 0))
+    cost = sim.cost()
+    assert cost.rounds == 4 * B + 3 == schedule.num_rounds
+    # per sample: 4 forward rounds with two 1-or-3-float messages, 3 backward rounds likewise
+    per_sample = 2 * (1 + 3 + 1 + 3) + 2 * (3 + 1 + 3)
+    assert cost.floats_per_node == B * per_sample + 8 + 1
