@@ -35,17 +35,20 @@ from core.optimizers import make_optimizer  # noqa: E402
 from core.replicas import flatten, replicate  # noqa: E402
 
 
-def time_call(fn, *args, repeats: int) -> float:
-    fn(*args)  # compile
-    fn(*args)
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            out = fn(*args)
-        tf.nest.map_structure(lambda t: t.numpy(), out)
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return best
+def time_pair(first, second, repeats: int, trials: int = 7) -> tuple[float, float]:
+    """Best time per call of two workloads, measured alternately so that load from other processes on a
+    shared machine affects both alike."""
+    best = [float("inf"), float("inf")]
+    for fn in (first, second):
+        fn()  # compile
+    for _ in range(trials):
+        for k, fn in enumerate((first, second)):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                out = fn()
+            tf.nest.map_structure(lambda t: t.numpy(), out)
+            best[k] = min(best[k], (time.perf_counter() - start) / repeats)
+    return best[0], best[1]
 
 
 def bench(num_nodes: int, batch: int, widths=(10, 10, 1)):
@@ -72,9 +75,8 @@ def bench(num_nodes: int, batch: int, widths=(10, 10, 1)):
             loss = tf.reduce_sum(tf.reduce_mean(squared_error(y_hat, y), axis=1))
         return tape.gradient(loss, theta), loss
 
-    repeats = max(3, 20000 // num_nodes)
-    return time_call(distributed, copies, x, y, repeats=repeats), time_call(centralized, shared, x, y,
-                                                                            repeats=repeats)
+    return time_pair(lambda: distributed(copies, x, y), lambda: centralized(shared, x, y),
+                     repeats=max(2, 5000 // num_nodes))
 
 
 def main(argv=None):
