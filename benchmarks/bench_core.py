@@ -14,41 +14,22 @@ Prints the time per mini-batch, the ratio distributed / centralized (target <= 1
 
 from __future__ import annotations
 
+from _common import best_times  # first: quiets TensorFlow's logs, puts the repository on the path
+
+# isort: split
 import argparse
-import os
-import sys
-import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import networkx as nx
+import numpy as np
+import tensorflow as tf
 
-import networkx as nx  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from core.comm import CommSimulator  # noqa: E402
-from core.executors import BatchedExecutor, squared_error, unflatten  # noqa: E402
-from core.gcnn import GCNN  # noqa: E402
-from core.graph import Graph  # noqa: E402
-from core.ops import to_operator  # noqa: E402
-from core.optimizers import make_optimizer  # noqa: E402
-from core.replicas import flatten, replicate  # noqa: E402
-
-
-def time_pair(first, second, repeats: int, trials: int = 7) -> tuple[float, float]:
-    """Best time per call of two workloads, measured alternately so that load from other processes on a
-    shared machine affects both alike."""
-    best = [float("inf"), float("inf")]
-    for fn in (first, second):
-        fn()  # compile
-    for _ in range(trials):
-        for k, fn in enumerate((first, second)):
-            start = time.perf_counter()
-            for _ in range(repeats):
-                out = fn()
-            tf.nest.map_structure(lambda t: t.numpy(), out)
-            best[k] = min(best[k], (time.perf_counter() - start) / repeats)
-    return best[0], best[1]
+from core.comm import CommSimulator
+from core.executors import BatchedExecutor, squared_error, unflatten
+from core.gcnn import GCNN
+from core.graph import Graph
+from core.ops import to_operator
+from core.optimizers import make_optimizer
+from core.replicas import flatten, replicate
 
 
 def bench(num_nodes: int, batch: int, widths=(10, 10, 1)):
@@ -75,8 +56,8 @@ def bench(num_nodes: int, batch: int, widths=(10, 10, 1)):
             loss = tf.reduce_sum(tf.reduce_mean(squared_error(y_hat, y), axis=1))
         return tape.gradient(loss, theta), loss
 
-    return time_pair(lambda: distributed(copies, x, y), lambda: centralized(shared, x, y),
-                     repeats=max(2, 5000 // num_nodes))
+    return best_times([lambda: distributed(copies, x, y), lambda: centralized(shared, x, y)],
+                      repeats=max(2, 5000 // num_nodes))
 
 
 def main(argv=None):
