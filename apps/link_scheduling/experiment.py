@@ -1,0 +1,353 @@
+"""Link-scheduling experiment (Fig. 2c): flags, validation, data, and one training run per optimizer.
+
+``main(argv)`` parses and validates every flag and reads (or, with ``--generate``, writes) the
+conflict-graph dataset *before* creating a run directory: bad input prints one error line on stderr,
+exits with status 2 and writes nothing. Each optimizer is then trained by :class:`core.trainer.Trainer`
+on :class:`apps.link_scheduling.task.LinkSchedulingTask` into its run directory (DESIGN section 5).
+
+Modes:
+
+- ``algorithm1`` (default): Algorithm 1 as DESIGN section 9 states it. A mini-batch is one training
+  graph drawn at random with B weight samples on it; one actor update and one critic update per
+  mini-batch. Each trainer epoch is one mini-batch, so metrics.csv has a row per mini-batch and its
+  ``epoch`` column is the mini-batch count of Fig. 2c's x-axis (``step`` counts updates).
+- ``authors``: the paper authors' published loop, which Fig. 2c plots: a "mini-batch" is B samples,
+  *each on its own graph*, applied as B sequential updates of actor and critic (one per sample), with
+  the authors' step sizes (actor 5e-5, critic 1e-4) and 55 mini-batches. Here each update uses the
+  gradient at the current parameters (the authors compute all B at the start of the mini-batch and
+  apply them in random order); ``step`` counts the B x mini-batches updates.
+
+With one update per mini-batch the authors' 55 mini-batches at alpha = 5e-5 move the actor by about
+55 alpha, i.e. not at all; the defaults of ``algorithm1`` (``ALGORITHM1``) are the step sizes and the
+number of mini-batches that make that mode learn (measured in the report of issue 6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import cli
+from datasets.conflict_graphs import ConflictGraphDataset, ConflictGraphsConfig
+from datasets.storage import DatasetError
+
+APP = "link_scheduling"
+PROG = "python -m apps.link_scheduling"
+OPTIMIZERS = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad")
+LABELS = {"c-sgd": "C-SGD", "c-adam": "C-Adam", "d-naive": "D-naive", "d-naive-pb": "D-naive-PB",
+          "d-sgd": "D-SGD", "d-adam": "D-Adam", "d-amsgrad": "D-AMSGrad"}
+MODES = ("algorithm1", "authors")
+# Mode defaults for the flags left unset: actor alpha, critic alpha, mini-batches.
+ALGORITHM1 = {"lr": 1e-3, "critic_lr": 1e-3, "mini_batches": 300}
+AUTHORS = {"lr": 5e-5, "critic_lr": 1e-4, "mini_batches": 55}
+DATASET_FLAGS = ("vertices", "min_degree", "max_degree", "train_graphs", "test_graphs", "test_samples")
+PRESETS = {
+    "paper": {"data": Path("data/conflict_graphs.h5")},  # the defaults are the paper-scale settings
+    "quick": {"data": Path("data/conflict_graphs_quick.h5"), "mini_batches": 30, "train_graphs": 40,
+              "test_graphs": 10, "test_samples": 20, "checkpoint_every": 10},
+}
+PATH_FLAGS = ("data", "out", "resume")
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def _optimizer_list(text: str) -> tuple[str, ...]:
+    names = OPTIMIZERS if text == "all" else tuple(n.strip() for n in text.split(","))
+    unknown = [n for n in names if n not in OPTIMIZERS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"must be 'all' or distinct names from {', '.join(OPTIMIZERS)} separated by commas, got {text!r}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.OneLineErrorParser(
+        prog=PROG, formatter_class=cli.HelpFormatter,
+        description="Train the GCNN actor of GCNN-LGS link scheduling (MWIS on conflict graphs) with a "
+        "centralized twin critic, the actor centrally or fully distributed with per-node parameter copies "
+        "(paper Section IV-C, Fig. 2c). Writes config.json, metrics.csv (a row per mini-batch), "
+        "summary.json, checkpoint/ and utility_ratio.png per optimizer.")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=Path, default=PRESETS["paper"]["data"],
+                      help="conflict-graph dataset written by `python -m datasets conflict-graphs`")
+    data.add_argument("--generate", action="store_true",
+                      help="write the dataset to --data first if that file does not exist, with the settings "
+                      "below (an existing file is used if it has these settings, else an error)")
+    d = ConflictGraphsConfig()
+    data.add_argument("--vertices", type=cli.positive_int, default=d.vertices, help="|V| (with --generate)")
+    data.add_argument("--min-degree", type=cli.non_negative_float, default=d.min_degree,
+                      help="smallest mean degree of the Erdos-Renyi graphs (with --generate)")
+    data.add_argument("--max-degree", type=cli.non_negative_float, default=d.max_degree,
+                      help="largest mean degree (with --generate)")
+    data.add_argument("--train-graphs", type=cli.positive_int, default=d.train_graphs,
+                      help="training graphs, one drawn per mini-batch (with --generate)")
+    data.add_argument("--test-graphs", type=cli.positive_int, default=d.test_graphs,
+                      help="test graphs, degrees spread over the range (with --generate)")
+    data.add_argument("--test-samples", type=cli.positive_int, default=d.test_samples,
+                      help="stored weight samples per test graph (with --generate)")
+    data.add_argument("--data-seed", type=_non_negative_int, default=d.seed, help="dataset seed (with --generate)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--mode", choices=MODES, default="algorithm1",
+                       help="algorithm1: a graph per mini-batch, B samples on it, one update per mini-batch; "
+                       "authors: the paper authors' loop, a graph per sample and one update per sample "
+                       "(B updates per mini-batch)")
+    train.add_argument("--optimizer", type=_optimizer_list, default=("c-adam", "d-adam"),
+                       help="actor optimizer(s), comma-separated, or all; several run into <out>/<optimizer>/ "
+                       "(default: c-adam,d-adam, the two curves of Fig. 2c)")
+    train.add_argument("--lr", type=cli.positive_float, default=None,
+                       help=f"actor step size alpha (default {ALGORITHM1['lr']:g} with --mode algorithm1, the "
+                       f"paper's {AUTHORS['lr']:g} with --mode authors)")
+    train.add_argument("--critic-lr", type=cli.positive_float, default=None,
+                       help=f"critic Adam step size (default {ALGORITHM1['critic_lr']:g} with --mode algorithm1, "
+                       f"the paper's {AUTHORS['critic_lr']:g} with --mode authors)")
+    train.add_argument("--lr-schedule", choices=("constant", "exponential"), default="constant",
+                       help="actor alpha_t (Algorithm 1, line 13): constant, or alpha * decay-rate^(t / decay-steps)")
+    train.add_argument("--lr-decay-rate", type=cli.positive_float, default=0.96,
+                       help="decay factor of the exponential schedule, in (0, 1]")
+    train.add_argument("--lr-decay-steps", type=cli.positive_int, default=1000,
+                       help="updates per decay-rate factor of the exponential schedule")
+    train.add_argument("--mini-batches", "--epochs", dest="mini_batches", type=cli.positive_int, default=None,
+                       help=f"mini-batches to train, the x-axis of Fig. 2c (default {ALGORITHM1['mini_batches']} "
+                       f"with --mode algorithm1, the paper's {AUTHORS['mini_batches']} with --mode authors); "
+                       "--epochs is an alias: an epoch of this app is one mini-batch")
+    train.add_argument("--batch-size", type=cli.positive_int, default=100, help="weight samples B per mini-batch")
+    train.add_argument("--consensus-rounds", type=cli.positive_int, default=1,
+                       help="gradient-consensus rounds K of d-naive and d-naive-pb (eq. 15)")
+    train.add_argument("--mixing", choices=("mh", "laplacian"), default="mh",
+                       help="consensus weights W on the conflict graph: Metropolis-Hastings (eq. 16), or the "
+                       "paper authors' I - beta (D - A)")
+    train.add_argument("--mixing-beta", type=cli.positive_float, default=1e-3, help="beta of --mixing laplacian")
+    train.add_argument("--d-adam-variant", choices=("paper", "authors"), default="paper",
+                       help="D-Adam as in DESIGN section 3 (DADAM), or the authors' bias-corrected local Adam")
+    train.add_argument("--seed", type=_non_negative_int, default=0,
+                       help="seed of the initial actor and critic, the graph draws and every weight and noise draw")
+    train.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                       help="float type of parameters, optimizer states and data")
+    train.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                       help="paper: the paper-scale settings (the defaults, data/conflict_graphs.h5); quick: "
+                       + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in PRESETS["quick"].items())
+                       + " (explicit flags win)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", type=Path, default=None,
+                     help="run directory (default runs/link_scheduling/<timestamp>; the folder above an explicit "
+                     "--out must exist)")
+    run.add_argument("--resume", type=Path, default=None,
+                     help="continue the interrupted run in this directory with its saved settings (other flags "
+                     "but -q are ignored)")
+    run.add_argument("--checkpoint-every", type=_non_negative_int, default=50,
+                     help="mini-batches between checkpoints (0: only at the end)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
+    return parser
+
+
+@dataclass
+class Data:
+    """The dataset in memory: training and test graphs (bool (G, V, V)), test weights (G_test, S, V)."""
+
+    path: Path
+    checksum: str
+    config: dict
+    train_adjacency: object
+    test_adjacency: object
+    test_weights: object
+
+
+@dataclass
+class Plan:
+    """A validated request (nothing written yet, except a dataset that --generate asked for)."""
+
+    args: argparse.Namespace
+    out: Path
+    resume: bool
+    data: Data
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Flags with the preset's and the mode's defaults, or the saved flags of the run given to --resume."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.preset:
+        parser.set_defaults(**PRESETS[args.preset])
+        args = parser.parse_args(argv)
+    if args.resume is not None:
+        from core.runs import RunDir, RunError
+
+        try:
+            saved = RunDir(args.resume, create=False).read_config()["flags"]
+        except (RunError, KeyError, ValueError) as exc:
+            raise ValueError(f"--resume: {exc}") from None
+        quiet, resume = args.quiet, args.resume
+        args = argparse.Namespace(**saved)
+        for name in PATH_FLAGS:
+            value = getattr(args, name, None)
+            setattr(args, name, None if value is None else Path(value))
+        args.optimizer = tuple(args.optimizer)
+        args.quiet, args.resume = quiet, resume
+        return args
+    for name, value in (AUTHORS if args.mode == "authors" else ALGORITHM1).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def dataset_config(args: argparse.Namespace) -> ConflictGraphsConfig:
+    return ConflictGraphsConfig(seed=args.data_seed, **{k: getattr(args, k) for k in DATASET_FLAGS})
+
+
+def load_data(path: Path) -> Data:
+    """Read and fully validate a conflict-graph dataset (content checks and checksum)."""
+    with ConflictGraphDataset(path) as dataset:
+        dataset.verify()
+        return Data(path, dataset.checksum, dict(dataset.config),
+                    dataset.read("train/adjacency", slice(None)).astype(bool),
+                    dataset.read("test/adjacency", slice(None)).astype(bool),
+                    dataset.read("test/weights", slice(None)))
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    """Validate everything and load (or generate) the data; raises ValueError with a one-line message."""
+    from core.runs import RunError, check_new_run_path, default_run_path
+
+    if not 0 < args.lr_decay_rate <= 1:
+        raise ValueError(f"--lr-decay-rate must be in (0, 1], got {args.lr_decay_rate}")
+    if args.resume is not None:
+        out = args.resume
+    else:
+        try:
+            out = check_new_run_path(args.out) if args.out is not None else default_run_path(APP)
+        except RunError as exc:
+            raise ValueError(f"--out: {exc}") from None
+    path = args.data
+    if args.generate and args.resume is None:
+        config = dataset_config(args)  # ValueError naming the flag
+        if not path.exists():
+            if not path.parent.is_dir():
+                raise ValueError(f"--data: folder {path.parent} does not exist")
+            from datasets.conflict_graphs import generate
+
+            generate(config, path, quiet=args.quiet)
+    elif not path.exists():
+        raise ValueError(f"--data: {path} does not exist (pass --generate to create it)")
+    try:
+        data = load_data(path)
+    except DatasetError as exc:
+        raise ValueError(f"--data: {exc}") from None
+    if args.generate and args.resume is None and data.config != dataclasses.asdict(dataset_config(args)):
+        raise ValueError(f"--data: {path} exists with other settings than the dataset flags; remove it or choose "
+                         "another --data")
+    if args.resume is not None:
+        from core.runs import RunDir
+
+        expected = RunDir(out, create=False).read_config()["dataset"]["checksum"]
+        if expected != data.checksum:
+            raise ValueError(f"--resume: the dataset {path} has changed since the run started (checksum differs)")
+    return Plan(args, out, args.resume is not None, data)
+
+
+def run_config(p: Plan, optimizer: str) -> dict:
+    """What config.json records: every flag, the optimizer and mode, and the data set."""
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(p.args).items()}
+    return {
+        "app": APP, "optimizer": optimizer, "flags": flags, "seed": p.args.seed, "mode": p.args.mode,
+        "optimizer_mode": {"mixing": p.args.mixing,
+                           "mixing_beta": p.args.mixing_beta if p.args.mixing == "laplacian" else None,
+                           "d_adam_variant": p.args.d_adam_variant},
+        "dataset": {"path": str(p.data.path), "checksum": p.data.checksum, "config": p.data.config},
+    }
+
+
+def execute(p: Plan) -> dict[str, dict]:
+    """Train every optimizer of the plan; returns their summaries by optimizer."""
+    import tensorflow as tf
+
+    from apps.link_scheduling.task import LinkSchedulingTask
+    from core.optimizers import LearningRate, make_optimizer
+    from core.runs import RunDir, atomic_write_json, plot_curves
+    from core.trainer import RandomGraphs, Trainer, TrainerConfig
+
+    args, data = p.args, p.data
+    authors = args.mode == "authors"
+    several = len(args.optimizer) > 1
+    parent = RunDir(p.out) if several else None
+    if parent is not None and not p.resume:
+        parent.write_config(run_config(p, ",".join(args.optimizer)))
+    lr = LearningRate(args.lr, args.lr_schedule, args.lr_decay_rate, args.lr_decay_steps)
+    summaries = {}
+    for name in args.optimizer:
+        run = RunDir(p.out / name if several else p.out)
+        if p.resume and run.finished and run.has_checkpoint():
+            summaries[name] = run.read_summary()
+            continue
+        if not run.config_path.is_file():
+            run.write_config(run_config(p, name))
+        # authors: each trainer step is one sample on its own graph, B steps per mini-batch (= epoch)
+        task = LinkSchedulingTask(data.train_adjacency, data.test_adjacency, data.test_weights,
+                                  batch_size=1 if authors else args.batch_size, critic_lr=args.critic_lr,
+                                  seed=args.seed, dtype=tf.as_dtype(args.dtype), mixing=args.mixing,
+                                  mixing_beta=args.mixing_beta, num_train=args.batch_size)
+        optimizer = make_optimizer(name, args.consensus_rounds, authors_variant=args.d_adam_variant == "authors")
+        config = TrainerConfig(epochs=args.mini_batches, batch_size=1 if authors else args.batch_size,
+                               seed=args.seed, checkpoint_every=args.checkpoint_every, jit=False,
+                               quiet=args.quiet, description=LABELS[name])
+        untrained = float(task.evaluate(task.initial_theta(), None, "test")["test_ratio"])
+        trainer = Trainer(task, optimizer, lr, RandomGraphs(task.draw_graph), config, run,
+                          extra_summary={"optimizer_label": LABELS[name], "mode": args.mode,
+                                         "untrained_test_ratio": untrained})
+        result = trainer.run(resume=p.resume)
+        summaries[name] = result.summary
+        rows = result.rows
+        x = [r["epoch"] for r in rows]
+        plot_curves(run.path / "utility_ratio.png",
+                    {"test": (x, [r["test_ratio"] for r in rows]), "train": (x, [r["train_ratio"] for r in rows]),
+                     "LGS": (x, [1.0] * len(x))},
+                    xlabel="mini-batch", ylabel="utility ratio GCNN-LGS / LGS",
+                    title=f"{LABELS[name]} ({args.mode}): link scheduling")
+    if parent is not None:
+        atomic_write_json(parent.summary_path, summaries)
+        curves = {}
+        for name in args.optimizer:
+            rows = RunDir(p.out / name, create=False).read_metrics()
+            curves[LABELS[name]] = ([float(r["epoch"]) for r in rows], [float(r["test_ratio"]) for r in rows])
+        plot_curves(p.out / "test_ratio.png", curves, xlabel="mini-batch", ylabel="test utility ratio",
+                    title=f"Link scheduling (Fig. 2c, {args.mode})")
+    return summaries
+
+
+def print_table(summaries: dict[str, dict], out: Path) -> None:
+    print(f"{'optimizer':<11}{'untrained':>10}{'final test':>12}{'best test':>11}{'best at':>9}{'rounds/step':>13}"
+          f"{'s/mini-batch':>14}")
+    for name, s in summaries.items():
+        per_batch = s["wall_s"] / max(s["epochs"], 1)
+        print(f"{LABELS[name]:<11}{s['untrained_test_ratio']:>10.4f}{s['final_test_ratio']:>12.4f}"
+              f"{s['best_test_ratio']:>11.4f}{s['best_epoch']:>9}{s['rounds_per_step']:>13}{per_batch:>14.3f}")
+    print(f"run directory: {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, validate, train; returns the exit status (2: bad input, 130: interrupted)."""
+    try:
+        args = parse_args(argv)
+        p = plan(args)
+    except ValueError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summaries = execute(p)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; continue with --resume {p.out}", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print_table(summaries, p.out)
+    return 0

@@ -1,0 +1,248 @@
+"""Actor-critic link scheduling as a :class:`core.trainer.Task`: the actor is the trained model, the
+critic a second, centralized learner updated in the same step (DESIGN section 9, Algorithm 1).
+
+One mini-batch (one call of :meth:`LinkSchedulingTask.gradients`) on the conflict graph G(t) that the
+trainer drew (Algorithm 1, line 3), with B weight samples:
+
+1. actor forward, B samples x 3 rounds, counted: z (|V|, B) (computed once: see
+   :func:`apps.link_scheduling.model.actor_output`);
+2. exploration z~ = z + U(-0.03, 0.03) per node and sample;
+3. LGS, batched over the B samples (NumPy, inside ``tf.numpy_function``): the critic's targets from
+   fresh weights w' and z' = z~ + U(-0.075, 0.075), and the training utility ratio LGS(z * w) / LGS(w)
+   with fresh weights w;
+4. the critic at the server: one forward pass on z~, then the gradient of its loss with respect to its
+   parameters and the gradient dJ/dz~ of the actor's objective;
+5. the server sends dJ/dz~_i(b) to node i, and the actor's backward pass runs in the network
+   (GradientTape through the counting simulator; DESIGN section 2: the tape is the oracle of eqs.
+   11-14 and sends what they send, L - 1 = 2 rounds per sample);
+6. the critic's Adam step (centralized, here); the actor's step is the trainer's (Algorithm 1, line 12).
+
+Communication accounting (``mp_rounds``/``floats_sent``): neighbour message passing of the actor only:
+3 forward rounds per sample, for distributed optimizers also 2 backward rounds per sample and the
+consensus payload of the optimizer, exactly as Table I counts a GCNN. The critic is centralized: a
+server that knows the graph evaluates and trains it, so it sends nothing between neighbours. What it
+costs the network instead is node-to-server traffic, 2 floats per node and sample (z~_i up, dJ/dz~_i
+down), and the LGS runs that produce its targets; both are outside the GCNN training schedule of
+Table I, so they are not added to ``mp_rounds``; the LGS rounds are reported as ``lgs_rounds``.
+
+Randomness: every draw of step t is a stateless function of (seed, t), with t a counter that is part
+of the task's state, so a resumed run draws exactly what an uninterrupted one draws. The task's state
+(critic parameters, its Adam moments, the counter) goes into the trainer's checkpoints and epoch
+snapshots through :meth:`LinkSchedulingTask.state_arrays` / :meth:`load_state_arrays`.
+
+Evaluation: ``test`` is the mean utility ratio over every stored weight sample of the test graphs,
+with each node using its own parameter copy (all test graphs form one block-diagonal graph whose node
+g|V| + i runs copy i). ``train`` (the row of the untrained model) measures one fixed mini-batch on
+the first training graph without updating anything.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import tensorflow as tf
+
+from apps.link_scheduling import model
+from core.comm import CommSimulator, Schedule
+from core.executors import BatchedExecutor
+from core.gcnn import NO_COUNT
+from core.graph import Graph, SparseOperator
+from core.ops import to_operator
+from core.optimizers import CentralizedAdam, Optimizer
+from core.replicas import flatten
+from core.trainer import GraphOps, Task
+
+
+class LinkSchedulingTask(Task):
+    """GCNN-LGS with a twin critic on conflict graphs of a fixed vertex set.
+
+    Args:
+        train_adjacency: (G, V, V) 0/1 training conflict graphs (the trainer draws one per mini-batch).
+        test_adjacency: (G_test, V, V) test graphs; test_weights: (G_test, S, V) their stored weights.
+        batch_size: B, the weight samples per mini-batch (per call of ``gradients``).
+        critic_lr: the critic's Adam step size.
+        seed: seeds the actor's and critic's initial parameters and every random draw.
+        dtype: float dtype of parameters and data.
+        mixing: ``"mh"`` or ``"laplacian"`` consensus weights, and ``mixing_beta`` for the latter.
+        num_train: mini-batches an epoch of the trainer holds (its index permutations are unused here:
+            weights are drawn online).
+    """
+
+    train_metrics = ("train_ratio", "critic_loss", "lgs_rounds")
+    test_metrics = ("test_ratio",)
+    primary = "test_ratio"
+    maximize = frozenset({"train_ratio", "test_ratio"})
+
+    def __init__(self, train_adjacency, test_adjacency, test_weights, batch_size: int, critic_lr: float,
+                 seed: int = 0, dtype=tf.float32, mixing: str = "mh", mixing_beta: float = 1e-3,
+                 num_train: int | None = None):
+        self.train_adjacency = np.asarray(train_adjacency, dtype=bool)
+        self.num_nodes = int(self.train_adjacency.shape[-1])
+        self.batch_size = int(batch_size)
+        self.num_train = int(num_train or batch_size)
+        self.dtype = tf.as_dtype(dtype)
+        self.mixing, self.mixing_beta = mixing, mixing_beta
+        self.critic_lr = float(critic_lr)
+        self.seed = int(seed)
+        actor_seed, critic_seed, self._draw_seed = np.random.SeedSequence(seed).generate_state(3).tolist()
+        self._ops_cache: dict[int, GraphOps] = {}
+        self._nnz = self.num_nodes + int(self.train_adjacency.sum(axis=(1, 2)).max())
+        self._eval_graph = self.graph_ops(0)
+        self.theta0 = self._initial_actor(actor_seed)
+        self.critic_optimizer = CentralizedAdam()
+        critic0 = flatten(model.CRITIC.init_params(critic_seed, "glorot", self.dtype))
+        self.critic_theta = tf.Variable(critic0, trainable=False, name="critic_theta")
+        self.critic_state = tuple(tf.Variable(s, trainable=False) for s in self.critic_optimizer.init_state(critic0))
+        self.counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="draw_counter")
+        self._set_test_graphs(np.asarray(test_adjacency, dtype=bool), np.asarray(test_weights, np.float64))
+
+    # ------------------------------------------------------------------ graphs
+    def graph_ops(self, index: int) -> GraphOps:
+        """S (normalized Laplacian) and W of training graph ``index`` (cached), padded to a common size.
+
+        Every training graph's operators get the same number of entries (|V| + the largest 2|E| of the
+        training set; the padding entries are 0 at (0, 0), so they add nothing): the compiled step then
+        has one input signature and is traced once, whatever graph a mini-batch draws.
+        """
+        if index not in self._ops_cache:
+            graph = Graph.from_dense(self.train_adjacency[index])
+            self._ops_cache[index] = GraphOps(
+                to_operator(_padded(graph.shift_operator(model.SHIFT), self._nnz), self.dtype),
+                to_operator(_padded(graph.mixing_matrix(self.mixing, self.mixing_beta), self._nnz), self.dtype))
+        return self._ops_cache[index]
+
+    def draw_graph(self, rng: np.random.Generator) -> GraphOps:
+        """Algorithm 1, line 3: a training graph drawn uniformly (for :class:`core.trainer.RandomGraphs`)."""
+        return self.graph_ops(int(rng.integers(len(self.train_adjacency))))
+
+    def _set_test_graphs(self, adjacency: np.ndarray, weights: np.ndarray) -> None:
+        self.test_adjacency, self.test_weights = adjacency, weights
+        block = sp.block_diag([sp.csr_matrix(a.astype(np.float64)) for a in adjacency], format="csr")
+        self._test_shift = to_operator(Graph.from_sparse(block).shift_operator(model.SHIFT), self.dtype)
+        # u(LGS(w)) of every stored sample: the denominator of the ratio never changes
+        self._test_baseline = np.stack([model.utilities(a, w, w)[0] for a, w in zip(adjacency, weights)])
+
+    def _initial_actor(self, seed: int) -> tf.Tensor:
+        """Glorot-uniform actor whose output ReLU is alive: with input ones the features before the last
+        layer are nearly equal on every node, so z is nearly constant and either mostly positive or
+        mostly 0. Mostly 0 would leave LGS to break ties by index and pass no gradient from most
+        nodes; the last layer's kernels are then negated, so that the untrained actor outputs a nearly
+        constant z > 0 and reproduces LGS (the paper's untrained ratio is 0.984)."""
+        params = model.ACTOR.init_params(seed, "glorot", self.dtype)
+        z = model.actor_output(flatten(params), self._eval_graph.shift)
+        if np.mean(z.numpy() > 0) < 0.5:
+            params = params[:-2] + [-p for p in params[-2:]]  # the output layer has no bias
+        return flatten(params)
+
+    # ------------------------------------------------------------------ Task API
+    def initial_theta(self) -> tf.Tensor:
+        return self.theta0
+
+    def schedule(self, optimizer: Optimizer, batch_size: int) -> Schedule:
+        return BatchedExecutor(model.ACTOR).schedule_for(optimizer, self.batch_size)
+
+    # Traced by the trainer's tf.function: no tensor-dependent Python control flow here or below, so
+    # AutoGraph's source conversion (seconds per trace) is skipped.
+    @tf.autograph.experimental.do_not_convert
+    def gradients(self, theta, indices, graph: GraphOps, optimizer: Optimizer, exchange):
+        per_node = not optimizer.centralized
+        if per_node and isinstance(exchange, CommSimulator):
+            # The actor's backward pass is GradientTape's; the simulator performs and counts its
+            # exchanges as the bwd payloads of eq. (14) (core.comm). The trainer builds the simulator
+            # without this switch; see the report's proposal for a Task-level flag.
+            exchange.count_tape_backward = True
+        terms = self._batch_terms(theta, graph, self.counter, per_node, exchange)
+        critic_grad, actor_grad = terms.pop("critic_grad"), terms.pop("actor_grad")
+        lr = tf.constant(self.critic_lr, self.dtype)
+        new_theta, new_state = self.critic_optimizer.step(self.critic_theta, critic_grad, None,
+                                                          tuple(self.critic_state), lr)
+        self.critic_theta.assign(new_theta)
+        for variable, value in zip(self.critic_state, new_state):
+            variable.assign(value)
+        self.counter.assign_add(1)
+        return actor_grad, terms
+
+    @tf.autograph.experimental.do_not_convert
+    def evaluate(self, theta, graph: GraphOps | None, split: str) -> dict[str, tf.Tensor]:
+        if split == "train":
+            terms = self._batch_terms(theta, self._eval_graph, tf.constant(-1, tf.int64),
+                                      per_node=theta.shape.rank == 2, exchange=None)
+            return {k: terms[k] for k in self.train_metrics}
+        if theta.shape.rank == 2:  # node g|V| + i of the block-diagonal test graph runs copy i
+            theta = tf.tile(theta, [len(self.test_adjacency), 1])
+        z = model.actor_output(theta, self._test_shift)
+        ratio = tf.numpy_function(self._test_ratio, [z], self.dtype, stateful=False)
+        return {"test_ratio": tf.reshape(ratio, [])}
+
+    # ------------------------------------------------------------------ state (for checkpoints)
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"critic_theta": self.critic_theta.numpy(), "counter": self.counter.numpy()}
+        arrays.update({f"critic_state_{k}": v.numpy() for k, v in enumerate(self.critic_state)})
+        return arrays
+
+    def load_state_arrays(self, arrays) -> None:
+        self.critic_theta.assign(arrays["critic_theta"])
+        self.counter.assign(arrays["counter"])
+        for k, variable in enumerate(self.critic_state):
+            variable.assign(arrays[f"critic_state_{k}"])
+
+    # ------------------------------------------------------------------ the mini-batch
+    def _uniform(self, shape, counter, stream: int, low: float, high: float):
+        """Stateless U(low, high) draw number ``stream`` of step ``counter``."""
+        seed = tf.stack([tf.constant(self._draw_seed + stream, tf.int64), counter])
+        return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high, dtype=self.dtype)
+
+    def _batch_terms(self, theta, graph: GraphOps, counter, per_node: bool, exchange) -> dict:
+        """Steps 1-5 of the module docstring; metrics and both gradients (nothing is updated)."""
+        n, b = self.num_nodes, self.batch_size
+        with tf.GradientTape() as actor_tape:
+            actor_tape.watch(theta)
+            z_node = model.actor_output(theta, graph.shift, exchange or NO_COUNT)
+        z = tf.tile(z_node[:, None], [1, b])  # the B samples' (identical) outputs
+        z_tilde = z + self._uniform([n, b], counter, 0, -model.EXPLORATION_NOISE, model.EXPLORATION_NOISE)
+        draws = [tf.transpose(z), tf.transpose(z_tilde), self._uniform([b, n], counter, 1, 0.0, 1.0),
+                 self._uniform([b, n], counter, 2, 0.0, 1.0),
+                 self._uniform([b, n], counter, 3, -model.TARGET_NOISE, model.TARGET_NOISE)]
+        target, ratio, rounds = tf.numpy_function(self._lgs_terms, [graph.shift.rows, graph.shift.cols, *draws],
+                                                  [self.dtype] * 3, stateful=False)
+        target = tf.transpose(tf.reshape(target, [b, n, 2]), [1, 0, 2])
+        with tf.GradientTape(persistent=True) as critic_tape:
+            critic_tape.watch([z_tilde, self.critic_theta])
+            out = model.critic_output(self.critic_theta, z_tilde, graph.shift)
+            critic_loss = model.critic_loss(out, target, self.critic_theta)
+            actor_loss = model.actor_loss(out, per_node)
+        dz = critic_tape.gradient(actor_loss, z_tilde)  # what the server sends back to each node
+        critic_grad = critic_tape.gradient(critic_loss, self.critic_theta)
+        # the sum of the B samples' backward passes is one backward pass of the summed gradient
+        actor_grad = actor_tape.gradient(z_node, theta, output_gradients=tf.reduce_sum(dz, axis=1))
+        return {"train_ratio": tf.reshape(ratio, []), "critic_loss": critic_loss,
+                "lgs_rounds": tf.reshape(rounds, []), "critic_grad": critic_grad, "actor_grad": actor_grad}
+
+    def _adjacency(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        adjacency = np.zeros((self.num_nodes, self.num_nodes), dtype=bool)
+        off = rows != cols
+        adjacency[rows[off], cols[off]] = True
+        return adjacency
+
+    def _lgs_terms(self, rows, cols, z, z_tilde, weights, critic_weights, noise):
+        """NumPy: critic targets (B, V, 2), the mean training utility ratio and mean LGS rounds."""
+        adjacency = self._adjacency(rows, cols)
+        ratio = model.utility_ratio(adjacency, z, weights).mean()
+        target, rounds = model.critic_targets(adjacency, z_tilde, critic_weights, noise)
+        dtype = self.dtype.as_numpy_dtype
+        return target.astype(dtype), np.asarray(ratio, dtype), np.asarray(rounds.mean(), dtype)
+
+    def _test_ratio(self, z: np.ndarray) -> np.ndarray:
+        """NumPy: the mean utility ratio over every stored test sample, for the actor's z (G V,)."""
+        z = z.reshape(len(self.test_adjacency), 1, self.num_nodes)
+        ratios = [model.utility_ratio(a, np.broadcast_to(zg, w.shape), w, base)
+                  for a, zg, w, base in zip(self.test_adjacency, z, self.test_weights, self._test_baseline)]
+        return np.asarray(np.mean(ratios), self.dtype.as_numpy_dtype)
+
+
+def _padded(op: SparseOperator, nnz: int) -> SparseOperator:
+    """``op`` with zero entries at (0, 0) appended up to ``nnz`` entries (the same matrix)."""
+    extra = nnz - op.nnz
+    pad = np.zeros(extra, dtype=op.rows.dtype)
+    return SparseOperator(np.concatenate([op.rows, pad]), np.concatenate([op.cols, pad]),
+                          np.concatenate([op.values, np.zeros(extra, op.values.dtype)]), op.num_nodes)

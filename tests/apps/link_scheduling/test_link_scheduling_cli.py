@@ -1,0 +1,167 @@
+"""`python -m apps.link_scheduling` on a tiny dataset: outputs and their values, resume equality, and bad
+input (one error line, exit status 2, nothing written)."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from apps.link_scheduling import experiment
+from core.runs import read_csv
+from core.trainer import Trainer
+from datasets.conflict_graphs import ConflictGraphsConfig, generate
+
+B = 8
+TINY = ConflictGraphsConfig(vertices=12, min_degree=1.0, max_degree=5.0, train_graphs=4, test_graphs=2,
+                            test_samples=6, seed=3)
+ACTOR_PARAMS = 2 * (1 * 32 + 32 * 32 + 32 * 1)  # |theta| of the 1-32-32-1 actor without bias
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate(TINY, tmp_path_factory.mktemp("data") / "tiny.h5")
+
+
+def run(args, capsys=None):
+    try:
+        status = experiment.main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's errors exit from inside the parser
+        status = exc.code
+    return status, (capsys.readouterr().err if capsys else "")
+
+
+def metrics(path):
+    return [{k: float(v) for k, v in row.items()} for row in read_csv(path / "metrics.csv")]
+
+
+def test_tiny_runs_write_every_output_with_sane_values(data, tmp_path):
+    out = tmp_path / "run"
+    status, _ = run(["--data", data, "--optimizer", "c-adam,d-adam", "--batch-size", B, "--mini-batches", 3,
+                     "--out", out, "-q"])
+    assert status == 0
+    assert (out / "test_ratio.png").stat().st_size > 0
+    assert set(json.loads((out / "summary.json").read_text())) == {"c-adam", "d-adam"}
+    for name, rounds in (("c-adam", 3 * B), ("d-adam", 3 * B + 2)):  # Table I: LB, and LB + L - 1
+        run_dir = out / name
+        rows = metrics(run_dir)
+        assert list(read_csv(run_dir / "metrics.csv")[0]) == [
+            "epoch", "step", "mp_rounds", "floats_sent", "lr", "train_ratio", "critic_loss", "lgs_rounds",
+            "test_ratio", "consensus_error", "wall_s"]
+        assert [r["step"] for r in rows] == [0, 1, 2, 3] and [r["epoch"] for r in rows] == [0, 1, 2, 3]
+        assert [r["mp_rounds"] for r in rows] == [0, rounds, 2 * rounds, 3 * rounds]
+        for r in rows:
+            assert 0.3 < r["train_ratio"] < 1.7 and 0.3 < r["test_ratio"] < 1.7
+            assert 0 < r["critic_loss"] < 1.5 and 1 <= r["lgs_rounds"] <= 2 * TINY.vertices
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["untrained_test_ratio"] == pytest.approx(rows[0]["test_ratio"])
+        assert summary["final_test_ratio"] == rows[-1]["test_ratio"]
+        assert summary["best_test_ratio"] == max(r["test_ratio"] for r in rows)
+        assert summary["rounds_per_step"] == rounds and summary["mode"] == "algorithm1"
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["dataset"]["checksum"].startswith("sha256:") and config["flags"]["batch_size"] == B
+        assert (run_dir / "utility_ratio.png").stat().st_size > 0
+    distributed = metrics(out / "d-adam")
+    assert distributed[-1]["consensus_error"] > 0  # the copies drift apart on different local gradients
+    assert distributed[-1]["floats_sent"] == 3 * (B * (1 + 32 + 32 + 32 + 32) + ACTOR_PARAMS + 1)
+    assert all(r["consensus_error"] == 0 for r in metrics(out / "c-adam"))
+
+
+def test_authors_mode_updates_once_per_sample(data, tmp_path):
+    out = tmp_path / "authors"
+    status, _ = run(["--data", data, "--mode", "authors", "--optimizer", "d-sgd", "--batch-size", 4,
+                     "--mini-batches", 2, "--out", out, "-q"])
+    assert status == 0
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [0, 4, 8]
+    assert [r["mp_rounds"] for r in rows] == [0, 4 * 5, 8 * 5]  # 3 forward + 2 backward rounds per update
+    assert rows[-1]["lr"] == experiment.AUTHORS["lr"]
+    assert json.loads((out / "config.json").read_text())["flags"]["critic_lr"] == experiment.AUTHORS["critic_lr"]
+
+
+def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(data, tmp_path, monkeypatch):
+    args = ["--data", data, "--optimizer", "d-adam", "--batch-size", B, "--mini-batches", 4,
+            "--checkpoint-every", 1, "-q"]
+    assert run([*args, "--out", tmp_path / "whole"])[0] == 0
+    full_run = Trainer.run
+    monkeypatch.setattr(Trainer, "run", lambda self, resume=False: full_run(self, resume, until_epoch=2))
+    assert run([*args, "--out", tmp_path / "cut"])[0] == 0
+    assert len(metrics(tmp_path / "cut")) == 3 and not (tmp_path / "cut" / "summary.json").exists()
+    monkeypatch.setattr(Trainer, "run", full_run)
+    assert run(["--resume", tmp_path / "cut", "-q"])[0] == 0
+
+    def without_time(rows):
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+    assert without_time(metrics(tmp_path / "cut")) == without_time(metrics(tmp_path / "whole"))
+    whole, cut = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("whole", "cut"))
+    assert whole["final_test_ratio"] == cut["final_test_ratio"]
+
+
+def corrupt(source, target, edit):
+    target.write_bytes(source.read_bytes())
+    with h5py.File(target, "r+") as f:
+        edit(f)
+    return target
+
+
+def self_loop(f):
+    f["train/adjacency"][1, 3, 3] = 1
+
+
+def negative_weight(f):
+    f["test/weights"][0, 0, 0] = -0.5
+
+
+def wrong_size(f):
+    weights = f["test/weights"][...]
+    del f["test/weights"]
+    f["test/weights"] = np.zeros(weights.shape[:2] + (weights.shape[2] + 1,))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("self_loop", "self-loops"),
+    ("negative_weight", "outside [0, 1]"),
+    ("wrong_size", "test/weights"),
+    ("unreadable", "not a readable HDF5 file"),
+    ("missing", "does not exist"),
+    ("batch_size", "--batch-size"),
+    ("lr", "--lr"),
+    ("optimizer", "--optimizer"),
+    ("mode", "--mode"),
+])
+def test_bad_input_is_one_error_line_with_status_2_and_nothing_written(data, tmp_path, capsys, case, message):
+    path, extra = data, []
+    if case in ("self_loop", "negative_weight", "wrong_size"):
+        path = corrupt(data, tmp_path / "bad.h5", globals()[case])
+    elif case == "unreadable":
+        path = tmp_path / "bad.h5"
+        path.write_bytes(b"not hdf5 at all" * 10)
+    elif case == "missing":
+        path = tmp_path / "absent.h5"
+    else:
+        extra = {"batch_size": ["--batch-size", 0], "lr": ["--lr", -1], "optimizer": ["--optimizer", "adam"],
+                 "mode": ["--mode", "greedy"]}[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status, err = run(["--data", path, "--out", tmp_path / "out", "-q", *extra], capsys)
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{experiment.PROG}: error:") and message in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run directory, no dataset
+
+
+def test_generate_writes_the_dataset_once_and_refuses_other_settings(tmp_path, capsys):
+    path = tmp_path / "generated.h5"
+    flags = ["--data", path, "--generate", "--vertices", 10, "--max-degree", 4, "--train-graphs", 2, "--test-graphs", 1,
+             "-q"]
+
+    def plan(*extra):
+        return experiment.plan(experiment.parse_args([str(a) for a in (*flags, *extra)]))
+
+    first = plan("--test-samples", 3, "--out", tmp_path / "a")
+    assert path.is_file() and first.data.test_weights.shape == (1, 3, 10)
+    modified = path.stat().st_mtime_ns
+    assert plan("--test-samples", 3, "--out", tmp_path / "b").data.checksum == first.data.checksum
+    assert path.stat().st_mtime_ns == modified  # same settings: the file is reused, not rewritten
+    status, err = run([*flags, "--test-samples", 4, "--out", tmp_path / "c"], capsys)
+    assert status == 2 and "other settings" in err and not (tmp_path / "c").exists()
