@@ -176,7 +176,6 @@ class RunDir:
         self.path = Path(path)
         if create:
             self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / CHECKPOINT_DIR).mkdir(exist_ok=True)
         elif not self.path.is_dir():
             raise RunError(f"run directory {self.path} does not exist")
 
@@ -227,6 +226,7 @@ class RunDir:
         """One file holding named arrays and a JSON document ``meta`` (atomic as a whole)."""
         payload = {f"array/{k}": np.asarray(v) for k, v in arrays.items()}
         payload["meta"] = np.array(json.dumps(_jsonable(meta), allow_nan=True))
+        self.checkpoint_path.parent.mkdir(exist_ok=True)
         atomic_savez(self.checkpoint_path, **payload)
 
     def load_checkpoint(self) -> tuple[dict[str, np.ndarray], dict]:

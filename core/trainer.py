@@ -35,6 +35,7 @@ exactly the metrics of an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -208,9 +209,12 @@ class Trainer:
         self.cost: CommCost | None = None  # of one mini-batch, known once a step has been traced
         self.columns = (*BASE_COLUMNS, *task.train_metrics, *task.test_metrics, "consensus_error", "wall_s")
         compile_ = dict(jit_compile=config.jit, reduce_retracing=True)
-        self._epoch_fn = tf.function(self._epoch, **compile_)
-        self._step_fn = tf.function(self._step, **compile_)
-        self._eval_fn = tf.function(self._evaluate, **compile_)
+        # The compiled programs (public for benchmarks): epoch_fn(theta, state, step0, batches, graph),
+        # step_fn(theta, state, step, indices, graph), eval_fn(theta, graph, split). Partials rather than
+        # bound methods, so that TensorFlow counts retracing per trainer, not across all trainers.
+        self.epoch_fn = tf.function(functools.partial(Trainer._epoch, self), **compile_)
+        self.step_fn = tf.function(functools.partial(Trainer._step, self), **compile_)
+        self.eval_fn = tf.function(functools.partial(Trainer._evaluate, self), **compile_)
         self._reset()
 
     # ------------------------------------------------------------------ state
@@ -325,7 +329,7 @@ class Trainer:
                 batches = self.batches.draw(self.rng)
                 if fixed and per_epoch:
                     step0 = tf.constant(self.step, tf.int64)
-                    theta, state, train, test = self._epoch_fn(self.theta, self.state, step0,
+                    theta, state, train, test = self.epoch_fn(self.theta, self.state, step0,
                                                                tf.constant(batches), self.graphs.ops)
                     self._commit(theta, state, len(batches), start, {**train, **test})
                 else:
@@ -366,16 +370,16 @@ class Trainer:
         for b, indices in enumerate(batches):
             if not self.graphs.fixed:
                 graph = self.graphs.draw(self.rng)
-            theta, state, metrics = self._step_fn(theta, state, tf.constant(self.step + b, tf.int64),
+            theta, state, metrics = self.step_fn(theta, state, tf.constant(self.step + b, tf.int64),
                                                   tf.constant(indices), graph)
             if not per_epoch:
-                test = self._eval_fn(theta, graph, "test")
+                test = self.eval_fn(theta, graph, "test")
                 self._commit(theta, state, 1, start, {**metrics, **test}, end_of_epoch=b == len(batches) - 1)
                 start = time.perf_counter()
             else:
                 sums = {k: sums.get(k, 0.0) + float(v) for k, v in metrics.items()}
         if per_epoch:
-            test = self._eval_fn(theta, graph, "test")
+            test = self.eval_fn(theta, graph, "test")
             means = {k: v / len(batches) for k, v in sums.items()}
             self._commit(theta, state, len(batches), start, {**means, **test})
 

@@ -74,7 +74,7 @@ def test_interrupt_mid_run_checkpoints_the_last_epoch_and_resumes_exactly(proble
     full = full_run[0]
     run = RunDir(tmp_path / "killed")
     trainer = make(problem, "d-amsgrad", run, checkpoint_every=0)
-    original, calls = trainer._epoch_fn, []
+    original, calls = trainer.epoch_fn, []
 
     def flaky(*args):
         calls.append(1)
@@ -82,7 +82,7 @@ def test_interrupt_mid_run_checkpoints_the_last_epoch_and_resumes_exactly(proble
             raise KeyboardInterrupt
         return original(*args)
 
-    trainer._epoch_fn = flaky
+    trainer.epoch_fn = flaky
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     _, meta = run.load_checkpoint()

@@ -1,0 +1,290 @@
+"""Node-regression experiment (Fig. 2a): flags, validation, data, and one training run per approach.
+
+``main(argv)`` parses and validates every flag *before* creating anything (bad input: one error line
+on stderr, exit status 2, nothing written), then trains each requested approach with
+:class:`core.trainer.Trainer` into its run directory (DESIGN section 5). ``--optimizer all`` trains
+the seven approaches of Fig. 2a into ``<out>/<approach>/`` and draws their test MSE against
+message-passing rounds into ``<out>/test_mse_vs_rounds.png``.
+
+Seeds: ``--seed`` is the data seed (so the in-memory data equal ``python -m datasets node-regression
+--seed`` with the same flags); the student's initial parameters and the shuffling use streams derived
+from it, and are the same for every approach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import cli
+from datasets import node_regression as nr
+from datasets.storage import DatasetError
+
+APP = "node_regression"
+PROG = "python -m apps.node_regression"
+APPROACHES = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad")
+LABELS = {"c-sgd": "C-SGD", "c-adam": "C-Adam", "d-naive": "D-naive", "d-naive-pb": "D-naive-PB",
+          "d-sgd": "D-SGD", "d-adam": "D-Adam", "d-amsgrad": "D-AMSGrad"}
+ACTIVATIONS = ("sigmoid", "relu", "leaky_relu", "tanh", "identity")
+PRESETS = {
+    "paper": {},  # the defaults are the paper's settings
+    "quick": {"epochs": 60, "train_samples": 200, "batch_size": 20, "checkpoint_every": 20},
+}
+PATH_FLAGS = ("data", "out", "resume")
+TUPLE_FLAGS = ("hidden", "teacher_hidden")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.OneLineErrorParser(
+        prog=PROG, formatter_class=cli.HelpFormatter,
+        description="Train a GCNN student to regress the node labels of a teacher GCNN on a fixed "
+        "Barabasi-Albert graph, centrally or fully distributed (paper Section IV-A, Fig. 2a). Defaults are "
+        "the paper's settings. Writes config.json, metrics.csv (one row per epoch), summary.json, "
+        "checkpoint/ and a PNG per approach.")
+    data = parser.add_argument_group("data (ignored with --data, whose stored settings are used)")
+    nr.add_arguments(data)
+    data.add_argument("--data", type=Path, default=None,
+                      help="read the data written by `python -m datasets node-regression` instead of "
+                      "generating them in memory")
+    model = parser.add_argument_group("student GCNN")
+    model.add_argument("--hidden", type=nr.int_list, default=(10,),
+                       help="hidden widths of the student, comma-separated (input g_0, output 1, no bias)")
+    model.add_argument("--activation", choices=ACTIVATIONS, default="sigmoid",
+                       help="activation after every student layer")
+    model.add_argument("--init", choices=("uniform", "glorot"), default="uniform",
+                       help="initial entries: init-scale * U(0, 1) (the paper's), or Glorot-uniform")
+    model.add_argument("--init-scale", type=cli.positive_float, default=1.0, help="scale of the uniform init")
+    train = parser.add_argument_group("training")
+    train.add_argument("--optimizer", choices=(*APPROACHES, "all"), default="all",
+                       help="approach to train; all: the seven of Fig. 2a, each into <out>/<approach>/")
+    train.add_argument("--lr", type=cli.positive_float, default=1e-3, help="learning rate alpha")
+    train.add_argument("--lr-schedule", choices=("constant", "exponential"), default="constant",
+                       help="alpha_t (Algorithm 1, line 13): constant, or alpha * decay-rate^(t / decay-steps)")
+    train.add_argument("--lr-decay-rate", type=cli.positive_float, default=0.96,
+                       help="decay factor of the exponential schedule, in (0, 1]")
+    train.add_argument("--lr-decay-steps", type=cli.positive_int, default=1000,
+                       help="mini-batches per decay-rate factor of the exponential schedule")
+    train.add_argument("--epochs", type=cli.positive_int, default=1000, help="passes over the training set")
+    train.add_argument("--batch-size", type=cli.positive_int, default=100, help="samples per mini-batch B")
+    train.add_argument("--consensus-rounds", type=cli.positive_int, default=1,
+                       help="gradient-consensus rounds K of D-naive and D-naive-PB (eq. 15)")
+    train.add_argument("--mixing", choices=("mh", "laplacian"), default="mh",
+                       help="consensus weights W: Metropolis-Hastings (eq. 16), or the paper authors' "
+                       "I - beta (D - A) on the raw adjacency")
+    train.add_argument("--mixing-beta", type=cli.positive_float, default=1e-3,
+                       help="beta of --mixing laplacian")
+    train.add_argument("--d-adam-variant", choices=("paper", "authors"), default="paper",
+                       help="D-Adam as in DESIGN section 3 (DADAM, max-tracked second moment), or the authors' "
+                       "published bias-corrected local Adam")
+    train.add_argument("--seed", type=nr.non_negative_int, default=0,
+                       help="data seed; the student's initial parameters and the shuffling derive from it")
+    train.add_argument("--dtype", choices=("float32", "float64"), default="float64",
+                       help="float type of data, parameters and optimizer state")
+    train.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                       help="paper: the paper's settings (the defaults); quick: "
+                       + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in PRESETS["quick"].items())
+                       + " (explicit flags win)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", type=Path, default=None,
+                     help="run directory (default runs/node_regression/<timestamp>; the folder above an "
+                     "explicit --out must exist)")
+    run.add_argument("--resume", type=Path, default=None,
+                     help="continue the interrupted run in this directory with its saved settings (other "
+                     "flags but -q are ignored)")
+    run.add_argument("--checkpoint-every", type=nr.non_negative_int, default=50,
+                     help="epochs between checkpoints (0: only at the end)")
+    run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training epoch")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
+    return parser
+
+
+@dataclass
+class Plan:
+    """A validated request: settings, approaches, output folder and data (nothing written yet)."""
+
+    args: argparse.Namespace
+    approaches: tuple[str, ...]
+    out: Path
+    resume: bool
+    data: nr.NodeRegressionData
+    dataset: dict = field(default_factory=dict)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Flags with the preset's values as defaults, or the saved flags of the run given to --resume."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.preset:
+        parser.set_defaults(**PRESETS[args.preset])
+        args = parser.parse_args(argv)
+    if args.resume is not None:
+        from core.runs import RunDir, RunError
+
+        try:
+            saved = RunDir(args.resume, create=False).read_config()["flags"]
+        except (RunError, KeyError, ValueError) as exc:
+            raise ValueError(f"--resume: {exc}") from None
+        quiet, resume = args.quiet, args.resume
+        args = argparse.Namespace(**saved)
+        for name in PATH_FLAGS:
+            value = getattr(args, name, None)
+            setattr(args, name, None if value is None else Path(value))
+        for name in TUPLE_FLAGS:
+            setattr(args, name, tuple(getattr(args, name)))
+        args.quiet, args.resume = quiet, resume
+    return args
+
+
+def load_data(args: argparse.Namespace) -> tuple[nr.NodeRegressionData, dict]:
+    """The data of ``--data``, or generated in memory from the data flags; and their provenance."""
+    if args.data is not None:
+        try:
+            data, checksum = nr.load(args.data)
+        except DatasetError as exc:
+            raise ValueError(f"--data: {exc}") from None
+        dataset = {"path": str(args.data), "checksum": checksum}
+    else:
+        data = nr.generate_arrays(nr.NodeRegressionConfig.from_dict(vars(args)))
+        digest = hashlib.sha256(b"".join(a.tobytes() for a in data[:6])).hexdigest()
+        dataset = {"path": None, "checksum": f"sha256:{digest}", "generated": "in memory"}
+    dataset["config"] = {**vars(data.config), "teacher_hidden": list(data.config.teacher_hidden)}
+    return data, dataset
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    """Validate everything and load (or generate) the data; raises ValueError with a one-line message."""
+    from core.runs import RunError, check_new_run_path, default_run_path
+
+    data, dataset = load_data(args)
+    num_train = data.x_train.shape[0]
+    if args.batch_size > num_train:
+        raise ValueError(f"--batch-size {args.batch_size} is larger than the training set ({num_train} samples)")
+    if not 0 < args.lr_decay_rate <= 1:
+        raise ValueError(f"--lr-decay-rate must be in (0, 1], got {args.lr_decay_rate}")
+    approaches = APPROACHES if args.optimizer == "all" else (args.optimizer,)
+    if args.resume is not None:
+        out = args.resume
+    else:
+        try:
+            out = check_new_run_path(args.out) if args.out is not None else default_run_path(APP)
+        except RunError as exc:
+            raise ValueError(f"--out: {exc}") from None
+    return Plan(args, approaches, out, args.resume is not None, data, dataset)
+
+
+def run_config(p: Plan, approach: str) -> dict:
+    """What config.json records: every flag, the approach, the optimizer mode and the data set."""
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(p.args).items()}
+    return {
+        "app": APP, "approach": approach, "flags": flags, "seed": p.args.seed,
+        "mode": {"mixing": p.args.mixing, "mixing_beta": p.args.mixing_beta if p.args.mixing == "laplacian" else None,
+                 "d_adam_variant": p.args.d_adam_variant},
+        "dataset": p.dataset,
+    }
+
+
+def seeds(seed: int) -> tuple[int, int]:
+    """(student init seed, shuffling seed), derived from --seed (its first stream is the data's)."""
+    import numpy as np
+
+    init, shuffle = np.random.SeedSequence(seed).spawn(3)[1:]
+    return int(init.generate_state(1)[0]), int(shuffle.generate_state(1)[0])
+
+
+def build_task(args: argparse.Namespace, data: nr.NodeRegressionData):
+    """The student task (a :class:`core.supervised.SupervisedGCNN`) and the fixed graph with S and W."""
+    import tensorflow as tf
+
+    from core.gcnn import GCNN
+    from core.graph import Graph
+    from core.ops import to_operator
+    from core.replicas import flatten
+    from core.supervised import SupervisedGCNN
+    from core.trainer import FixedGraph, GraphOps
+
+    dtype = tf.as_dtype(args.dtype)
+    graph = Graph.from_dense(data.adjacency)
+    ops = GraphOps(to_operator(graph.shift_operator(data.config.shift), dtype),
+                   to_operator(graph.mixing_matrix(args.mixing, args.mixing_beta), dtype))
+    gcnn = GCNN((data.x_train.shape[-1], *args.hidden, 1), args.activation, bias=False)
+    theta0 = flatten(gcnn.init_params(seeds(args.seed)[0], args.init, dtype, args.init_scale))
+    task = SupervisedGCNN(gcnn, theta0, data.x_train, data.y_train, data.x_test, data.y_test, dtype)
+    return task, FixedGraph(ops)
+
+
+def make_trainer(args: argparse.Namespace, task, graphs, approach: str, run=None):
+    """The :class:`core.trainer.Trainer` of one approach (run: its RunDir, or None for no files)."""
+    from core.optimizers import LearningRate, make_optimizer
+    from core.trainer import Trainer, TrainerConfig
+
+    optimizer = make_optimizer(approach, args.consensus_rounds, authors_variant=args.d_adam_variant == "authors")
+    lr = LearningRate(args.lr, args.lr_schedule, args.lr_decay_rate, args.lr_decay_steps)
+    config = TrainerConfig(epochs=args.epochs, batch_size=args.batch_size, seed=seeds(args.seed)[1],
+                           checkpoint_every=args.checkpoint_every, jit=not args.no_jit, quiet=args.quiet,
+                           description=LABELS[approach])
+    return Trainer(task, optimizer, lr, graphs, config, run,
+                   extra_summary={"approach": approach, "label": LABELS[approach]})
+
+
+def execute(p: Plan) -> dict[str, dict]:
+    """Train every approach of the plan; returns their summaries by approach."""
+    from core.runs import RunDir, atomic_write_json, plot_curves
+
+    task, graphs = build_task(p.args, p.data)
+    several = len(p.approaches) > 1
+    parent = RunDir(p.out) if several else None
+    if parent is not None and not p.resume:
+        parent.write_config(run_config(p, "all"))
+    summaries = {}
+    for approach in p.approaches:
+        run = RunDir(p.out / approach if several else p.out)
+        if p.resume and run.finished and run.has_checkpoint():
+            summaries[approach] = run.read_summary()
+            continue
+        if not run.config_path.is_file():
+            run.write_config(run_config(p, approach))
+        result = make_trainer(p.args, task, graphs, approach, run).run(resume=p.resume)
+        summaries[approach] = result.summary
+        curves = {name: _curve(result.rows, name) for name in ("test_mse", "train_mse")}
+        run.plot("learning_curve.png", curves, xlabel="message-passing rounds", ylabel="MSE", logx=True,
+                 logy=True, title=f"{LABELS[approach]}: node regression")
+    if parent is not None:
+        atomic_write_json(parent.summary_path, summaries)
+        curves = {LABELS[a]: _curve(RunDir(p.out / a, create=False).read_metrics(), "test_mse") for a in p.approaches}
+        plot_curves(p.out / "test_mse_vs_rounds.png", curves, xlabel="message-passing rounds", ylabel="test MSE",
+                    logx=True, logy=True, title="Node regression (Fig. 2a)")
+    return summaries
+
+
+def _curve(rows, name):
+    return [float(r["mp_rounds"]) for r in rows], [float(r[name]) for r in rows]
+
+
+def print_table(summaries: dict[str, dict], out: Path) -> None:
+    print(f"{'approach':<12}{'final test MSE':>16}{'best test MSE':>15}{'best epoch':>12}{'rounds/batch':>14}"
+          f"{'wall s':>9}")
+    for approach, s in summaries.items():
+        print(f"{LABELS[approach]:<12}{s['final_test_mse']:>16.5f}{s['best_test_mse']:>15.5f}{s['best_epoch']:>12}"
+              f"{s['rounds_per_step']:>14}{s['wall_s']:>9.1f}")
+    print(f"run directory: {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, validate, train; returns the exit status (2: bad input, 130: interrupted)."""
+    try:
+        args = parse_args(argv)
+        p = plan(args)
+    except ValueError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summaries = execute(p)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; continue with --resume {p.out}", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print_table(summaries, p.out)
+    return 0
