@@ -26,6 +26,12 @@ the optimal (u, w) for a given v it equals N − ln 2 · Σ_i rate_i, so the sum
 These are DESIGN section 8's formulas and the updates unfolded by Chowdhury et al. (UWMMSE, IEEE TWC
 2021); the paper authors' code uses the same index pattern (Hᵀ-product for u, H-product for v).
 
+Neighbour sums: a WMMSE step needs two sums over other pairs, the interference Σ_{j≠i} H_ji² v_j² heard
+by receiver i and the feedback Σ_j H_ij² x_j collected by transmitter i. `ChannelSums` computes them as
+dense batched products (centralized); every function here takes an optional `sums` object with the
+same two methods, so that a distributed implementation can make each sum a counted neighbour exchange
+(apps/power_allocation/uwmmse.py) while running exactly these formulas.
+
 Numerics: w_i is evaluated as (σ² + Σ_j H_ji² v_j²) / (σ² + Σ_{j≠i} H_ji² v_j²), algebraically equal
 to 1 / (1 − u_i H_ii v_i) for the MMSE u_i but free of the cancellation in 1 − u_i H_ii v_i = 1/(1 + SINR_i):
 in float32 that difference has relative error ~6e-8 · SINR and rounds to 0 (w = inf) beyond SINR ~3e7,
@@ -40,6 +46,7 @@ import math
 import tensorflow as tf
 
 __all__ = [
+    "ChannelSums",
     "link_rates",
     "mmse_receiver",
     "sum_rate",
@@ -50,47 +57,62 @@ __all__ = [
 ]
 
 
-def _gains_squared(H):
-    """(H², H² with zero diagonal, diagonal of H) for the (..., N, N) channel H."""
-    H_sq = tf.square(H)
-    return H_sq, tf.linalg.set_diag(H_sq, tf.zeros_like(H_sq[..., 0])), tf.linalg.diag_part(H)
+class ChannelSums:
+    """The two neighbour sums of WMMSE for a channel H (..., N, N), as dense batched products.
+
+    `interference(p)_i = Σ_{j≠i} H_ji² p_j`: what receiver i hears from the other transmitters
+    (column i of H² without the diagonal, i.e. H²ᵀ p); `feedback(x)_i = Σ_j H_ij² x_j`: the
+    interference transmitter i causes at every receiver j, priced by x_j (row i of H², i.e. H² x).
+    `direct` is diag(H). Replace this object to change how the sums are computed (see module docstring).
+    """
+
+    def __init__(self, H):
+        H_sq = tf.square(H)
+        self.direct = tf.linalg.diag_part(H)
+        self._H_sq = H_sq
+        self._H_sq_off = tf.linalg.set_diag(H_sq, tf.zeros_like(self.direct))
+
+    def interference(self, p):
+        return tf.linalg.matvec(self._H_sq_off, p, transpose_a=True)  # Σ_j H_sq_off[j, i] p_j
+
+    def feedback(self, x):
+        return tf.linalg.matvec(self._H_sq, x)  # Σ_j H_sq[i, j] x_j
 
 
-def _interference(H_sq_off, p, sigma2):
-    """σ² + Σ_{j≠i} H_ji² p_j for every receiver i: noise plus what the other transmitters deliver."""
-    return sigma2 + tf.linalg.matvec(H_sq_off, p, transpose_a=True)  # Σ_j H_sq_off[j, i] p_j
-
-
-def mmse_receiver(H, v, sigma2):
+def mmse_receiver(H, v, sigma2, sums=None):
     """MMSE receive coefficients u and MSE weights w for transmit amplitudes v.
 
     u_i = H_ii v_i / (σ² + Σ_j H_ji² v_j²) and w_i = 1 / (1 − u_i H_ii v_i) (DESIGN section 8), w in
     the cancellation-free form of the module docstring. H (..., N, N), v (..., N) -> (u, w) (..., N).
+    `sums` computes the interference sum (default `ChannelSums(H)`).
     """
-    _, H_sq_off, H_diag = _gains_squared(H)
-    noise_and_interference = _interference(H_sq_off, tf.square(v), sigma2)
+    sums = ChannelSums(H) if sums is None else sums
+    H_diag = sums.direct
+    noise_and_interference = sigma2 + sums.interference(tf.square(v))
     received = noise_and_interference + tf.square(H_diag * v)  # σ² + Σ_j H_ji² v_j²
     u = H_diag * v / received
     w = received / noise_and_interference
     return u, w
 
 
-def transmitter_update(H, u, w_hat, pmax):
+def transmitter_update(H, u, w_hat, pmax, sums=None):
     """v_i = H_ii u_i ŵ_i / Σ_j H_ij² u_j² ŵ_j, clipped to [0, √Pmax] (DESIGN section 8).
 
     The denominator runs over receivers j (row i of H²): the interference transmitter i causes at
     receiver j, priced by that receiver's u_j² ŵ_j. A zero denominator implies a zero numerator
     (the j = i term is H_ii² u_i² ŵ_i); such a transmitter is switched off (v_i = 0) instead of NaN.
-    H (..., N, N), u and w_hat (..., N) -> v (..., N).
+    H (..., N, N), u and w_hat (..., N) -> v (..., N). `sums` computes the feedback sum (default
+    `ChannelSums(H)`).
     """
-    H_diag = tf.linalg.diag_part(H)
+    sums = ChannelSums(H) if sums is None else sums
+    H_diag = sums.direct
     pmax = tf.cast(pmax, H.dtype)
-    denominator = tf.linalg.matvec(tf.square(H), tf.square(u) * w_hat)  # Σ_j H_sq[i, j] u_j² ŵ_j
+    denominator = sums.feedback(tf.square(u) * w_hat)  # Σ_j H_sq[i, j] u_j² ŵ_j
     v = tf.math.divide_no_nan(H_diag * u * w_hat, denominator)
     return tf.clip_by_value(v, tf.zeros_like(v), tf.sqrt(pmax))
 
 
-def wmmse_step(H, v, sigma2, pmax, a=None, b=None):
+def wmmse_step(H, v, sigma2, pmax, a=None, b=None, sums=None):
     """One WMMSE iteration v -> v' (one UWMMSE layer when a, b are given); DESIGN section 8.
 
     u, w = mmse_receiver(H, v, σ²); ŵ = a ⊙ w + b (a = 1 and b = 0 when omitted: plain WMMSE);
@@ -102,18 +124,21 @@ def wmmse_step(H, v, sigma2, pmax, a=None, b=None):
       sigma2, pmax: noise power and power budget (scalars or tensors broadcastable to (..., N)).
       a, b: optional per-node multipliers broadcastable to (..., N), e.g. GCNN outputs squeezed to
         shape (B, N); differentiable, so gradients flow into whatever produced them.
+      sums: how the step's two neighbour sums are computed (default `ChannelSums(H)`; see the module
+        docstring).
 
     Returns:
       v' with the shape of v.
     """
     sigma2 = tf.cast(sigma2, H.dtype)
-    u, w = mmse_receiver(H, v, sigma2)
+    sums = ChannelSums(H) if sums is None else sums
+    u, w = mmse_receiver(H, v, sigma2, sums)
     w_hat = w
     if a is not None:
         w_hat = tf.cast(a, H.dtype) * w_hat
     if b is not None:
         w_hat = w_hat + tf.cast(b, H.dtype)
-    return transmitter_update(H, u, w_hat, pmax)
+    return transmitter_update(H, u, w_hat, pmax, sums)
 
 
 def _wmmse_loop(H, sigma2, pmax, num_iterations):
@@ -166,18 +191,21 @@ def wmmse(H, sigma2, pmax, num_iterations: int = 100, *, jit_compile: bool = Tru
     )
 
 
-def link_rates(H, p, sigma2):
-    """Per-link rates log2(1 + H_ii² p_i / (σ² + Σ_{j≠i} H_ji² p_j)) in bit/s/Hz, shape (..., N)."""
+def link_rates(H, p, sigma2, sums=None):
+    """Per-link rates log2(1 + H_ii² p_i / (σ² + Σ_{j≠i} H_ji² p_j)) in bit/s/Hz, shape (..., N).
+
+    `sums` computes the interference sum (default `ChannelSums(H)`).
+    """
     p = tf.convert_to_tensor(p)
     H = tf.cast(H, p.dtype)
-    _, H_sq_off, H_diag = _gains_squared(H)
-    sinr = tf.square(H_diag) * p / _interference(H_sq_off, p, tf.cast(sigma2, p.dtype))
+    sums = ChannelSums(H) if sums is None else sums
+    sinr = tf.square(sums.direct) * p / (tf.cast(sigma2, p.dtype) + sums.interference(p))
     return tf.math.log1p(sinr) / tf.constant(math.log(2.0), p.dtype)  # ln 2 in full precision of p
 
 
-def sum_rate(H, p, sigma2):
+def sum_rate(H, p, sigma2, sums=None):
     """Sum over links of `link_rates`: the per-sample sum-rate (...,) in bit/s/Hz."""
-    return tf.reduce_sum(link_rates(H, p, sigma2), axis=-1)
+    return tf.reduce_sum(link_rates(H, p, sigma2, sums), axis=-1)
 
 
 def weighted_sum_mse(H, u, w, v, sigma2):
@@ -188,8 +216,8 @@ def weighted_sum_mse(H, u, w, v, sigma2):
     """
     v = tf.convert_to_tensor(v)
     H = tf.cast(H, v.dtype)
-    _, H_sq_off, H_diag = _gains_squared(H)
-    mse = tf.square(1.0 - u * H_diag * v) + tf.square(u) * _interference(
-        H_sq_off, tf.square(v), tf.cast(sigma2, v.dtype)
+    sums = ChannelSums(H)
+    mse = tf.square(1.0 - u * sums.direct * v) + tf.square(u) * (
+        tf.cast(sigma2, v.dtype) + sums.interference(tf.square(v))
     )
     return tf.reduce_sum(w * mse - tf.math.log(w), axis=-1)
