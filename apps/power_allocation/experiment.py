@@ -1,0 +1,412 @@
+"""Power-allocation experiment (Fig. 2b): flags, validation, data, baselines and one run per approach.
+
+``main(argv)`` parses and validates every flag and the dataset *before* creating a run directory (bad
+input: one error line on stderr, exit status 2, nothing written), then
+
+1. computes the baselines on the test split: WMMSE with ``--wmmse-iterations`` (100) iterations and
+   WMMSE-Tr, truncated to as many iterations as UWMMSE has layers (4), in float64;
+2. trains UWMMSE with each requested approach through :class:`core.trainer.Trainer`, streaming the
+   training split (:mod:`apps.power_allocation.batches`), into its run directory (DESIGN section 5):
+   config.json, metrics.csv (one row per epoch), summary.json (final/best sum-rates in bit/s/Hz and
+   Mbps, the baselines on the same test split), checkpoint/, ``sum_rate.png`` and, with
+   ``--save-powers``, ``test_powers.npz``. Several approaches (``--optimizer c-adam,d-adam``, the
+   default, or ``all``) go into ``<out>/<approach>/`` with a combined plot ``test_sum_rate.png``.
+
+The dataset comes from ``--data`` (default ``data/power_allocation.h5``, or
+``data/power_allocation_quick.h5`` for ``--preset quick``); ``--generate`` writes it first when the file
+does not exist (the paper preset of DESIGN section 7, or the quick preset's small version).
+
+Seeds: ``--seed`` derives the initial parameters (the same for every approach) and the trainer's
+generator, which orders the training batches of every epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import cli
+from datasets import power_allocation as pa
+from datasets.storage import DatasetError
+
+APP = "power_allocation"
+PROG = "python -m apps.power_allocation"
+APPROACHES = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad")
+LABELS = {"c-sgd": "C-SGD", "c-adam": "C-Adam", "d-naive": "D-naive", "d-naive-pb": "D-naive-PB",
+          "d-sgd": "D-SGD", "d-adam": "D-Adam", "d-amsgrad": "D-AMSGrad"}
+DEFAULT_DATA = {"paper": cli.DEFAULT_DATA_DIR / "power_allocation.h5",
+                "quick": cli.DEFAULT_DATA_DIR / "power_allocation_quick.h5"}
+# sizes of the dataset that --generate writes; everything else is the paper preset (DESIGN section 7)
+GENERATED = {"paper": {}, "quick": {"layouts": 10, "batches_per_layout": 20, "test_batches": 20}}
+PRESETS = {
+    "paper": {},  # the defaults are the paper's settings (200 epochs, alpha 1e-2, B = 64)
+    "quick": {"epochs": 10, "checkpoint_every": 5},
+}
+PATH_FLAGS = ("data", "out", "resume")
+TRAIN_EVAL_BATCHES = 20  # training batches on which the initial model's train_sum_rate is measured
+
+
+def approach_list(text: str) -> tuple[str, ...]:
+    """argparse type: ``all`` or a comma-separated list of approaches."""
+    if text == "all":
+        return APPROACHES
+    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    unknown = [n for n in names if n not in APPROACHES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"must be 'all' or a comma-separated list of {', '.join(APPROACHES)}; "
+                                         f"got {text!r}")
+    return names
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.OneLineErrorParser(
+        prog=PROG, formatter_class=cli.HelpFormatter,
+        description="Train UWMMSE power allocation (4 unfolded WMMSE layers whose weights are rescaled by "
+        "8 GCNNs) centrally or fully distributed, and compare it with WMMSE and truncated WMMSE on the same "
+        "test set (paper Section IV-B, Fig. 2b). Defaults are the paper's settings. Writes config.json, "
+        "metrics.csv (one row per epoch), summary.json, checkpoint/ and sum_rate.png per approach.")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=Path, default=None,
+                      help="HDF5 file of `python -m datasets power-allocation` (default "
+                      f"{DEFAULT_DATA['paper']}; {DEFAULT_DATA['quick']} with --preset quick)")
+    data.add_argument("--generate", action="store_true",
+                      help="if the dataset file does not exist, generate it first: the paper preset "
+                      "(640 000 training matrices, ~20 s, 1.6 GB), or with --preset quick "
+                      + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in GENERATED["quick"].items()))
+    data.add_argument("--pairs", type=cli.positive_int, default=None,
+                      help="transmitter-receiver pairs N: checked against the dataset, and used by --generate "
+                      "(default: the dataset's; 25 when generating)")
+    data.add_argument("--data-seed", type=non_negative_int, default=0, help="seed of the dataset --generate writes")
+    data.add_argument("--no-verify", action="store_true",
+                      help="skip the full pass over the dataset (finite, non-negative gains and checksum; ~6 s "
+                      "for the paper dataset) before training")
+    model = parser.add_argument_group("UWMMSE")
+    model.add_argument("--layers", type=cli.positive_int, default=4,
+                       help="unfolded WMMSE layers K (WMMSE-Tr runs as many iterations)")
+    model.add_argument("--hidden", type=cli.positive_int, default=5, help="hidden width of each GCNN (1 -> h -> 1)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--optimizer", type=approach_list, default=("c-adam", "d-adam"),
+                       help="approach(es) to train, comma-separated (each into <out>/<approach>/ when several), or "
+                       "all: " + " ".join(APPROACHES) + " (default: c-adam,d-adam as in Fig. 2b)")
+    train.add_argument("--lr", type=cli.positive_float, default=1e-2, help="learning rate alpha")
+    train.add_argument("--lr-schedule", choices=("constant", "exponential"), default="constant",
+                       help="alpha_t (Algorithm 1, line 13): constant, or alpha * decay-rate^(t / decay-steps)")
+    train.add_argument("--lr-decay-rate", type=cli.positive_float, default=0.96,
+                       help="decay factor of the exponential schedule, in (0, 1]")
+    train.add_argument("--lr-decay-steps", type=cli.positive_int, default=1000,
+                       help="mini-batches per decay-rate factor of the exponential schedule")
+    train.add_argument("--epochs", type=cli.positive_int, default=200, help="passes over the training batches")
+    train.add_argument("--batch-size", type=cli.positive_int, default=None,
+                       help="samples per mini-batch B: must equal the dataset's batch size (one layout per "
+                       "batch; default: the dataset's, 64 for the paper preset)")
+    train.add_argument("--consensus-rounds", type=cli.positive_int, default=1,
+                       help="gradient-consensus rounds K of D-naive and D-naive-PB (eq. 15)")
+    train.add_argument("--mixing", choices=("mh", "laplacian"), default="mh",
+                       help="consensus weights W on each batch's consensus graph: Metropolis-Hastings (eq. 16), "
+                       "or the paper authors' I - beta (D - A) on the raw adjacency")
+    train.add_argument("--mixing-beta", type=cli.positive_float, default=1e-3, help="beta of --mixing laplacian")
+    train.add_argument("--d-adam-variant", choices=("paper", "authors"), default="paper",
+                       help="D-Adam as in DESIGN section 3 (DADAM, max-tracked second moment), or the authors' "
+                       "published bias-corrected local Adam")
+    train.add_argument("--seed", type=non_negative_int, default=0,
+                       help="seed of the initial parameters and of the order of the training batches")
+    train.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                       help="float type of parameters, optimizer state and channels (baselines always float64)")
+    train.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                       help="paper: the paper's settings (the defaults); quick: the small dataset of --generate, "
+                       + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in PRESETS["quick"].items())
+                       + " (explicit flags win)")
+    baseline = parser.add_argument_group("baselines")
+    baseline.add_argument("--wmmse-iterations", type=cli.positive_int, default=100,
+                          help="iterations of the full WMMSE baseline")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", type=Path, default=None,
+                     help="run directory (default runs/power_allocation/<timestamp>; the folder above an explicit "
+                     "--out must exist)")
+    run.add_argument("--resume", type=Path, default=None,
+                     help="continue the interrupted run in this directory with its saved settings (other flags "
+                     "but -q are ignored)")
+    run.add_argument("--checkpoint-every", type=non_negative_int, default=10,
+                     help="epochs between checkpoints (0: only at the end)")
+    run.add_argument("--save-powers", action="store_true",
+                     help="also write test_powers.npz: the final UWMMSE, WMMSE and WMMSE-Tr powers (W) of every "
+                     "test sample")
+    run.add_argument("--prefetch", type=cli.positive_int, default=4, help="training batches read ahead")
+    run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training step")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
+    return parser
+
+
+@dataclass
+class Plan:
+    """A validated request (nothing written yet, except a dataset that --generate had to create)."""
+
+    args: argparse.Namespace
+    approaches: tuple[str, ...]
+    out: Path
+    resume: bool
+    data_path: Path
+    dataset: dict = field(default_factory=dict)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Flags with the preset's values as defaults, or the saved flags of the run given to --resume."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.preset:
+        parser.set_defaults(**PRESETS[args.preset])
+        args = parser.parse_args(argv)
+    if args.resume is not None:
+        from core.runs import RunDir, RunError
+
+        try:
+            saved = RunDir(args.resume, create=False).read_config()["flags"]
+        except (RunError, KeyError, ValueError) as exc:
+            raise ValueError(f"--resume: {exc}") from None
+        quiet, resume = args.quiet, args.resume
+        args = argparse.Namespace(**saved)
+        for name in PATH_FLAGS:
+            value = getattr(args, name, None)
+            setattr(args, name, None if value is None else Path(value))
+        args.optimizer = tuple(args.optimizer)
+        args.quiet, args.resume, args.generate = quiet, resume, False
+    return args
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    """Validate flags and dataset (generating it if asked); raises ValueError with a one-line message."""
+    from core.runs import RunError, check_new_run_path, default_run_path
+
+    if not 0 < args.lr_decay_rate <= 1:
+        raise ValueError(f"--lr-decay-rate must be in (0, 1], got {args.lr_decay_rate}")
+    if args.resume is not None:
+        out = args.resume
+    else:
+        try:
+            out = check_new_run_path(args.out) if args.out is not None else default_run_path(APP)
+        except RunError as exc:
+            raise ValueError(f"--out: {exc}") from None
+    path = args.data if args.data is not None else DEFAULT_DATA[args.preset or "paper"]
+    if not path.exists():
+        if not args.generate:
+            raise ValueError(f"--data: {path} does not exist; pass --generate to create it")
+        _generate(args, path)
+    dataset = check_dataset(path, args)
+    return Plan(args, tuple(args.optimizer), out, args.resume is not None, path, dataset)
+
+
+def _generate(args: argparse.Namespace, path: Path) -> None:
+    if not path.parent.is_dir():
+        if args.data is not None:
+            raise ValueError(f"--data: folder {path.parent} does not exist")
+        path.parent.mkdir(parents=True)
+    sizes = GENERATED[args.preset or "paper"]
+    config = pa.PowerAllocationConfig(**sizes, pairs=args.pairs or pa.PowerAllocationConfig.pairs,
+                                      seed=args.data_seed)
+    if not args.quiet:
+        print(f"generating {path} ({config.num_batches['train']} training and {config.test_batches} test batches)",
+              file=sys.stderr)
+    pa.generate(config, path, quiet=args.quiet)
+
+
+def check_dataset(path: Path, args: argparse.Namespace) -> dict:
+    """Open and check the dataset against the flags; returns what config.json records about it."""
+    try:
+        with pa.PowerAllocationDataset(path) as data:
+            for name, value in (("Pmax", data.pmax_w), ("noise power", data.noise_power_w)):
+                if not (math.isfinite(value) and value > 0):
+                    raise ValueError(f"--data: {path} has a non-positive or non-finite {name} ({value})")
+            if args.pairs is not None and args.pairs != data.num_pairs:
+                raise ValueError(f"--pairs {args.pairs} does not match the dataset's {data.num_pairs} pairs ({path})")
+            if args.batch_size is not None and args.batch_size != data.batch_size:
+                raise ValueError(f"--batch-size {args.batch_size} does not match the dataset's batch size "
+                                 f"{data.batch_size} (one layout per batch; generate a dataset with --batch-size)")
+            if not args.no_verify:
+                data.verify()  # every gain finite and non-negative, and the checksum
+            return {"path": str(path), "checksum": data.checksum, "config": data.config,
+                    "noise_power_w": data.noise_power_w, "pmax_w": data.pmax_w,
+                    "bandwidth_hz": float(data.attrs.get("bandwidth_hz", data.config["bandwidth_mhz"] * 1e6)),
+                    "pairs": data.num_pairs, "batch_size": data.batch_size,
+                    "train_batches": data.num_batches("train"), "test_batches": data.num_batches("test")}
+    except DatasetError as exc:
+        raise ValueError(f"--data: {exc}") from None
+
+
+def run_config(p: Plan, approach: str) -> dict:
+    """What config.json records: every flag, the approach, the optimizer mode and the dataset."""
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(p.args).items()}
+    flags["optimizer"] = list(p.args.optimizer)
+    return {
+        "app": APP, "approach": approach, "flags": flags, "seed": p.args.seed,
+        "mode": {"mixing": p.args.mixing, "mixing_beta": p.args.mixing_beta if p.args.mixing == "laplacian" else None,
+                 "d_adam_variant": p.args.d_adam_variant,
+                 "consensus_graph": "links up in both directions in every sample of the mini-batch"},
+        "dataset": p.dataset,
+    }
+
+
+def derived_seeds(seed: int) -> tuple[int, int]:
+    """(initial-parameter seed, trainer seed) from --seed."""
+    import numpy as np
+
+    return tuple(int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(2))
+
+
+def wmmse_baselines(test_H, sigma2: float, pmax: float, iterations: dict[str, int], jit: bool = True) -> dict:
+    """{name: (mean test sum-rate in bit/s/Hz, powers (T, B, N))} of WMMSE with each iteration count,
+    in float64 on every test sample (XLA-compiled unless ``jit`` is False)."""
+    import numpy as np
+
+    from apps.power_allocation.wmmse import sum_rate, wmmse
+
+    H = np.asarray(test_H, np.float64).reshape(-1, *test_H.shape[-2:])
+    out = {}
+    for name, count in iterations.items():
+        p = wmmse(H, sigma2, pmax, count, jit_compile=jit)
+        out[name] = (float(np.mean(sum_rate(H, p, sigma2))), p.numpy().reshape(test_H.shape[:-1]))
+    return out
+
+
+def with_mbps(summary: dict, bandwidth_hz: float) -> dict:
+    """The summary plus ``<key>_mbps`` (x bandwidth) for every sum-rate entry in bit/s/Hz."""
+    out = dict(summary)
+    for key, value in summary.items():
+        if key.endswith("sum_rate") and isinstance(value, float):
+            out[f"{key}_mbps"] = value * bandwidth_hz / 1e6
+    return out
+
+
+def execute(p: Plan) -> tuple[dict[str, dict], dict[str, float]]:
+    """Train every approach of the plan; returns their summaries by approach and the baselines."""
+    import numpy as np
+    import tensorflow as tf
+
+    from apps.power_allocation.batches import TrainingBatches
+    from apps.power_allocation.task import PowerAllocationTask
+    from apps.power_allocation.uwmmse import UWMMSE
+    from core.optimizers import LearningRate, make_optimizer
+    from core.runs import RunDir, atomic_savez, atomic_write_json
+    from core.trainer import RandomGraphs, Trainer, TrainerConfig
+
+    args, info = p.args, p.dataset
+    dtype = tf.as_dtype(args.dtype)
+    sigma2, pmax, bandwidth = info["noise_power_w"], info["pmax_w"], info["bandwidth_hz"]
+    init_seed, trainer_seed = derived_seeds(args.seed)
+    with pa.PowerAllocationDataset(p.data_path) as data:
+        num_train = data.num_batches("train")
+        test_H = np.stack([data.batch("test", k).H for k in range(data.num_batches("test"))])
+        picks = np.unique(np.linspace(0, num_train - 1, min(num_train, TRAIN_EVAL_BATCHES)).round().astype(int))
+        train_eval_H = np.stack([data.batch("train", int(k)).H for k in picks])
+        model = UWMMSE(args.layers, args.hidden)
+        task = PowerAllocationTask(model, model.init_theta(init_seed, dtype), num_train, data.batch_size, sigma2, pmax,
+                                   test_H, train_eval_H, dtype)
+        baselines = wmmse_baselines(test_H, sigma2, pmax, {"wmmse": args.wmmse_iterations, "wmmse_tr": args.layers},
+                                    jit=not args.no_jit)
+        reference = {"wmmse_test_sum_rate": baselines["wmmse"][0], "wmmse_tr_test_sum_rate": baselines["wmmse_tr"][0],
+                     "wmmse_iterations": args.wmmse_iterations, "wmmse_tr_iterations": args.layers,
+                     "bandwidth_hz": bandwidth}
+        lr = LearningRate(args.lr, args.lr_schedule, args.lr_decay_rate, args.lr_decay_steps)
+        several = len(p.approaches) > 1
+        parent = RunDir(p.out) if several else None
+        if parent is not None and not p.resume:
+            parent.write_config(run_config(p, ",".join(p.approaches)))
+        summaries = {}
+        for approach in p.approaches:
+            run = RunDir(p.out / approach if several else p.out)
+            if p.resume and run.finished and run.has_checkpoint():
+                summaries[approach] = run.read_summary()
+                continue
+            if not run.config_path.is_file():
+                run.write_config(run_config(p, approach))
+            optimizer = make_optimizer(approach, args.consensus_rounds,
+                                       authors_variant=args.d_adam_variant == "authors")
+            config = TrainerConfig(epochs=args.epochs, batch_size=data.batch_size, seed=trainer_seed,
+                                   checkpoint_every=args.checkpoint_every, jit=not args.no_jit, quiet=args.quiet,
+                                   description=LABELS[approach])
+            mixing = None if optimizer.centralized else args.mixing
+            with TrainingBatches(data, dtype, mixing, args.mixing_beta, args.prefetch) as batches:
+                trainer = Trainer(task, optimizer, lr, RandomGraphs(batches.draw), config, run,
+                                  extra_summary={"approach": approach, "label": LABELS[approach], **reference})
+                result = trainer.run(resume=p.resume)
+            summary = with_mbps({**result.summary, "initial_test_sum_rate": result.rows[0]["test_sum_rate"]},
+                                bandwidth)
+            run.write_summary(summary)
+            summaries[approach] = summary
+            _plot(run.path / "sum_rate.png", {f"{LABELS[approach]} test": _curve(result.rows, "test_sum_rate"),
+                                              f"{LABELS[approach]} train": _curve(result.rows, "train_sum_rate")},
+                  reference, title=f"{LABELS[approach]}: UWMMSE power allocation")
+            if args.save_powers:
+                atomic_savez(run.path / "test_powers.npz", uwmmse=task.powers(result.theta).numpy(),
+                             wmmse=baselines["wmmse"][1], wmmse_tr=baselines["wmmse_tr"][1])
+    if parent is not None:
+        atomic_write_json(parent.summary_path, summaries)
+        curves = {LABELS[a]: _curve(RunDir(p.out / a, create=False).read_metrics(), "test_sum_rate")
+                  for a in p.approaches}
+        _plot(p.out / "test_sum_rate.png", curves, reference, title="UWMMSE power allocation (Fig. 2b)")
+    return summaries, reference
+
+
+def _curve(rows, name):
+    return [float(r["epoch"]) for r in rows], [float(r[name]) for r in rows]
+
+
+def _plot(path: Path, curves: dict, reference: dict, title: str) -> None:
+    """Sum-rate in Mbps against epochs, with the WMMSE baselines as horizontal lines (Fig. 2b)."""
+    from core.runs import plot_curves
+
+    scale = reference["bandwidth_hz"] / 1e6
+    epochs = sorted({x for xs, _ in curves.values() for x in xs})
+    span = [epochs[0], epochs[-1]] if len(epochs) > 1 else [0.0, 1.0]
+    lines = {label: ([x for x in xs], [y * scale for y in ys]) for label, (xs, ys) in curves.items()}
+    lines[f"WMMSE ({reference['wmmse_iterations']} it.)"] = (span, [reference["wmmse_test_sum_rate"] * scale] * 2)
+    lines[f"WMMSE-Tr ({reference['wmmse_tr_iterations']} it.)"] = (span,
+                                                                   [reference["wmmse_tr_test_sum_rate"] * scale] * 2)
+    plot_curves(path, lines, xlabel="epoch", ylabel="sum-rate (Mbps)", title=title)
+
+
+def print_table(summaries: dict[str, dict], reference: dict, out: Path) -> None:
+    scale = reference["bandwidth_hz"] / 1e6
+    print(f"{'approach':<12}{'final test':>12}{'best test':>11}{'best epoch':>12}{'rounds/batch':>14}{'wall s':>9}"
+          "   (sum-rate in bit/s/Hz)")
+    for approach, s in summaries.items():
+        print(f"{LABELS[approach]:<12}{s['final_test_sum_rate']:>12.3f}{s['best_test_sum_rate']:>11.3f}"
+              f"{s['best_epoch']:>12}{s['rounds_per_step']:>14}{s['wall_s']:>9.1f}")
+    for name, label in (("wmmse", "WMMSE"), ("wmmse_tr", "WMMSE-Tr")):
+        rate = reference[f"{name}_test_sum_rate"]
+        print(f"{label:<12}{rate:>12.3f}   ({rate * scale:.2f} Mbps, {reference[f'{name}_iterations']} iterations)")
+    print(f"run directory: {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, validate, train; returns the exit status (2: bad input, 1: unreadable data, 130: interrupted)."""
+    try:
+        args = parse_args(argv)
+        p = plan(args)
+    except ValueError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summaries, reference = execute(p)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; continue with --resume {p.out}", file=sys.stderr)
+        return 130
+    except DatasetError as exc:  # only with --no-verify: a batch that fails its checks mid-run
+        print(f"{PROG}: error: {exc}; fix the data and continue with --resume {p.out}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print_table(summaries, reference, p.out)
+    return 0

@@ -1,0 +1,115 @@
+"""UWMMSE power allocation as a :class:`core.trainer.Task` (unsupervised sum-rate maximisation).
+
+The trainer runs Algorithm 1; this task supplies the local gradients of a mini-batch and the
+evaluation. The mini-batch's channels arrive as the graph G(t) (``graph.shift`` is H, see
+:mod:`apps.power_allocation.batches`), so the trainer's sample indices are not used.
+
+Objective (DESIGN section 8 with the scaling of section 3): node i's loss on sample b is
+l_i(b) = -rate_i(b). Centralized optimizers get the gradient of sum_b (1/N) sum_i l_i(b) for the shared
+θ; distributed ones get, for every node's copy θ^i, the local gradient sum_b sum_j dl_j(b)/dθ^i
+(eq. 8c) from one GradientTape over the whole pipeline (8 GCNNs and the unfolded WMMSE steps), whose
+node average equals the centralized gradient. The paper's loss, -mean_b sum_i rate_i, is the same up
+to the factor B/N, which Adam ignores.
+
+Exchanges are counted through the trainer's simulator (forward rounds only for a centralized model;
+forward and backward for distributed training), computed densely by
+:class:`~apps.power_allocation.exchange.DenseExchange`.
+
+Tracing: the trainer compiles ``gradients`` and ``evaluate`` inside its ``tf.function``s, whose AutoGraph
+would otherwise convert every function they call (the whole pipeline; ~17 s per trace here). Nothing
+in this pipeline has tensor-dependent Python control flow (loops are Python loops over layers, or an
+explicit ``tf.while_loop``), so both are marked ``do_not_convert`` and trace in about a second.
+
+Metrics: ``train_sum_rate`` (the mean over the mini-batch of sum_i rate_i, in bit/s/Hz, measured
+before the update) and ``test_sum_rate`` (the same on the whole test split). Distributed models are
+evaluated as they run: every node with its own parameter copy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from apps.power_allocation.exchange import DenseExchange
+from apps.power_allocation.uwmmse import UWMMSE, Channel
+from core.comm import CommSimulator, Schedule
+from core.optimizers import Optimizer
+from core.trainer import GraphOps, Task
+
+
+class PowerAllocationTask(Task):
+    """UWMMSE on the power-allocation dataset.
+
+    Args:
+        model: the architecture.
+        theta0: shared initial parameters (|θ|,).
+        num_train_batches, batch_size: size of the training split in file batches and samples per batch.
+        sigma2, pmax: noise power and power budget in W (from the dataset).
+        test_H: the test split (T, B, N, N), held in memory for the evaluation.
+        train_eval_H: training batches (T', B, N, N) for the evaluation of the initial model on the
+            training split (the training split itself streams and is not held in memory).
+        dtype: float dtype of parameters and data.
+    """
+
+    train_metrics = ("train_sum_rate",)
+    test_metrics = ("test_sum_rate",)
+    primary = "test_sum_rate"
+    maximize = frozenset({"train_sum_rate", "test_sum_rate"})
+
+    def __init__(self, model: UWMMSE, theta0, num_train_batches: int, batch_size: int, sigma2: float, pmax: float,
+                 test_H: np.ndarray, train_eval_H: np.ndarray, dtype=tf.float32):
+        self.model, self.dtype = model, tf.as_dtype(dtype)
+        self.theta0 = tf.convert_to_tensor(theta0, self.dtype)
+        self.batch_size = int(batch_size)
+        self.num_train = int(num_train_batches) * self.batch_size  # one mini-batch per file batch and epoch
+        self.num_nodes = int(test_H.shape[-1])
+        self.sigma2, self.pmax = float(sigma2), float(pmax)
+        # variables, not constants: the compiled evaluation reads them instead of embedding megabytes
+        self._eval_data = {
+            "test": tf.Variable(np.asarray(test_H, self.dtype.as_numpy_dtype), trainable=False),
+            "train": tf.Variable(np.asarray(train_eval_H, self.dtype.as_numpy_dtype), trainable=False),
+        }
+
+    def initial_theta(self) -> tf.Tensor:
+        return self.theta0
+
+    def schedule(self, optimizer: Optimizer, batch_size: int) -> Schedule:
+        return Schedule(optimizer.schedule, self.model.num_exchanges, batch_size, optimizer.consensus_rounds,
+                        optimizer.payload_size(self.model.num_params))
+
+    @tf.autograph.experimental.do_not_convert
+    def gradients(self, theta, indices, graph: GraphOps, optimizer: Optimizer, exchange):
+        del indices  # the mini-batch is the graph's channel (module docstring)
+        channel = Channel.from_shift(graph.shift)
+        distributed = not optimizer.centralized
+        counter = exchange if isinstance(exchange, CommSimulator) else None
+        network = DenseExchange(counter, tape_backward=distributed)
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            rates, _ = self.model.rates(theta, channel, self.sigma2, self.pmax, network)
+            if distributed:
+                objective = -tf.reduce_sum(rates)  # sum_b sum_j l_j(b): node i's copy gets eq. (8c)
+            else:
+                objective = -tf.reduce_sum(tf.reduce_mean(rates, axis=1))  # sum_b (1/N) sum_i l_i(b)
+        grad = tape.gradient(objective, theta)
+        return grad, {"train_sum_rate": tf.reduce_mean(tf.reduce_sum(rates, axis=1))}
+
+    @tf.autograph.experimental.do_not_convert
+    def evaluate(self, theta, graph: GraphOps | None, split: str) -> dict[str, tf.Tensor]:
+        del graph  # evaluation uses the stored batches of the split
+        data = self._eval_data[split]
+        num_batches = data.shape[0]
+
+        def body(k, total):
+            rates, _ = self.model.rates(theta, Channel.from_matrices(data[k]), self.sigma2, self.pmax)
+            return k + 1, total + tf.reduce_sum(rates)
+
+        _, total = tf.while_loop(lambda k, _: k < num_batches, body, (tf.constant(0), tf.zeros([], self.dtype)))
+        mean = total / tf.cast(num_batches * data.shape[1], self.dtype)
+        return {f"{split}_sum_rate": mean}
+
+    def powers(self, theta, split: str = "test") -> tf.Tensor:
+        """Allocated powers p (T, B, N) in W of theta on the stored batches of ``split``."""
+        data = self._eval_data[split]
+        return tf.map_fn(lambda H: self.model.rates(theta, Channel.from_matrices(H), self.sigma2, self.pmax)[1],
+                         data.read_value())
