@@ -1,0 +1,75 @@
+"""apps.figures on small synthetic run directories: every figure, Table I, and the missing-run report."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from apps.figures import plots
+from apps.figures.__main__ import draw, main
+from core.runs import atomic_write_csv
+
+
+def write_run(folder, columns, rows, summary):
+    folder.mkdir(parents=True)
+    atomic_write_csv(folder / "metrics.csv", columns, rows)
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    for k, name in enumerate(plots.NODE_REGRESSION):
+        rows = [{"epoch": e, "step": 10 * e, "mp_rounds": 2010 * e, "test_mse": 0.2 / (1 + e + k)} for e in range(30)]
+        write_run(root / "node_regression" / name, ("epoch", "step", "mp_rounds", "test_mse"), rows,
+                  {"rounds_per_step": 201 if name.startswith("d-") else 200})
+    for name in plots.POWER_ALLOCATION:
+        rows = [{"epoch": e, "test_sum_rate": 16 + np.log1p(e)} for e in range(5)]
+        write_run(root / "power_allocation" / name, ("epoch", "test_sum_rate"), rows,
+                  {"bandwidth_hz": 5e6, "wmmse_test_sum_rate": 20.47, "wmmse_tr_test_sum_rate": 16.47})
+    for name in plots.LINK_SCHEDULING:
+        rows = [{"epoch": e, "test_ratio": 0.98 + 0.002 * e, "train_ratio": 0.97 + 0.002 * e} for e in range(20)]
+        write_run(root / "link_scheduling" / name, ("epoch", "test_ratio", "train_ratio"), rows, {})
+    return root
+
+
+def test_draws_every_figure_and_table(runs, tmp_path):
+    out = tmp_path / "figures"
+    written, missing = draw(runs, out, widths=(3, 4, 1), batch_size=5, consensus_rounds=2)
+    assert missing == []
+    names = {p.name for p in written}
+    for stem in ("fig2a_node_regression", "fig2b_power_allocation", "fig2c_link_scheduling"):
+        assert {f"{stem}.png", f"{stem}.pdf"} <= names
+        assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
+    with open(out / "table1.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5
+    for row in rows:  # measured rounds equal Table I's formula for L = 2, B = 5, K = 2
+        assert row["rounds_measured"] == row["rounds_formula_value"]
+    assert [int(r["rounds_measured"]) for r in rows] == [10, 25, 17, 13, 11]
+    assert [r["rounds_in_runs"] for r in rows] == ["200", "201", "", "201", "201"]
+    markdown = (out / "table1.md").read_text()
+    assert markdown.count("\n|") == 7 and "LB + L - 1" in markdown
+
+
+def test_missing_runs_are_named_and_the_rest_is_drawn(runs, tmp_path, capsys):
+    import shutil
+
+    shutil.rmtree(runs / "power_allocation")
+    shutil.rmtree(runs / "node_regression" / "d-adam")
+    out = tmp_path / "figures"
+    status = main(["--runs", str(runs), "--out", str(out), "-q"])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "power_allocation/c-adam" in err and "node_regression/d-adam" in err
+    assert (out / "fig2a_node_regression.png").is_file() and (out / "fig2c_link_scheduling.pdf").is_file()
+    assert not (out / "fig2b_power_allocation.png").exists()
+
+
+def test_nonexistent_runs_folder_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--runs", str(tmp_path / "nope")])
+    assert stop.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
