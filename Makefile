@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-all lint bench clean-venv
+.PHONY: venv demo reproduce test test-all lint bench clean-venv
 
 # The stamp is rebuilt when a requirements file changes or the venv's interpreter is broken.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -15,8 +15,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
+# The quick versions of all three experiments, then Fig. 2a-c and Table I, into runs/demo/.
 demo: $(STAMP)
-	$(PY) benchmarks/bench_core.py
+	$(PY) -m apps.figures --quick --runs runs/demo
+
+# The paper-scale experiments (resumable: run it again to continue), then the figures, into runs/paper/.
+reproduce: $(STAMP)
+	$(PY) -m apps.figures --reproduce --runs runs/paper
 
 test: $(STAMP)
 	$(PY) -m pytest -q
