@@ -35,7 +35,6 @@ exactly the metrics of an uninterrupted one.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -67,6 +66,9 @@ class GraphOps(NamedTuple):
 
 class Task:
     """What an app plugs into the :class:`Trainer` (override the methods; see :class:`core.supervised`).
+
+    ``gradients`` and ``evaluate`` are traced into compiled programs without autograph: write loops
+    over tensors as ``tf.while_loop`` (Python loops over static sizes are fine).
 
     Attributes:
         num_nodes: |V|.
@@ -208,13 +210,25 @@ class Trainer:
         self.dtype = task.dtype
         self.cost: CommCost | None = None  # of one mini-batch, known once a step has been traced
         self.columns = (*BASE_COLUMNS, *task.train_metrics, *task.test_metrics, "consensus_error", "wall_s")
-        compile_ = dict(jit_compile=config.jit, reduce_retracing=True)
+        # No autograph: the loop is an explicit tf.while_loop, and converting every Python call of the
+        # traced code (the counting simulator loops over samples and message pieces) costs seconds.
+        compile_ = dict(jit_compile=config.jit, reduce_retracing=True, autograph=False)
         # The compiled programs (public for benchmarks): epoch_fn(theta, state, step0, batches, graph),
-        # step_fn(theta, state, step, indices, graph), eval_fn(theta, graph, split). Partials rather than
+        # step_fn(theta, state, step, indices, graph), eval_fn(theta, graph, split). Closures rather than
         # bound methods, so that TensorFlow counts retracing per trainer, not across all trainers.
-        self.epoch_fn = tf.function(functools.partial(Trainer._epoch, self), **compile_)
-        self.step_fn = tf.function(functools.partial(Trainer._step, self), **compile_)
-        self.eval_fn = tf.function(functools.partial(Trainer._evaluate, self), **compile_)
+        def epoch(theta, state, step0, batches, graph):
+            return self._epoch(theta, state, step0, batches, graph)
+
+        def step(theta, state, step, indices, graph):
+            return self._step(theta, state, step, indices, graph)
+
+        def evaluate(theta, graph, split):
+            return self._evaluate(theta, graph, split)
+
+        self.epoch_fn = tf.function(epoch, **compile_)
+        self.step_fn = tf.function(step, **compile_)
+        self.eval_fn = tf.function(evaluate, **compile_)
+        self._epoch_program = None  # epoch_fn's concrete function: calling it skips the argument dispatch
         self._reset()
 
     # ------------------------------------------------------------------ state
@@ -328,9 +342,11 @@ class Trainer:
                 start = time.perf_counter()
                 batches = self.batches.draw(self.rng)
                 if fixed and per_epoch:
-                    step0 = tf.constant(self.step, tf.int64)
-                    theta, state, train, test = self.epoch_fn(self.theta, self.state, step0,
-                                                               tf.constant(batches), self.graphs.ops)
+                    args = (self.theta, self.state, tf.constant(self.step, tf.int64), tf.constant(batches),
+                            self.graphs.ops)
+                    if self._epoch_program is None:
+                        self._epoch_program = self.epoch_fn.get_concrete_function(*args)
+                    theta, state, train, test = self._epoch_program(*args)
                     self._commit(theta, state, len(batches), start, {**train, **test})
                 else:
                     self._run_steps(batches, start, per_epoch)

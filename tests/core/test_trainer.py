@@ -74,15 +74,15 @@ def test_interrupt_mid_run_checkpoints_the_last_epoch_and_resumes_exactly(proble
     full = full_run[0]
     run = RunDir(tmp_path / "killed")
     trainer = make(problem, "d-amsgrad", run, checkpoint_every=0)
-    original, calls = trainer.epoch_fn, []
+    original, calls = trainer._commit, []
 
-    def flaky(*args):
+    def flaky(*args, **kwargs):  # Ctrl-C while epoch 4 finishes
         calls.append(1)
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return original(*args)
+        return original(*args, **kwargs)
 
-    trainer.epoch_fn = flaky
+    trainer._commit = flaky
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     _, meta = run.load_checkpoint()
