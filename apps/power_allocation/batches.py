@@ -25,8 +25,11 @@ epoch) and resumes at epoch boundaries, so the first draw of an epoch takes a pe
 batches from the trainer's checkpointed generator: the batch order is a function of the trainer's
 seed and state, and a resumed run sees the same batches as an uninterrupted one.
 
-Memory and speed. A background thread reads (and prepares) up to ``prefetch`` batches ahead of the
-one being trained on; memory holds those few batches only, whatever the file size.
+Memory and speed. A background thread reads up to ``prefetch`` batches ahead of the one being
+trained on and turns them into tensors; memory holds those few batches only, whatever the file size.
+The per-batch host work is kept small (the step itself takes ~2 ms): the index pattern is converted
+once, and the consensus weights are computed densely (``mixing_values``; the sparse
+:class:`core.graph.Graph` route costs ~0.5 ms per batch, and a test checks both agree).
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import tensorflow as tf
 
-from apps.power_allocation.exchange import complete_operator
-from core.graph import Graph
+from apps.power_allocation.exchange import complete_operator, complete_pattern
+from core.graph import MIXING_RULES
 from core.trainer import GraphOps
 from datasets.power_allocation import PowerAllocationDataset
 
@@ -54,9 +57,22 @@ def consensus_adjacency(H: np.ndarray) -> np.ndarray:
 
 def mixing_values(H: np.ndarray, rule: str, beta: float) -> np.ndarray:
     """The consensus weights of the batch's consensus graph, row-major on all N x N entries (W_ij at
-    i*N + j; zero for pairs that are not linked)."""
-    graph = Graph.from_dense(consensus_adjacency(H))
-    return graph.mixing_matrix(rule, beta).to_dense().reshape(-1)
+    i*N + j; zero for pairs that are not linked), as :meth:`core.graph.Graph.mixing_matrix` defines them:
+
+    - ``"mh"``, eq. (16): W_ij = 1 / (1 + max(d_i, d_j)) on links, W_ii = 1 - sum_{j != i} W_ij;
+    - ``"laplacian"``: I - beta (D - A) on the unweighted adjacency.
+    """
+    adjacency = consensus_adjacency(H).astype(np.float64)
+    degree = adjacency.sum(axis=1)
+    if rule == "mh":
+        off = adjacency / (1.0 + np.maximum.outer(degree, degree))
+    elif rule == "laplacian":
+        if not beta > 0:
+            raise ValueError(f"mixing beta must be positive, got {beta}")
+        off = beta * adjacency
+    else:
+        raise ValueError(f"unknown mixing rule {rule!r}; choose one of {', '.join(MIXING_RULES)}")
+    return (off + np.diag(1.0 - off.sum(axis=1))).reshape(-1)
 
 
 class TrainingBatches:
@@ -80,6 +96,7 @@ class TrainingBatches:
         self.num_nodes = dataset.num_pairs
         self.prefetch = max(1, int(prefetch))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="power-allocation-prefetch")
+        self._pattern = tuple(tf.constant(a) for a in complete_pattern(self.num_nodes))  # converted once
         self._pending: deque[Future] = deque()
         self._order = np.arange(self.num_batches)
         self._cursor = 0
@@ -94,20 +111,20 @@ class TrainingBatches:
             self._pending.append(self._submit(ahead))
         self._cursor = (self._cursor + 1) % self.num_batches
         values, mixing = self._pending.popleft().result()
-        n = self.num_nodes
-        return GraphOps(complete_operator(tf.constant(values), n),
-                        None if mixing is None else complete_operator(tf.constant(mixing), n))
+        n, pattern = self.num_nodes, self._pattern
+        return GraphOps(complete_operator(values, n, pattern),
+                        None if mixing is None else complete_operator(mixing, n, pattern))
 
     def _submit(self, position: int) -> Future:
         return self._pool.submit(self._load, int(self._order[position]))
 
-    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Read file batch ``index`` and prepare the operator values (runs in the prefetch thread)."""
+    def _load(self, index: int) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """Read file batch ``index`` and make its operator values (runs in the prefetch thread)."""
         H = self.dataset.batch("train", index).H
-        values = H.reshape(H.shape[0], -1).astype(self.dtype.as_numpy_dtype, copy=False)
+        values = tf.constant(H.reshape(H.shape[0], -1), self.dtype)
         mixing = None
         if self.mixing is not None:
-            mixing = mixing_values(H, self.mixing, self.mixing_beta).astype(self.dtype.as_numpy_dtype)
+            mixing = tf.constant(mixing_values(H, self.mixing, self.mixing_beta), self.dtype)
         return values, mixing
 
     def close(self) -> None:

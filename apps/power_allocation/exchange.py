@@ -4,19 +4,22 @@ Every operator of UWMMSE (the GCNN shift S = H, the two WMMSE sums, DESIGN secti
 weights on N x N entries: cut links (below the control-channel threshold, DESIGN section 7) are zero
 weights, not missing entries, so shapes are fixed and nothing retraces. On that pattern the
 gather + ``unsorted_segment_sum`` of :func:`core.ops.apply_operator` equals a batched dense product,
-and XLA on CPU runs the product ~5x faster than the scatter (20 ms vs 4 ms for a UWMMSE training step
-of B = 64, N = 25; measured with the prototype kept in benchmarks/bench_power_allocation.py's
-docstring). :class:`DenseExchange` therefore computes ``op @ x`` with ``tf.einsum`` and records what is
-sent through a :class:`core.comm.CommSimulator`'s public ``record``, with the payload semantics of
+and XLA on CPU runs the product much faster than the scatter (a UWMMSE training step of B = 64,
+N = 25 took 20 ms with gather + segment sum and 4 ms with dense products on this 2-core machine).
+
+:class:`DenseExchange` therefore computes ``op @ x`` with ``tf.einsum`` and records what is sent
+through a :class:`core.comm.CommSimulator`'s public ``record``, with the payload semantics of
 ``CommSimulator.propagate`` (one payload per sample and exchange, tagged with the pipeline ``part``;
 with ``tape_backward`` the transposed exchange of the GradientTape backward pass is recorded as the
 ``bwd`` payload of the same index). Features of several parts may be stacked on the node axis
 (``dense_apply``); one exchange then carries all of them, which is what bundling them in a round
-means. tests/apps/power_allocation/test_uwmmse.py checks values and counts
-against the simulator's own gather/segment-sum path.
+means. tests/apps/power_allocation/test_uwmmse.py checks values, gradients and counts against the
+simulator's own gather/segment-sum path.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 import tensorflow as tf
@@ -26,18 +29,28 @@ from core.gcnn import Exchange
 from core.ops import Operator
 
 
-def complete_operator(values: tf.Tensor, num_nodes: int) -> Operator:
+@lru_cache(maxsize=8)
+def complete_pattern(num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of all N x N entries in row-major order (receiver i = rows[k], sender j = cols[k])."""
+    n = int(num_nodes)
+    rows, cols = np.repeat(np.arange(n, dtype=np.int32), n), np.tile(np.arange(n, dtype=np.int32), n)
+    rows.flags.writeable = cols.flags.writeable = False  # shared by every caller
+    return rows, cols
+
+
+def complete_operator(values: tf.Tensor, num_nodes: int, pattern=None) -> Operator:
     """An :class:`core.ops.Operator` on all N x N entries in row-major order: S_ij = values[..., i*N + j].
 
     ``values`` is (N*N,) for one operator or (B, N*N) per sample; e.g. ``tf.reshape(M, [B, N*N])`` for
     per-sample matrices M (B, N, N). The diagonal entries are each node's own term (no message).
+    ``pattern`` may pass (rows, cols) tensors of :func:`complete_pattern` made once, to save converting
+    them on every call.
     """
     n = int(num_nodes)
     if values.shape[-1] != n * n:
         raise ValueError(f"a complete operator on {n} nodes needs {n * n} values per sample, got {values.shape}")
-    rows = tf.constant(np.repeat(np.arange(n, dtype=np.int32), n))
-    cols = tf.constant(np.tile(np.arange(n, dtype=np.int32), n))
-    return Operator(rows, cols, values, n)
+    rows, cols = complete_pattern(n) if pattern is None else pattern
+    return Operator(tf.convert_to_tensor(rows), tf.convert_to_tensor(cols), values, n)
 
 
 def stacked_parts(op: Operator, x: tf.Tensor) -> int:

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from apps.power_allocation.batches import TrainingBatches, consensus_adjacency, mixing_values
+from core.graph import Graph
 from datasets import power_allocation as pa
 
 N, B, LAYOUTS, PER_LAYOUT = 7, 16, 3, 2
@@ -48,6 +49,17 @@ def test_consensus_graph_and_mixing_weights_by_hand():
     np.testing.assert_allclose(W, [[0.5, 0.5, 0], [0.5, 0.5, 0], [0, 0, 1]])
     W = mixing_values(H, "laplacian", 0.1).reshape(3, 3)  # I - beta (D - A)
     np.testing.assert_allclose(W, [[0.9, 0.1, 0], [0.1, 0.9, 0], [0, 0, 1]])
+
+
+@pytest.mark.parametrize("rule, beta", [("mh", 1e-3), ("laplacian", 0.05)])
+def test_dense_mixing_weights_equal_the_core_graph_ones(rule, beta):
+    rng = np.random.default_rng(11)
+    for density in (0.1, 0.5, 0.9, 1.0):
+        H = (rng.random((4, 12, 12)) < density ** 0.25) * rng.random((4, 12, 12))  # some isolated nodes too
+        expected = Graph.from_dense(consensus_adjacency(H)).mixing_matrix(rule, beta).to_dense()
+        np.testing.assert_allclose(mixing_values(H, rule, beta).reshape(12, 12), expected, rtol=1e-15, atol=1e-16)
+    with pytest.raises(ValueError, match="unknown mixing rule"):
+        mixing_values(H, "ring", 1.0)
 
 
 def draw_epochs(path, seed, epochs, mixing="mh"):
