@@ -20,7 +20,9 @@ Modes:
 With one update per mini-batch the authors' 55 mini-batches at alpha = 5e-5 move the actor by about
 55 alpha, i.e. not at all; the defaults of ``algorithm1`` (``ALGORITHM1``) are the step sizes and the
 number of mini-batches that make that mode learn (measured in the report of issue 6): the critic,
-which must learn before the actor's gradient means anything, gets 1e-3, the actor 1e-4.
+which must learn before the actor's gradient means anything, gets 1e-3, the actor 1e-4. In both modes
+the test ratio first dips (the actor follows a critic that has not learnt yet) and then rises above
+1; in ``algorithm1`` C-Adam recovers after ~150 mini-batches and is still improving at 500.
 
 D-Adam defaults to the authors' variant (bias-corrected local Adam, DESIGN section 4), the optimizer
 behind the distributed curve of Fig. 2c. DESIGN's DADAM has no bias correction, so its first ~100
