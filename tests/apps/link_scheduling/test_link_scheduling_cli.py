@@ -35,11 +35,19 @@ def metrics(path):
     return [{k: float(v) for k, v in row.items()} for row in read_csv(path / "metrics.csv")]
 
 
-def test_tiny_runs_write_every_output_with_sane_values(data, tmp_path):
-    out = tmp_path / "run"
-    status, _ = run(["--data", data, "--optimizer", "c-adam,d-adam", "--batch-size", B, "--mini-batches", 3,
-                     "--out", out, "-q"])
-    assert status == 0
+TINY_RUN = ["--batch-size", B, "--mini-batches", 3, "--checkpoint-every", 1, "-q"]
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(data, tmp_path_factory):
+    """C-Adam and D-Adam, 3 mini-batches each, into one parent directory (shared by two tests)."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert run(["--data", data, "--optimizer", "c-adam,d-adam", *TINY_RUN, "--out", out])[0] == 0
+    return out
+
+
+def test_tiny_runs_write_every_output_with_sane_values(tiny_runs):
+    out = tiny_runs
     assert (out / "test_ratio.png").stat().st_size > 0
     assert set(json.loads((out / "summary.json").read_text())) == {"c-adam", "d-adam"}
     for name, rounds in (("c-adam", 3 * B), ("d-adam", 3 * B + 2)):  # Table I: LB, and LB + L - 1
@@ -79,13 +87,12 @@ def test_authors_mode_updates_once_per_sample(data, tmp_path):
     assert json.loads((out / "config.json").read_text())["flags"]["critic_lr"] == experiment.AUTHORS["critic_lr"]
 
 
-def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(data, tmp_path, monkeypatch):
-    args = ["--data", data, "--optimizer", "d-adam", "--batch-size", B, "--mini-batches", 4,
-            "--checkpoint-every", 1, "-q"]
-    assert run([*args, "--out", tmp_path / "whole"])[0] == 0
+def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(data, tiny_runs, tmp_path, monkeypatch):
+    """Stopped after mini-batch 2 (with its checkpoint), then resumed: the same rows as the D-Adam run of
+    `tiny_runs`, which went through in one go (wall-clock time aside)."""
     full_run = Trainer.run
     monkeypatch.setattr(Trainer, "run", lambda self, resume=False: full_run(self, resume, until_epoch=2))
-    assert run([*args, "--out", tmp_path / "cut"])[0] == 0
+    assert run(["--data", data, "--optimizer", "d-adam", *TINY_RUN, "--out", tmp_path / "cut"])[0] == 0
     assert len(metrics(tmp_path / "cut")) == 3 and not (tmp_path / "cut" / "summary.json").exists()
     monkeypatch.setattr(Trainer, "run", full_run)
     assert run(["--resume", tmp_path / "cut", "-q"])[0] == 0
@@ -93,8 +100,8 @@ def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(data, tmp_pat
     def without_time(rows):
         return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
 
-    assert without_time(metrics(tmp_path / "cut")) == without_time(metrics(tmp_path / "whole"))
-    whole, cut = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("whole", "cut"))
+    assert without_time(metrics(tmp_path / "cut")) == without_time(metrics(tiny_runs / "d-adam"))
+    whole, cut = (json.loads((d / "summary.json").read_text()) for d in (tiny_runs / "d-adam", tmp_path / "cut"))
     assert whole["final_test_ratio"] == cut["final_test_ratio"]
 
 
