@@ -32,7 +32,7 @@ AUTHORS_EPOCH_S = {"c-sgd": 0.10, "d-sgd": 0.47, "d-adam": 0.50, "d-amsgrad": 0.
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float64", help="float type")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="float type")
     parser.add_argument("--approaches", nargs="+", default=list(APPROACHES), choices=APPROACHES)
     parser.add_argument("--trials", type=int, default=5, help="timing trials (the best is kept)")
     bench = parser.parse_args(argv)

@@ -322,7 +322,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shift", choices=SHIFTS, default=d.shift, help="graph shift operator S of the GCNNs")
     parser.add_argument("--features", choices=FEATURES, default=d.features, help="node feature distribution")
     parser.add_argument("--input-dim", type=cli.positive_int, default=d.input_dim, help="features per node g_0")
-    parser.add_argument("--teacher-hidden", type=int_list, default=d.teacher_hidden,
+    parser.add_argument("--teacher-hidden", type=int_list, default=",".join(map(str, d.teacher_hidden)),
                         help="hidden widths of the teacher GCNN, comma-separated (its output width is 1)")
     parser.add_argument("--teacher-activation", choices=ACTIVATIONS, default=d.teacher_activation,
                         help="activation after every teacher layer")

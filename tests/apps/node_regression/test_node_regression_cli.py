@@ -54,7 +54,7 @@ def test_tiny_run_writes_every_output(amsgrad_run):
         assert int(r["mp_rounds"]) == int(r["step"]) * rounds and int(r["step"]) == int(r["epoch"]) * 4
         assert 0 < float(r["test_mse"]) < 1 and 0 < float(r["train_mse"]) < 1
         assert math.isfinite(float(r["wall_s"]))
-    assert float(rows[0]["consensus_error"]) < 1e-14 < float(rows[-1]["consensus_error"]) < 1
+    assert float(rows[0]["consensus_error"]) < 1e-6 < float(rows[-1]["consensus_error"]) < 1  # float32 rounding
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_test_mse"] == float(rows[-1]["test_mse"])
     assert summary["best_test_mse"] == min(float(r["test_mse"]) for r in rows)
