@@ -18,13 +18,15 @@ task's schedule. The simulator counts at trace time (the counts of a step are st
 keeps the :class:`core.comm.CommCost` of the traced step and accumulates it per executed step.
 
 Speed: with a fixed graph and per-epoch logging, one epoch (all its mini-batches in a
-``tf.while_loop``, then the evaluation) is one compiled function (XLA with ``jit=True``), and the
-only per-step Python work is drawing the index permutation. With per-step logging or a new graph per
+``tf.while_loop``, then the evaluation) is one compiled function (XLA with ``jit=True``, traced without
+autograph and called through its concrete function), and the only Python work is drawing the
+epoch's index permutation and logging its row. With per-step logging or a new graph per
 mini-batch, a compiled step function is called per mini-batch (a graph with a new number of edges
 retraces it; XLA then recompiles too, so apps with varying graphs should pad or pass ``jit=False``).
 
 Logs: one row per epoch (``log_every_step=False``; epoch 0 is the initial model) or per mini-batch,
-with columns ``epoch, step, mp_rounds, floats_sent, lr``, the task's training metrics (the mean over
+with columns ``epoch, step, mp_rounds`` (rounds so far), ``floats_sent`` (floats so far that one
+node with neighbours broadcast), ``lr`` (alpha_t of the last update), the task's training metrics (the mean over
 the epoch's mini-batches of the value measured before each update; at epoch 0, the task's evaluation
 on the training set), the task's test metrics, ``consensus_error`` (0 for a centralized model) and
 ``wall_s`` (training wall-clock seconds, compilation included). Rows, the parameters, the optimizer
