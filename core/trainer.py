@@ -278,6 +278,8 @@ class Trainer:
         self.rounds, self.floats, self.wall = int(meta["mp_rounds"]), int(meta["floats_sent"]), float(meta["wall_s"])
         self.rng.bit_generator.state = meta["rng_state"]
         self.rows = list(meta["rows"])
+        if meta.get("cost") is not None:  # a finished run resumed traces nothing, yet reports its counts
+            self.cost = CommCost(**meta["cost"])
         return True
 
     def _initial_shape(self):

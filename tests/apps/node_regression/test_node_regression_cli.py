@@ -107,6 +107,13 @@ def test_all_approaches(tmp_path):
     naive, pb = (read_csv(out / a / "metrics.csv") for a in ("d-naive", "d-naive-pb"))
     np.testing.assert_allclose([float(r["test_mse"]) for r in naive], [float(r["test_mse"]) for r in pb], rtol=1e-12)
     assert json.loads((out / "config.json").read_text())["approach"] == "all"
+    # --resume of the parent continues only what is unfinished (here: d-sgd lost its summary)
+    before = read_csv(out / "d-sgd" / "metrics.csv")
+    (out / "d-sgd" / "summary.json").unlink()
+    assert main(["--resume", str(out), "-q"]) == 0
+    assert json.loads((out / "d-sgd" / "summary.json").read_text())["rounds_per_step"] == 13
+    assert read_csv(out / "d-sgd" / "metrics.csv") == before
+    assert set(json.loads((out / "summary.json").read_text())) == set(APPROACHES)
 
 
 def test_data_file_gives_the_in_memory_results(tmp_path):
