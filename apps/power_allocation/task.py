@@ -15,11 +15,6 @@ Exchanges are counted through the trainer's simulator (forward rounds only for a
 forward and backward for distributed training), computed densely by
 :class:`~apps.power_allocation.exchange.DenseExchange`.
 
-Tracing: the trainer compiles ``gradients`` and ``evaluate`` inside its ``tf.function``s, whose AutoGraph
-would otherwise convert every function they call (the whole pipeline; ~17 s per trace here). Nothing
-in this pipeline has tensor-dependent Python control flow (loops are Python loops over layers, or an
-explicit ``tf.while_loop``), so both are marked ``do_not_convert`` and trace in about a second.
-
 Metrics: ``train_sum_rate`` (the mean over the mini-batch of sum_i rate_i, in bit/s/Hz, measured
 before the update) and ``test_sum_rate`` (the same on the whole test split). Distributed models are
 evaluated as they run: every node with its own parameter copy.
@@ -77,7 +72,6 @@ class PowerAllocationTask(Task):
         return Schedule(optimizer.schedule, self.model.num_exchanges, batch_size, optimizer.consensus_rounds,
                         optimizer.payload_size(self.model.num_params))
 
-    @tf.autograph.experimental.do_not_convert
     def gradients(self, theta, indices, graph: GraphOps, optimizer: Optimizer, exchange):
         del indices  # the mini-batch is the graph's channel (module docstring)
         channel = Channel.from_shift(graph.shift)
@@ -94,7 +88,6 @@ class PowerAllocationTask(Task):
         grad = tape.gradient(objective, theta)
         return grad, {"train_sum_rate": tf.reduce_mean(tf.reduce_sum(rates, axis=1))}
 
-    @tf.autograph.experimental.do_not_convert
     def evaluate(self, theta, graph: GraphOps | None, split: str) -> dict[str, tf.Tensor]:
         del graph  # evaluation uses the stored batches of the split
         data = self._eval_data[split]
@@ -108,8 +101,11 @@ class PowerAllocationTask(Task):
         mean = total / tf.cast(num_batches * data.shape[1], self.dtype)
         return {f"{split}_sum_rate": mean}
 
-    def powers(self, theta, split: str = "test") -> tf.Tensor:
+    def powers(self, theta, split: str = "test") -> np.ndarray:
         """Allocated powers p (T, B, N) in W of theta on the stored batches of ``split``."""
         data = self._eval_data[split]
-        return tf.map_fn(lambda H: self.model.rates(theta, Channel.from_matrices(H), self.sigma2, self.pmax)[1],
-                         data.read_value())
+        return np.stack([self._powers_fn(theta, data[k]).numpy() for k in range(data.shape[0])])
+
+    @tf.function(autograph=False)
+    def _powers_fn(self, theta, H):
+        return self.model.rates(theta, Channel.from_matrices(H), self.sigma2, self.pmax)[1]

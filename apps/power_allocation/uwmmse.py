@@ -168,7 +168,8 @@ class UWMMSE:
         if theta.shape.rank == 1:
             stacked = tf.repeat(tf.reshape(theta, [parts, size]), num_nodes, axis=0)
         else:
-            stacked = tf.reshape(tf.transpose(tf.reshape(theta, [-1, parts, size]), [1, 0, 2]), [-1, size])
+            per_node = tf.reshape(theta, [num_nodes, parts, size])
+            stacked = tf.reshape(tf.transpose(per_node, [1, 0, 2]), [parts * num_nodes, size])
         return unflatten(stacked, self.gcnn.param_shapes())
 
     def coefficients(self, theta, channel: Channel, exchange) -> list[tuple[tf.Tensor, tf.Tensor]]:

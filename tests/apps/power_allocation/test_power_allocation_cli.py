@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
+from apps.power_allocation import experiment
 from apps.power_allocation.experiment import main
 from core import trainer as trainer_module
 from core.runs import read_csv
@@ -171,16 +172,18 @@ def test_output_folder_errors(dataset, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
 
 
-def test_generate_writes_the_dataset_first(tmp_path):
+def test_generate_writes_the_dataset_first(tmp_path, monkeypatch):
+    monkeypatch.setitem(experiment.GENERATED, "quick", {"layouts": 4, "batches_per_layout": 5, "test_batches": 3})
     path = tmp_path / "new.h5"
     out = tmp_path / "run"
     assert main(["--generate", "--data", str(path), "--preset", "quick", "--pairs", "3", "--epochs", "1",
                  "--optimizer", "c-sgd", "--layers", "1", "--wmmse-iterations", "5", "--no-jit", "-q",
                  "--out", str(out)]) == 0
     with pa.PowerAllocationDataset(path) as data:
-        assert data.num_pairs == 3 and data.num_batches("train") == 200 and data.num_batches("test") == 20
+        assert data.num_pairs == 3 and data.num_batches("train") == 20 and data.num_batches("test") == 3
+        assert data.config["carrier_ghz"] == 0.9 and data.batch_size == 64  # otherwise the paper preset
     rows = read_csv(out / "metrics.csv")
-    assert [int(r["step"]) for r in rows] == [0, 200]
+    assert [int(r["step"]) for r in rows] == [0, 20]
 
 
 def test_help_and_bad_flag_as_a_process(tmp_path):
