@@ -13,7 +13,8 @@ own copy, DESIGN section 2).
 The 2K GCNNs have the same architecture, input and shift, so they run as *one* core GCNN on P = 2K
 stacked copies of the node set (virtual node p*N + i is node i running GCNN p, with node i's copy of
 GCNN p's parameters; :meth:`UWMMSE.stacked_params`). Each layer is then one product and one exchange
-for all of them, instead of 2K: a smaller XLA program that compiles and runs several times faster.
+for all of them, instead of 2K: a smaller XLA program (measured on this machine: compilation 16 -> 7 s,
+a distributed training step 9 -> 2.5 ms).
 
 Neighbour exchanges per sample (L = 2K + 2 sequential exchanges, the schedule's "layers"):
 
