@@ -96,6 +96,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (seeds, checkpoint intervals)."""
+    value = _parse(text, int, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """argparse type: a finite float >= 0."""
     value = _parse(text, float, "a number")
@@ -161,7 +169,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, kind: DatasetKind) -> 
     group = parser.add_argument_group("output")
     group.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         help="random seed; equal seeds give identical files",
     )
@@ -248,13 +256,6 @@ def resolve_output(out: Path | None, default: Path, force: bool) -> Path:
     if out.exists() and not force:
         raise ValueError(f"--out: {out} exists; pass --force to replace it")
     return out
-
-
-def _non_negative_int(text: str) -> int:
-    value = _parse(text, int, "an integer")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
 
 
 def _parse(text: str, convert, description: str):

@@ -297,16 +297,6 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The generation flags (all but --seed); shared with ``python -m apps.node_regression``."""
     d = NodeRegressionConfig()
@@ -317,7 +307,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="edges attached per new node of the Barabasi-Albert model")
     parser.add_argument("--graph-p", type=cli.non_negative_float, default=d.graph_p,
                         help="edge probability of the Erdos-Renyi model")
-    parser.add_argument("--graph-seed", type=non_negative_int, default=d.graph_seed,
+    parser.add_argument("--graph-seed", type=cli.non_negative_int, default=d.graph_seed,
                         help="networkx seed of the graph")
     parser.add_argument("--shift", choices=SHIFTS, default=d.shift, help="graph shift operator S of the GCNNs")
     parser.add_argument("--features", choices=FEATURES, default=d.features, help="node feature distribution")

@@ -62,17 +62,6 @@ PRESETS = {
 PATH_FLAGS = ("data", "out", "resume")
 
 
-def _non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
 def _optimizer_list(text: str) -> tuple[str, ...]:
     names = OPTIMIZERS if text == "all" else tuple(n.strip() for n in text.split(","))
     unknown = [n for n in names if n not in OPTIMIZERS]
@@ -107,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="test graphs, degrees spread over the range (with --generate)")
     data.add_argument("--test-samples", type=cli.positive_int, default=d.test_samples,
                       help="stored weight samples per test graph (with --generate)")
-    data.add_argument("--data-seed", type=_non_negative_int, default=d.seed, help="dataset seed (with --generate)")
+    data.add_argument("--data-seed", type=cli.non_negative_int, default=d.seed, help="dataset seed (with --generate)")
     train = parser.add_argument_group("training")
     train.add_argument("--mode", choices=MODES, default="algorithm1",
                        help="algorithm1: a graph per mini-batch, B samples on it, one update per mini-batch; "
@@ -144,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--d-adam-variant", choices=("paper", "authors"), default="authors",
                        help="D-Adam as in DESIGN section 3 (DADAM), or the authors' bias-corrected local Adam, which "
                        "produced Fig. 2c and is the default here (see the module docstring)")
-    train.add_argument("--seed", type=_non_negative_int, default=0,
+    train.add_argument("--seed", type=cli.non_negative_int, default=0,
                        help="seed of the initial actor and critic, the graph draws and every weight and noise draw")
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                        help="float type of parameters, optimizer states and data")
@@ -159,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, default=None,
                      help="continue the interrupted run in this directory with its saved settings (other flags "
                      "but -q are ignored)")
-    run.add_argument("--checkpoint-every", type=_non_negative_int, default=50,
+    run.add_argument("--checkpoint-every", type=cli.non_negative_int, default=50,
                      help="mini-batches between checkpoints (0: only at the end)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
     return parser

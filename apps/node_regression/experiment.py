@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--d-adam-variant", choices=("paper", "authors"), default="paper",
                        help="D-Adam as in DESIGN section 3 (DADAM, max-tracked second moment), or the authors' "
                        "published bias-corrected local Adam")
-    train.add_argument("--seed", type=nr.non_negative_int, default=0,
+    train.add_argument("--seed", type=cli.non_negative_int, default=0,
                        help="data seed; the student's initial parameters and the shuffling derive from it")
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                        help="float type of data, parameters and optimizer state (float32 runs about twice as fast "
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, default=None,
                      help="continue the interrupted run in this directory with its saved settings (other "
                      "flags but -q are ignored)")
-    run.add_argument("--checkpoint-every", type=nr.non_negative_int, default=50,
+    run.add_argument("--checkpoint-every", type=cli.non_negative_int, default=50,
                      help="epochs between checkpoints (0: only at the end)")
     run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training epoch")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")

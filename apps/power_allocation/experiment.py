@@ -63,17 +63,6 @@ def approach_list(text: str) -> tuple[str, ...]:
     return names
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.OneLineErrorParser(
         prog=PROG, formatter_class=cli.HelpFormatter,
@@ -92,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--pairs", type=cli.positive_int, default=None,
                       help="transmitter-receiver pairs N: checked against the dataset, and used by --generate "
                       "(default: the dataset's; 25 when generating)")
-    data.add_argument("--data-seed", type=non_negative_int, default=0, help="seed of the dataset --generate writes")
+    data.add_argument("--data-seed", type=cli.non_negative_int, default=0, help="seed of the dataset --generate writes")
     data.add_argument("--no-verify", action="store_true",
                       help="skip the full pass over the dataset (finite, non-negative gains and checksum; ~6 s "
                       "for the paper dataset) before training")
@@ -124,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--d-adam-variant", choices=("paper", "authors"), default="paper",
                        help="D-Adam as in DESIGN section 3 (DADAM, max-tracked second moment), or the authors' "
                        "published bias-corrected local Adam")
-    train.add_argument("--seed", type=non_negative_int, default=0,
+    train.add_argument("--seed", type=cli.non_negative_int, default=0,
                        help="seed of the initial parameters and of the order of the training batches")
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                        help="float type of parameters, optimizer state and channels (baselines always float64)")
@@ -142,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, default=None,
                      help="continue the interrupted run in this directory with its saved settings (other flags "
                      "but -q are ignored)")
-    run.add_argument("--checkpoint-every", type=non_negative_int, default=10,
+    run.add_argument("--checkpoint-every", type=cli.non_negative_int, default=10,
                      help="epochs between checkpoints (0: only at the end)")
     run.add_argument("--save-powers", action="store_true",
                      help="also write test_powers.npz: the final UWMMSE, WMMSE and WMMSE-Tr powers (W) of every "
