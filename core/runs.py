@@ -15,6 +15,7 @@ hidden ``.<name>.*.tmp`` file). Nothing here knows about TensorFlow; tensors are
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -152,6 +153,35 @@ def default_run_path(app: str, name: str | None = None, root: str | os.PathLike 
     while path.exists():
         path, k = base / f"{stem}-{k}", k + 1
     return path
+
+
+def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], tuple_flags: Sequence[str] = ()):
+    """Parse an experiment's flags: a ``--preset``'s values become the defaults (explicit flags win); with
+    ``--resume DIR`` the flags saved in DIR's config.json replace them all but ``--quiet`` and ``--resume``.
+
+    The parser must define ``--preset``, ``--resume`` and ``-q/--quiet``. Saved ``data``, ``out`` and
+    ``resume`` come back as paths and the list-valued ``tuple_flags`` (saved as JSON lists) as tuples. Returns
+    ``(args, resumed)``; a missing or unreadable run raises ValueError with a one-line message.
+    """
+    args = parser.parse_args(argv)
+    if args.preset:
+        parser.set_defaults(**presets[args.preset])
+        args = parser.parse_args(argv)
+    if args.resume is None:
+        return args, False
+    try:
+        saved = RunDir(args.resume, create=False).read_config()["flags"]
+    except (RunError, KeyError, ValueError) as exc:
+        raise ValueError(f"--resume: {exc}") from None
+    quiet, resume = args.quiet, args.resume
+    args = argparse.Namespace(**saved)
+    for name in ("data", "out", "resume"):
+        value = getattr(args, name, None)
+        setattr(args, name, None if value is None else Path(value))
+    for name in tuple_flags:
+        setattr(args, name, tuple(getattr(args, name)))
+    args.quiet, args.resume = quiet, resume
+    return args, True
 
 
 def check_new_run_path(path: str | os.PathLike, create_parents: bool = False) -> Path:

@@ -59,7 +59,6 @@ PRESETS = {
     "quick": {"data": Path("data/conflict_graphs_quick.h5"), "mini_batches": 200, "train_graphs": 40,
               "test_graphs": 10, "test_samples": 20, "checkpoint_every": 10},
 }
-PATH_FLAGS = ("data", "out", "resume")
 
 
 def _optimizer_list(text: str) -> tuple[str, ...]:
@@ -178,25 +177,10 @@ class Plan:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Flags with the preset's and the mode's defaults, or the saved flags of the run given to --resume."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.preset:
-        parser.set_defaults(**PRESETS[args.preset])
-        args = parser.parse_args(argv)
-    if args.resume is not None:
-        from core.runs import RunDir, RunError
+    from core.runs import parse_run_flags
 
-        try:
-            saved = RunDir(args.resume, create=False).read_config()["flags"]
-        except (RunError, KeyError, ValueError) as exc:
-            raise ValueError(f"--resume: {exc}") from None
-        quiet, resume = args.quiet, args.resume
-        args = argparse.Namespace(**saved)
-        for name in PATH_FLAGS:
-            value = getattr(args, name, None)
-            setattr(args, name, None if value is None else Path(value))
-        args.optimizer = tuple(args.optimizer)
-        args.quiet, args.resume = quiet, resume
+    args, resumed = parse_run_flags(build_parser(), argv, PRESETS, ("optimizer",))
+    if resumed:
         return args
     for name, value in (AUTHORS if args.mode == "authors" else ALGORITHM1).items():
         if getattr(args, name) is None:

@@ -33,7 +33,6 @@ PRESETS = {
     "paper": {},  # the defaults are the paper's settings
     "quick": {"epochs": 60, "train_samples": 200, "batch_size": 20, "checkpoint_every": 20},
 }
-PATH_FLAGS = ("data", "out", "resume")
 TUPLE_FLAGS = ("hidden", "teacher_hidden")
 
 
@@ -116,27 +115,9 @@ class Plan:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Flags with the preset's values as defaults, or the saved flags of the run given to --resume."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.preset:
-        parser.set_defaults(**PRESETS[args.preset])
-        args = parser.parse_args(argv)
-    if args.resume is not None:
-        from core.runs import RunDir, RunError
+    from core.runs import parse_run_flags
 
-        try:
-            saved = RunDir(args.resume, create=False).read_config()["flags"]
-        except (RunError, KeyError, ValueError) as exc:
-            raise ValueError(f"--resume: {exc}") from None
-        quiet, resume = args.quiet, args.resume
-        args = argparse.Namespace(**saved)
-        for name in PATH_FLAGS:
-            value = getattr(args, name, None)
-            setattr(args, name, None if value is None else Path(value))
-        for name in TUPLE_FLAGS:
-            setattr(args, name, tuple(getattr(args, name)))
-        args.quiet, args.resume = quiet, resume
-    return args
+    return parse_run_flags(build_parser(), argv, PRESETS, TUPLE_FLAGS)[0]
 
 
 def load_data(args: argparse.Namespace) -> tuple[nr.NodeRegressionData, dict]:

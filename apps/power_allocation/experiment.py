@@ -47,7 +47,6 @@ PRESETS = {
     "paper": {},  # the defaults are the paper's settings (200 epochs, alpha 1e-2, B = 64)
     "quick": {"epochs": 10, "checkpoint_every": 5},
 }
-PATH_FLAGS = ("data", "out", "resume")
 TRAIN_EVAL_BATCHES = 20  # training batches on which the initial model's train_sum_rate is measured
 
 
@@ -156,25 +155,11 @@ class Plan:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Flags with the preset's values as defaults, or the saved flags of the run given to --resume."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.preset:
-        parser.set_defaults(**PRESETS[args.preset])
-        args = parser.parse_args(argv)
-    if args.resume is not None:
-        from core.runs import RunDir, RunError
+    from core.runs import parse_run_flags
 
-        try:
-            saved = RunDir(args.resume, create=False).read_config()["flags"]
-        except (RunError, KeyError, ValueError) as exc:
-            raise ValueError(f"--resume: {exc}") from None
-        quiet, resume = args.quiet, args.resume
-        args = argparse.Namespace(**saved)
-        for name in PATH_FLAGS:
-            value = getattr(args, name, None)
-            setattr(args, name, None if value is None else Path(value))
-        args.optimizer = tuple(args.optimizer)
-        args.quiet, args.resume, args.generate = quiet, resume, False
+    args, resumed = parse_run_flags(build_parser(), argv, PRESETS, ("optimizer",))
+    if resumed:
+        args.generate = False  # the resumed run's dataset exists already
     return args
 
 
