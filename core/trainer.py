@@ -319,11 +319,14 @@ class Trainer:
         return theta, state, means, self._evaluate(theta, graph, "test")
 
     # ------------------------------------------------------------------ the loop
-    def run(self, resume: bool = False, until_epoch: int | None = None) -> TrainResult:
+    def run(self, resume: bool = False, until_epoch: int | None = None,
+            on_epoch: Callable[[int, str], None] | None = None) -> TrainResult:
         """Train to ``config.epochs`` (or stop after ``until_epoch`` with a checkpoint and no summary).
 
         With ``resume``, continue from the run directory's checkpoint (if it has none, start afresh).
         On KeyboardInterrupt the last completed epoch is checkpointed before the exception propagates.
+        ``on_epoch(epochs_done, postfix)`` is called after every epoch (e.g. a
+        :mod:`core.parallel` progress report; ``postfix`` shows the primary metric).
         """
         if resume:
             self.restore()
@@ -354,8 +357,11 @@ class Trainer:
                     self._commit(theta, state, len(batches), start, {**train, **test})
                 else:
                     self._run_steps(batches, start, per_epoch)
+                postfix = f"{self.task.primary}={self.rows[-1][self.task.primary]:.4g}"
                 bar.update(1)
-                bar.set_postfix({self.task.primary: f"{self.rows[-1][self.task.primary]:.4g}"}, refresh=False)
+                bar.set_postfix_str(postfix, refresh=False)
+                if on_epoch is not None:
+                    on_epoch(self.epoch, postfix)
                 if self.config.checkpoint_every and self.epoch % self.config.checkpoint_every == 0:
                     self.save_checkpoint()
         except KeyboardInterrupt:

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.parallel import default_workers
 from datasets import cli
 from datasets import node_regression as nr
 from datasets.storage import DatasetError
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=cli.non_negative_int, default=50,
                      help="epochs between checkpoints (0: only at the end)")
     run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training epoch")
+    run.add_argument("--jobs", type=cli.positive_int, default=default_workers(len(APPROACHES)),
+                     help="approaches trained side by side in worker processes, with cores/jobs TensorFlow threads "
+                     "each (default: one per CPU core); the thread count can change the last bits of a result")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
     return parser
 
@@ -212,33 +216,44 @@ def make_trainer(args: argparse.Namespace, task, graphs, approach: str, run=None
 
 
 def execute(p: Plan) -> dict[str, dict]:
-    """Train every approach of the plan; returns their summaries by approach."""
+    """Train every approach of the plan (side by side in ``--jobs`` processes); their summaries by approach."""
+    from core.parallel import run_jobs
     from core.runs import RunDir, atomic_write_json, plot_curves
 
-    task, graphs = build_task(p.args, p.data)
     several = len(p.approaches) > 1
     parent = RunDir(p.out) if several else None
     if parent is not None and not p.resume:
         parent.write_config(run_config(p, "all"))
-    summaries = {}
-    for approach in p.approaches:
-        run = RunDir(p.out / approach if several else p.out)
-        if p.resume and run.finished and run.has_checkpoint():
-            summaries[approach] = run.read_summary()
-            continue
-        if not run.config_path.is_file():
-            run.write_config(run_config(p, approach))
-        result = make_trainer(p.args, task, graphs, approach, run).run(resume=p.resume)
-        summaries[approach] = result.summary
-        curves = {name: _curve(result.rows, name) for name in ("test_mse", "train_mse")}
-        run.plot("learning_curve.png", curves, xlabel="message-passing rounds", ylabel="MSE", logx=True,
-                 logy=True, title=f"{LABELS[approach]}: node regression")
+    jobs = {approach: (p, approach) for approach in p.approaches}
+    summaries = run_jobs(train_approach, jobs, min(p.args.jobs, len(jobs)), total=len(jobs) * p.args.epochs,
+                         desc="node regression", quiet=p.args.quiet)
     if parent is not None:
         atomic_write_json(parent.summary_path, summaries)
         curves = {LABELS[a]: _curve(RunDir(p.out / a, create=False).read_metrics(), "test_mse") for a in p.approaches}
         plot_curves(p.out / "test_mse_vs_rounds.png", curves, xlabel="message-passing rounds", ylabel="test MSE",
                     logx=True, logy=True, title="Node regression (Fig. 2a)")
     return summaries
+
+
+def train_approach(p: Plan, approach: str, progress=None) -> dict:
+    """Train one approach into its run directory (resuming if asked); returns its summary.
+
+    ``progress``: a :mod:`core.parallel` progress report (None: the trainer's own progress bar).
+    """
+    from core.runs import RunDir
+
+    run = RunDir(p.out / approach if len(p.approaches) > 1 else p.out)
+    if p.resume and run.finished and run.has_checkpoint():
+        return run.read_summary()
+    if not run.config_path.is_file():
+        run.write_config(run_config(p, approach))
+    task, graphs = build_task(p.args, p.data)
+    args = p.args if progress is None else argparse.Namespace(**{**vars(p.args), "quiet": True})
+    result = make_trainer(args, task, graphs, approach, run).run(resume=p.resume, on_epoch=progress)
+    curves = {name: _curve(result.rows, name) for name in ("test_mse", "train_mse")}
+    run.plot("learning_curve.png", curves, xlabel="message-passing rounds", ylabel="MSE", logx=True,
+             logy=True, title=f"{LABELS[approach]}: node regression")
+    return result.summary
 
 
 def _curve(rows, name):

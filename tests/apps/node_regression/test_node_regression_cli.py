@@ -93,7 +93,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_metrics(amsgrad_run, 
 
 def test_all_approaches(tmp_path):
     out = tmp_path / "all"
-    assert main([*TINY, "--epochs", "2", "--optimizer", "all", "--out", str(out)]) == 0
+    assert main([*TINY, "--epochs", "2", "--optimizer", "all", "--jobs", "2", "--out", str(out)]) == 0  # in 2 workers
     assert {p.name for p in out.iterdir()} == {*APPROACHES, "config.json", "summary.json", "test_mse_vs_rounds.png"}
     summary = json.loads((out / "summary.json").read_text())
     # rounds per mini-batch, Table I with L = 2, B = 6, K = 1: LB, B(2L-1)+BK, LB+L-1+K, LB+L-1
