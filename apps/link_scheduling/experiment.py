@@ -12,10 +12,20 @@ Modes:
   mini-batch. Each trainer epoch is one mini-batch, so metrics.csv has a row per mini-batch and its
   ``epoch`` column is the mini-batch count of Fig. 2c's x-axis (``step`` counts updates).
 - ``authors``: the paper authors' published loop, which Fig. 2c plots: a "mini-batch" is B samples,
-  *each on its own graph*, applied as B sequential updates of actor and critic (one per sample), with
-  the authors' step sizes (actor 5e-5, critic 1e-4) and 55 mini-batches. Here each update uses the
-  gradient at the current parameters (the authors compute all B at the start of the mini-batch and
-  apply them in random order); ``step`` counts the B x mini-batches updates.
+  *each on its own graph*; all B gradients of actor and critic are taken at the parameters of the
+  start of the mini-batch and applied as B sequential updates in a random order, with the authors'
+  step sizes (actor 5e-5, critic 1e-4) and 55 mini-batches (:mod:`apps.link_scheduling.authors`,
+  batched: one trainer step per mini-batch, so ``step`` counts mini-batches). D-Adam there is what the
+  authors ran for their distributed curve: per-sample gradient consensus (K = 1) and Adam per node.
+  Two safeguards the authors did not need for their seed: the initial actor's output is scaled to a
+  mean of 1 (the same policy), and the first mini-batch trains only the critic (``--critic-warmup``).
+  Without them, for some seeds (0 and 3 of 0-5) the untrained critic's gradient drove the actor's
+  output ReLU to 0 on 80-100% of the nodes within 300 updates, where it gets no gradient again: the
+  test ratio stayed at 0.63-0.84, below the untrained 0.98. With them, at alpha = 5e-5 over 55
+  mini-batches (paper data, seeds 0/1/2, final test ratio; untrained 0.979/1.035/0.982): C-Adam
+  1.006/1.024/1.019, D-Adam 0.989/1.011/0.990; the curves swing by +-0.03 between mini-batches and do
+  not climb as the authors' single published run does (1.063 and 1.042); alpha = 1e-4 did no better
+  (seed 0: 1.004 and 0.997).
 
 With one update per mini-batch the authors' 55 mini-batches at alpha = 5e-5 move the actor by about
 55 alpha, i.e. not at all; the defaults of ``algorithm1`` (``ALGORITHM1``) are the step sizes and the
@@ -51,8 +61,8 @@ LABELS = {"c-sgd": "C-SGD", "c-adam": "C-Adam", "d-naive": "D-naive", "d-naive-p
           "d-sgd": "D-SGD", "d-adam": "D-Adam", "d-amsgrad": "D-AMSGrad"}
 MODES = ("algorithm1", "authors")
 # Mode defaults for the flags left unset: actor alpha, critic alpha, mini-batches.
-ALGORITHM1 = {"lr": 1e-4, "critic_lr": 3e-3, "mini_batches": 500}
-AUTHORS = {"lr": 5e-5, "critic_lr": 1e-4, "mini_batches": 55}
+ALGORITHM1 = {"lr": 1e-4, "critic_lr": 3e-3, "mini_batches": 500, "critic_warmup": 0}
+AUTHORS = {"lr": 5e-5, "critic_lr": 1e-4, "mini_batches": 55, "critic_warmup": 1}
 DATASET_FLAGS = ("vertices", "min_degree", "max_degree", "train_graphs", "test_graphs", "test_samples")
 PRESETS = {
     "paper": {"data": Path("data/conflict_graphs.h5")},  # the defaults are the paper-scale settings
@@ -110,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--critic-lr", type=cli.positive_float, default=None,
                        help=f"critic Adam step size (default {ALGORITHM1['critic_lr']:g} with --mode algorithm1, "
                        f"the paper's {AUTHORS['critic_lr']:g} with --mode authors)")
+    train.add_argument("--critic-warmup", type=cli.non_negative_int, default=None,
+                       help=f"mini-batches at the start in which only the critic learns (default "
+                       f"{ALGORITHM1['critic_warmup']} with --mode algorithm1, {AUTHORS['critic_warmup']} with --mode "
+                       "authors, whose untrained critic can otherwise drive the actor's output to 0)")
     train.add_argument("--lr-schedule", choices=("constant", "exponential"), default="constant",
                        help="actor alpha_t (Algorithm 1, line 13): constant, or alpha * decay-rate^(t / decay-steps)")
     train.add_argument("--lr-decay-rate", type=cli.positive_float, default=0.96,
@@ -254,12 +268,30 @@ def run_config(p: Plan, optimizer: str) -> dict:
     }
 
 
+def make_actor_optimizer(name: str, mode: str, consensus_rounds: int = 1, d_adam_variant: str = "authors"):
+    """The actor's optimizer. Algorithm 1 mode: ``name`` from :func:`core.optimizers.make_optimizer`
+    (D-Adam in the authors' bias-corrected variant unless ``d_adam_variant="paper"``). Authors' mode:
+    wrapped in :class:`apps.link_scheduling.authors.Replay`; there D-Adam with the authors' variant is
+    what their Fig. 2c code runs, per-sample gradient consensus then Adam
+    (:class:`apps.link_scheduling.authors.ConsensusAdam`)."""
+    from apps.link_scheduling.authors import ConsensusAdam, Replay
+    from core.optimizers import make_optimizer
+
+    authors_variant = d_adam_variant == "authors"
+    if mode != "authors":
+        return make_optimizer(name, consensus_rounds, authors_variant=authors_variant)
+    if name == "d-adam" and authors_variant:
+        return Replay(ConsensusAdam(consensus_rounds))
+    return Replay(make_optimizer(name, consensus_rounds))
+
+
 def execute(p: Plan) -> dict[str, dict]:
     """Train every optimizer of the plan; returns their summaries by optimizer."""
     import tensorflow as tf
 
+    from apps.link_scheduling.authors import AuthorsTask
     from apps.link_scheduling.task import LinkSchedulingTask
-    from core.optimizers import LearningRate, make_optimizer
+    from core.optimizers import LearningRate
     from core.runs import RunDir, atomic_write_json, plot_curves
     from core.trainer import RandomGraphs, Trainer, TrainerConfig
 
@@ -278,13 +310,14 @@ def execute(p: Plan) -> dict[str, dict]:
             continue
         if not run.config_path.is_file():
             run.write_config(run_config(p, name))
-        # authors: each trainer step is one sample on its own graph, B steps per mini-batch (= epoch)
-        task = LinkSchedulingTask(data.train_adjacency, data.test_adjacency, data.test_weights,
-                                  batch_size=1 if authors else args.batch_size, critic_lr=args.critic_lr,
-                                  seed=args.seed, dtype=tf.as_dtype(args.dtype), mixing=args.mixing,
-                                  mixing_beta=args.mixing_beta, num_train=args.batch_size)
-        optimizer = make_optimizer(name, args.consensus_rounds, authors_variant=args.d_adam_variant == "authors")
-        config = TrainerConfig(epochs=args.mini_batches, batch_size=1 if authors else args.batch_size,
+        # authors: a trainer step is one mini-batch of B samples on B graphs, replayed as B updates
+        task = (AuthorsTask if authors else LinkSchedulingTask)(
+            data.train_adjacency, data.test_adjacency, data.test_weights, batch_size=args.batch_size,
+            critic_lr=args.critic_lr, seed=args.seed, dtype=tf.as_dtype(args.dtype), mixing=args.mixing,
+            mixing_beta=args.mixing_beta, num_train=args.batch_size,
+            critic_warmup=getattr(args, "critic_warmup", None) or 0)
+        optimizer = make_actor_optimizer(name, args.mode, args.consensus_rounds, args.d_adam_variant)
+        config = TrainerConfig(epochs=args.mini_batches, batch_size=args.batch_size,
                                seed=args.seed, checkpoint_every=args.checkpoint_every, jit=False,
                                quiet=args.quiet, description=LABELS[name])
         untrained = float(task.evaluate(task.initial_theta(), None, "test")["test_ratio"])

@@ -100,9 +100,14 @@ def critic_output(critic_theta, z_tilde: tf.Tensor, shift: Operator) -> tf.Tenso
 def critic_loss(out: tf.Tensor, target: tf.Tensor, critic_theta) -> tf.Tensor:
     """Mean over samples of sqrt(MSE) over nodes and both channels, plus 5e-4 ||kernels||^2."""
     per_sample = tf.sqrt(tf.reduce_mean(tf.square(out - target), axis=[0, 2]))
+    return tf.reduce_mean(per_sample) + critic_l2(critic_theta)
+
+
+def critic_l2(critic_theta) -> tf.Tensor:
+    """The critic's regularizer 5e-4 ||kernels||^2 (Keras ``l2(5e-4)`` on Theta0, Theta1, not biases)."""
     kernels = [p for layer in CRITIC.unpack(unflatten(critic_theta, CRITIC.param_shapes()))
                for p in (layer.theta0, layer.theta1)]
-    return tf.reduce_mean(per_sample) + CRITIC_L2 * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])
+    return CRITIC_L2 * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])
 
 
 def actor_loss(out: tf.Tensor, per_node: bool) -> tf.Tensor:

@@ -66,6 +66,10 @@ class LinkSchedulingTask(Task):
         mixing: ``"mh"`` or ``"laplacian"`` consensus weights, and ``mixing_beta`` for the latter.
         num_train: mini-batches an epoch of the trainer holds (its index permutations are unused here:
             weights are drawn online).
+        unit_output: scale the initial actor's output kernels so that its mean z is 1 on the first
+            training graph (see :meth:`_initial_actor`).
+        critic_warmup: mini-batches at the start in which only the critic learns (the actor's gradient
+            is zeroed; its optimizer still counts the step).
     """
 
     train_metrics = ("train_ratio", "critic_loss", "lgs_rounds")
@@ -75,7 +79,9 @@ class LinkSchedulingTask(Task):
 
     def __init__(self, train_adjacency, test_adjacency, test_weights, batch_size: int, critic_lr: float,
                  seed: int = 0, dtype=tf.float32, mixing: str = "mh", mixing_beta: float = 1e-3,
-                 num_train: int | None = None):
+                 num_train: int | None = None, unit_output: bool = False, critic_warmup: int = 0):
+        self.unit_output = bool(unit_output)
+        self.critic_warmup = int(critic_warmup)
         self.train_adjacency = np.asarray(train_adjacency, dtype=bool)
         self.num_nodes = int(self.train_adjacency.shape[-1])
         self.batch_size = int(batch_size)
@@ -127,11 +133,21 @@ class LinkSchedulingTask(Task):
         layer are nearly equal on every node, so z is nearly constant and either mostly positive or
         mostly 0. Mostly 0 would leave LGS to break ties by index and pass no gradient from most
         nodes; the last layer's kernels are then negated, so that the untrained actor outputs a nearly
-        constant z > 0 and reproduces LGS (the paper's untrained ratio is 0.984)."""
+        constant z > 0 and reproduces LGS (the paper's untrained ratio is 0.984).
+
+        With ``unit_output`` the output kernels are then scaled so that the mean z is 1. z is positively
+        homogeneous in them (ReLU, no bias) and LGS only compares z w, so the untrained policy is the
+        same; but Glorot's z is ~0.03, and Adam moves every weight by ~alpha per step whatever the
+        gradient's size, so a few hundred steps at alpha = 5e-5 can push z below 0 on most nodes, where
+        the output ReLU passes no gradient again (an absorbing state; see apps.link_scheduling.authors)."""
         params = model.ACTOR.init_params(seed, "glorot", self.dtype)
         z = model.actor_output(flatten(params), self._eval_graph.shift)
         if np.mean(z.numpy() > 0) < 0.5:
             params = params[:-2] + [-p for p in params[-2:]]  # the output layer has no bias
+            z = model.actor_output(flatten(params), self._eval_graph.shift)
+        if self.unit_output:  # z is positively homogeneous in the output kernels: the policy is unchanged
+            scale = 1.0 / float(np.mean(np.maximum(z.numpy(), 0.0)))
+            params = params[:-2] + [p * scale for p in params[-2:]]
         return flatten(params)
 
     # ------------------------------------------------------------------ Task API
@@ -153,6 +169,8 @@ class LinkSchedulingTask(Task):
             exchange.count_tape_backward = True
         terms = self._batch_terms(theta, graph, self.counter, per_node, exchange)
         critic_grad, actor_grad = terms.pop("critic_grad"), terms.pop("actor_grad")
+        if self.critic_warmup:
+            actor_grad = actor_grad * tf.cast(self.counter >= self.critic_warmup, self.dtype)
         lr = tf.constant(self.critic_lr, self.dtype)
         new_theta, new_state = self.critic_optimizer.step(self.critic_theta, critic_grad, None,
                                                           tuple(self.critic_state), lr)

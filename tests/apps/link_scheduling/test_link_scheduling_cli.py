@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from apps.link_scheduling import experiment
-from core.runs import read_csv
+from core.runs import RunDir, read_csv
 from core.trainer import Trainer
 from datasets.conflict_graphs import ConflictGraphsConfig, generate
 
@@ -75,16 +75,20 @@ def test_tiny_runs_write_every_output_with_sane_values(tiny_runs):
     assert all(r["consensus_error"] == 0 for r in metrics(out / "c-adam"))
 
 
-def test_authors_mode_updates_once_per_sample(data, tmp_path):
+def test_authors_mode_replays_a_mini_batch_as_one_update_per_sample(data, tmp_path):
     out = tmp_path / "authors"
-    status, _ = run(["--data", data, "--mode", "authors", "--optimizer", "d-sgd", "--batch-size", 4,
+    status, _ = run(["--data", data, "--mode", "authors", "--optimizer", "d-adam", "--batch-size", 4,
                      "--mini-batches", 2, "--out", out, "-q"])
     assert status == 0
     rows = metrics(out)
-    assert [r["step"] for r in rows] == [0, 4, 8]
-    assert [r["mp_rounds"] for r in rows] == [0, 4 * 5, 8 * 5]  # 3 forward + 2 backward rounds per update
+    assert [r["step"] for r in rows] == [0, 1, 2]  # a trainer step is a mini-batch of B replayed updates
+    # per sample: 3 forward, 2 backward and 1 gradient-consensus round (the authors' D-Adam, K = 1)
+    assert [r["mp_rounds"] for r in rows] == [0, 4 * 6, 8 * 6]
     assert rows[-1]["lr"] == experiment.AUTHORS["lr"]
-    assert json.loads((out / "config.json").read_text())["flags"]["critic_lr"] == experiment.AUTHORS["critic_lr"]
+    flags = json.loads((out / "config.json").read_text())["flags"]
+    assert flags["critic_lr"] == experiment.AUTHORS["critic_lr"] and flags["critic_warmup"] == 1
+    arrays, _ = RunDir(out, create=False).load_checkpoint()
+    assert int(arrays["state_2"]) == 2 * 4  # Adam's step counter: B updates per mini-batch
 
 
 def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(data, tiny_runs, tmp_path, monkeypatch):
