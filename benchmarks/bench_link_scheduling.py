@@ -7,7 +7,8 @@ Conflict graphs of |V| = 100 vertices (Erdos-Renyi, mean degree in [2, 25]), B =
 - the test evaluation alone: the actor on 50 test graphs and LGS on their 50 x 100 stored samples;
 - seconds per mini-batch of training with :class:`core.trainer.Trainer`, centralized (C-Adam) and
   distributed (D-Adam): Algorithm 1 mode (one graph, 100 samples, one actor and one critic update)
-  and the authors' mode (100 samples on 100 graphs, 100 updates of each); critic update, LGS and the
+  and the authors' mode (100 samples on 100 graphs, gradients at the start of the mini-batch, then
+  100 sequential updates of each, :mod:`apps.link_scheduling.authors`); critic update, LGS and the
   per-mini-batch test evaluation included. The median over mini-batches after the first (which
   traces the step) is reported.
 
@@ -47,18 +48,19 @@ def lgs_ms(repeats: int = 30) -> None:
 def training(path: Path, mini_batches: int) -> None:
     import tensorflow as tf
 
-    from apps.link_scheduling.experiment import AUTHORS, load_data
+    from apps.link_scheduling.authors import AuthorsTask
+    from apps.link_scheduling.experiment import AUTHORS, load_data, make_actor_optimizer
     from apps.link_scheduling.task import LinkSchedulingTask
-    from core.optimizers import LearningRate, make_optimizer
+    from core.optimizers import LearningRate
     from core.trainer import RandomGraphs, Trainer, TrainerConfig
 
     data = load_data(path)
 
-    def make_task(batch_size: int) -> LinkSchedulingTask:
-        return LinkSchedulingTask(data.train_adjacency, data.test_adjacency, data.test_weights, batch_size,
-                                  critic_lr=1e-3, seed=0, num_train=100)
+    def make_task(authors: bool = False) -> LinkSchedulingTask:
+        return (AuthorsTask if authors else LinkSchedulingTask)(
+            data.train_adjacency, data.test_adjacency, data.test_weights, 100, critic_lr=1e-3, seed=0, num_train=100)
 
-    task = make_task(100)
+    task = make_task()
     evaluate = tf.function(lambda theta: task.evaluate(theta, None, "test"))
     float(evaluate(task.initial_theta())["test_ratio"])
     times = []
@@ -72,11 +74,12 @@ def training(path: Path, mini_batches: int) -> None:
     for mode in ("algorithm1", "authors"):
         for name in ("c-adam", "d-adam"):
             authors = mode == "authors"
-            task = make_task(1 if authors else 100)
-            config = TrainerConfig(epochs=mini_batches, batch_size=1 if authors else 100, seed=0, checkpoint_every=0,
-                                   jit=False, quiet=True)
+            task = make_task(authors)
+            config = TrainerConfig(epochs=mini_batches, batch_size=100, seed=0, checkpoint_every=0, jit=False,
+                                   quiet=True)
             lr = LearningRate(AUTHORS["lr"] if authors else 1e-4)
-            rows = Trainer(task, make_optimizer(name), lr, RandomGraphs(task.draw_graph), config).run().rows
+            optimizer = make_actor_optimizer(name, mode)
+            rows = Trainer(task, optimizer, lr, RandomGraphs(task.draw_graph), config).run().rows
             per_batch = np.diff([r["wall_s"] for r in rows])[1:]
             first = rows[1]["wall_s"] - rows[0]["wall_s"]
             print(f"  {mode:<10} {name}: {np.median(per_batch):6.3f} s  (first, with tracing: {first:.2f} s)")
