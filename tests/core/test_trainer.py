@@ -18,7 +18,8 @@ from core.ops import to_operator
 from core.optimizers import LearningRate, make_optimizer
 from core.runs import RunDir, read_csv
 from core.supervised import SupervisedGCNN
-from core.trainer import EpochBatches, FixedGraph, GraphOps, RandomGraphs, Trainer, TrainerConfig
+from core.ops import Operator
+from core.trainer import CompiledProgram, EpochBatches, FixedGraph, GraphOps, RandomGraphs, Trainer, TrainerConfig
 
 DT = tf.float64
 LR = LearningRate(0.05)
@@ -197,3 +198,24 @@ def test_restore_rejects_a_checkpoint_of_another_optimizer(problem, tmp_path):
     make(problem, "d-sgd", run, epochs=1).run()
     with pytest.raises(ValueError, match="checkpoint"):
         make(problem, "d-adam", RunDir(run.path, create=False), epochs=1).restore()
+
+
+def test_compiled_program_matches_the_function_across_shapes_and_static_arguments():
+    traces = []  # Python traces of the function
+
+    def propagate(x, op: Operator, scale):
+        traces.append(1)
+        return {"y": tf.math.unsorted_segment_sum(tf.gather(x, op.cols) * op.values[:, None], op.rows, op.num_nodes)
+                * scale}
+
+    function = tf.function(propagate, reduce_retracing=True, autograph=False)
+    program = CompiledProgram(function)
+    rng = np.random.default_rng(0)
+    for nnz, num_nodes, scale in [(5, 4, 1.0), (7, 4, 1.0), (9, 4, 1.0), (7, 4, 2.0), (6, 3, 1.0), (5, 4, 1.0)]:
+        op = Operator(tf.constant(rng.integers(0, num_nodes, nnz), tf.int32),
+                      tf.constant(rng.integers(0, num_nodes, nnz), tf.int32),
+                      tf.constant(rng.normal(size=nnz), tf.float64), num_nodes)
+        x = tf.constant(rng.normal(size=(num_nodes, 2)), tf.float64)
+        np.testing.assert_array_equal(program(x, op, scale)["y"].numpy(), function(x, op, scale)["y"].numpy())
+    # a third edge count reuses the relaxed trace; new static values (scale, num_nodes) trace anew
+    assert len(traces) == function.experimental_get_tracing_count() <= 5
