@@ -14,11 +14,10 @@ import tensorflow as tf
 from core.executors import flatten
 from core.gcnn import GCNN
 from core.graph import Graph
-from core.ops import to_operator
+from core.ops import Operator, to_operator
 from core.optimizers import LearningRate, make_optimizer
 from core.runs import RunDir, read_csv
 from core.supervised import SupervisedGCNN
-from core.ops import Operator
 from core.trainer import CompiledProgram, EpochBatches, FixedGraph, GraphOps, RandomGraphs, Trainer, TrainerConfig
 
 DT = tf.float64
