@@ -6,7 +6,7 @@ never talks to neighbours itself: it says what must be mixed and the executor pe
 rounds through the communication simulator, then hands the mixed values to :meth:`Optimizer.step`:
 
 - ``consensus = "none"`` (C-SGD, C-Adam): nothing is mixed;
-- ``consensus = "gradient"`` (D-naive, D-naive-PB): K rounds x <- W x on the local gradients (eq. 15),
+- ``consensus = "gradient"`` (D-naive, D-naive-PB, D-GC-Adam): K rounds x <- W x on the local gradients (eq. 15),
   ``mixed`` is W^K g;
 - ``consensus = "parameter"`` (D-SGD, D-Adam, D-AMSGrad, eq. 17): one round on :meth:`payload`
   (theta, and u~ for D-AMSGrad), ``mixed`` is W times the payload.
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 OPTIMIZERS = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad")
+# Distributed optimizers beyond the paper's list (not part of ``OPTIMIZERS``, so no app's "all" changes).
+EXTRA_OPTIMIZERS = ("d-gc-adam",)
 LR_SCHEDULES = ("constant", "exponential")
 
 
@@ -240,8 +242,42 @@ class DAMSGrad(Optimizer):
         return theta, (m, v, new_v_max, u_tilde)
 
 
+class GradientConsensusAdam(GradientConsensus):
+    """D-GC-Adam: K rounds of gradient consensus, then a local bias-corrected Adam step on the result.
+
+    x_i = (W^K g)_i (eq. 15 on the batch-summed local gradients, as D-naive-PB); per node
+    m_i <- b1 m_i + (1-b1) x_i;  v_i <- b2 v_i + (1-b2) x_i^2;
+    theta^i <- theta^i - alpha m^_i / (sqrt(v^_i) + eps) with C-Adam's bias correction and constants.
+
+    This is the scheme of the paper authors' published power-allocation code (gradient consensus and
+    Adam). Unlike D-Adam, every node normalises (an estimate of) the network-average gradient rather
+    than its own local gradient: where local gradients differ by orders of magnitude between nodes
+    (UWMMSE), the mean of per-node normalised local steps is a poor descent direction, while W^K g
+    tends to the average gradient as K grows, and with equal copies and K -> inf the update is C-Adam's.
+    Parameters are not mixed. Rounds are D-naive-PB's: LB + L - 1 + K per mini-batch.
+    """
+
+    def __init__(self, consensus_rounds: int = 1, beta1=0.9, beta2=0.999, eps=1e-8):
+        super().__init__(consensus_rounds, "piggyback")
+        self.name = "d-gc-adam"
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+
+    def init_state(self, theta):
+        return (tf.zeros_like(theta), tf.zeros_like(theta), tf.zeros([], theta.dtype))
+
+    def step(self, theta, grad, mixed, state, lr):
+        m, v, t = state
+        t = t + 1
+        m = self.beta1 * m + (1 - self.beta1) * mixed
+        v = self.beta2 * v + (1 - self.beta2) * mixed * mixed
+        m_hat = m / (1 - self.beta1**t)
+        v_hat = v / (1 - self.beta2**t)
+        return theta - lr * m_hat / (tf.sqrt(v_hat) + self.eps), (m, v, t)
+
+
 def make_optimizer(name: str, consensus_rounds: int = 1, authors_variant: bool = False) -> Optimizer:
-    """Build one of :data:`OPTIMIZERS` by name (``authors_variant`` selects the published D-Adam)."""
+    """Build one of :data:`OPTIMIZERS` or :data:`EXTRA_OPTIMIZERS` by name (``authors_variant`` selects
+    the published D-Adam)."""
     if name == "c-sgd":
         return CentralizedSGD()
     if name == "c-adam":
@@ -256,4 +292,6 @@ def make_optimizer(name: str, consensus_rounds: int = 1, authors_variant: bool =
         return DAdam(eps=1e-7, bias_correction=True) if authors_variant else DAdam()
     if name == "d-amsgrad":
         return DAMSGrad()
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if name == "d-gc-adam":
+        return GradientConsensusAdam(consensus_rounds)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS + EXTRA_OPTIMIZERS)}")
