@@ -15,6 +15,22 @@ Exchanges are counted through the trainer's simulator (forward rounds only for a
 forward and backward for distributed training), computed densely by
 :class:`~apps.power_allocation.exchange.DenseExchange`.
 
+Why D-Adam trails C-Adam here (measured on the paper dataset, seed 0). The local gradients are correct
+(their node mean equals the centralized gradient to 3e-7) and the consensus graphs are sane (degrees
+6-19, mean 12, connected, |lambda_2(W)| ~ 0.6; consensus error ~1e-4), but they are extremely uneven:
+per-node norms span four orders of magnitude (from 0 to 30-50x the norm of the mean), the median over
+coordinates of mean_i g_i^2 / (mean_i g_i)^2 is 20-50, and the sign of a coordinate agrees poorly
+between nodes (cosine of mean_i sign(g_i) with sign(mean_i g_i): 0.24-0.62). DADAM moves the node
+average by the mean of per-node normalised steps m_i / sqrt(v_i), in which a node whose rate barely
+depends on a parameter weighs as much as the node that dominates it: a poor descent direction for the
+sum-rate. It is not a mixing problem: with exact averaging (W = 11^T / N in every batch) D-Adam reaches
+16.72 after one epoch, as with the MH weights (C-Adam: 17.51); the authors' bias-corrected variant
+also 16.73. ``--optimizer d-gc-adam`` (core.optimizers.GradientConsensusAdam: K rounds of gradient
+consensus, then local Adam) normalises the mixed gradient instead: K = 5 gave 17.37, 17.95, 18.27,
+18.46, 18.57, 18.62, 18.64, 18.64, 18.63, 18.63 over epochs 1-10 (C-Adam 17.51 ... 19.05, D-Adam
+16.72 ... 17.61) with a consensus error of 2-4 % (parameters are not mixed, so copies drift); K = 1
+gave 17.51 after one epoch but a consensus error of 33 %.
+
 Metrics: ``train_sum_rate`` (the mean over the mini-batch of sum_i rate_i, in bit/s/Hz, measured
 before the update) and ``test_sum_rate`` (the same on the whole test split). Distributed models are
 evaluated as they run: every node with its own parameter copy.

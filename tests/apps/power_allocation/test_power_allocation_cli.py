@@ -196,3 +196,15 @@ def test_help_and_bad_flag_as_a_process(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "apps.power_allocation", "--mixing", "ring", "--out",
                           str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_gradient_consensus_adam_runs_with_d_naive_pb_counts(dataset, tmp_path):
+    """--optimizer d-gc-adam: K gradient-consensus rounds of |θ| floats on top of the piggybacked passes."""
+    out, rounds_k = tmp_path / "gc", 2
+    assert main(flags(dataset, "--optimizer", "d-gc-adam", "--consensus-rounds", str(rounds_k), "--out", str(out))) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["label"] == "D-GC-Adam" and summary["consensus_rounds"] == rounds_k
+    assert summary["rounds_per_step"] == L * B + L - 1 + rounds_k
+    assert summary["floats_per_step"] == B * (FORWARD + BACKWARD) + rounds_k * THETA
+    rows = read_csv(out / "metrics.csv")
+    assert 0 < float(rows[-1]["consensus_error"]) < 1 and 0 < float(rows[-1]["test_sum_rate"]) < 100
