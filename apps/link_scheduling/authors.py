@@ -235,8 +235,10 @@ class AuthorsTask(LinkSchedulingTask):
         pairs = [self._dense(int(rng.integers(len(self.train_adjacency)))) for _ in range(self.batch_size)]
         return GraphOps(tf.constant(np.stack([p[0] for p in pairs])), tf.constant(np.stack([p[1] for p in pairs])))
 
-    def __init__(self, *args, unit_output: bool = True, critic_warmup: int = 1, **kwargs):
-        super().__init__(*args, unit_output=unit_output, critic_warmup=critic_warmup, **kwargs)
+    def __init__(self, *args, unit_output: bool = True, critic_warmup: int = 1, scale_free_critic: bool = True,
+                 **kwargs):
+        super().__init__(*args, unit_output=unit_output, critic_warmup=critic_warmup,
+                         scale_free_critic=scale_free_critic, **kwargs)
 
     def _order(self, counter, stream: int):
         """A random permutation of the B samples (stateless in (seed, step), like every draw)."""
@@ -264,7 +266,7 @@ class AuthorsTask(LinkSchedulingTask):
         copies = tf.tile(self.critic_theta[None], [b, 1])
         with tf.GradientTape(persistent=True) as critic_tape:
             critic_tape.watch([z_tilde, copies])
-            x = tf.transpose(model.critic_input(z_tilde), [1, 0, 2])  # (B, V, 2)
+            x = tf.transpose(model.critic_input(z_tilde, self.scale_free_critic), [1, 0, 2])  # (B, V, 2)
             out, _ = model.CRITIC.forward(unflatten(copies, model.CRITIC.param_shapes()), x, None,
                                           exchange=PerSampleGraphs(graph.shift))
             per_sample = tf.sqrt(tf.reduce_mean(tf.square(out - target), axis=[1, 2]))

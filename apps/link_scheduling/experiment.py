@@ -17,15 +17,20 @@ Modes:
   step sizes (actor 5e-5, critic 1e-4) and 55 mini-batches (:mod:`apps.link_scheduling.authors`,
   batched: one trainer step per mini-batch, so ``step`` counts mini-batches). D-Adam there is what the
   authors ran for their distributed curve: per-sample gradient consensus (K = 1) and Adam per node.
-  Two safeguards the authors did not need for their seed: the initial actor's output is scaled to a
-  mean of 1 (the same policy), and the first mini-batch trains only the critic (``--critic-warmup``).
-  Without them, for some seeds (0 and 3 of 0-5) the untrained critic's gradient drove the actor's
-  output ReLU to 0 on 80-100% of the nodes within 300 updates, where it gets no gradient again: the
-  test ratio stayed at 0.63-0.84, below the untrained 0.98. With them, at alpha = 5e-5 over 55
-  mini-batches (paper data, seeds 0/1/2, final test ratio; untrained 0.979/1.035/0.982): C-Adam
-  1.006/1.024/1.019, D-Adam 0.989/1.011/0.990; the curves swing by +-0.03 between mini-batches and do
-  not climb as the authors' single published run does (1.063 and 1.042); alpha = 1e-4 did no better
-  (seed 0: 1.004 and 0.997).
+  Three departures from the authors' code, each a default of this mode with a flag to undo it:
+  the initial actor's output is scaled to a mean of 1 (the same policy), the first mini-batch trains
+  only the critic (``--critic-warmup``), and the critic sees z~ divided by its node mean
+  (``--critic-input scale-free``). Without the first two, for some seeds (0 and 3 of 0-5) the
+  untrained critic's gradient drove the actor's output ReLU to 0 on 80-100% of the nodes within 300
+  updates, where it gets no gradient again: the test ratio stayed at 0.63-0.84, below the untrained
+  0.98 (the 0.835 of D-Adam in issue 6). With them but the authors' critic input, at alpha = 5e-5 over
+  55 mini-batches (paper data, seeds 0/1/2, final test ratio; untrained 0.979/1.035/0.982): C-Adam
+  1.006/1.024/1.019, D-Adam 0.989/1.011/0.990, the curves swinging by +-0.03 between mini-batches
+  while z's mean grew to 10-22 (alpha = 1e-4: 1.004 and 0.997 at seed 0). LGS only compares z w,
+  but the authors' critic input is not scale-free, and the actor chased the critic's response to the
+  scale of z. With the scale-free input (seeds 0/1/2): C-Adam 1.050/1.040/1.038, D-Adam
+  1.020/1.018/1.016, the curves climbing without the swings (published: 1.063, 1.042, untrained
+  0.984); seed 1's untrained actor (1.035) was already better than its trained D-Adam.
 
 With one update per mini-batch the authors' 55 mini-batches at alpha = 5e-5 move the actor by about
 55 alpha, i.e. not at all; the defaults of ``algorithm1`` (``ALGORITHM1``) are the step sizes and the
@@ -61,8 +66,8 @@ LABELS = {"c-sgd": "C-SGD", "c-adam": "C-Adam", "d-naive": "D-naive", "d-naive-p
           "d-sgd": "D-SGD", "d-adam": "D-Adam", "d-amsgrad": "D-AMSGrad"}
 MODES = ("algorithm1", "authors")
 # Mode defaults for the flags left unset: actor alpha, critic alpha, mini-batches.
-ALGORITHM1 = {"lr": 1e-4, "critic_lr": 3e-3, "mini_batches": 500, "critic_warmup": 0}
-AUTHORS = {"lr": 5e-5, "critic_lr": 1e-4, "mini_batches": 55, "critic_warmup": 1}
+ALGORITHM1 = {"lr": 1e-4, "critic_lr": 3e-3, "mini_batches": 500, "critic_warmup": 0, "critic_input": "authors"}
+AUTHORS = {"lr": 5e-5, "critic_lr": 1e-4, "mini_batches": 55, "critic_warmup": 1, "critic_input": "scale-free"}
 DATASET_FLAGS = ("vertices", "min_degree", "max_degree", "train_graphs", "test_graphs", "test_samples")
 PRESETS = {
     "paper": {"data": Path("data/conflict_graphs.h5")},  # the defaults are the paper-scale settings
@@ -124,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"mini-batches at the start in which only the critic learns (default "
                        f"{ALGORITHM1['critic_warmup']} with --mode algorithm1, {AUTHORS['critic_warmup']} with --mode "
                        "authors, whose untrained critic can otherwise drive the actor's output to 0)")
+    train.add_argument("--critic-input", choices=("authors", "scale-free"), default=None,
+                       help="the critic's input [1, z~] as the authors normalise it, or with z~ divided by its node "
+                       f"mean first (default {ALGORITHM1['critic_input']} with --mode algorithm1, "
+                       f"{AUTHORS['critic_input']} with --mode authors; see apps/link_scheduling/model.py)")
     train.add_argument("--lr-schedule", choices=("constant", "exponential"), default="constant",
                        help="actor alpha_t (Algorithm 1, line 13): constant, or alpha * decay-rate^(t / decay-steps)")
     train.add_argument("--lr-decay-rate", type=cli.positive_float, default=0.96,
@@ -315,7 +324,8 @@ def execute(p: Plan) -> dict[str, dict]:
             data.train_adjacency, data.test_adjacency, data.test_weights, batch_size=args.batch_size,
             critic_lr=args.critic_lr, seed=args.seed, dtype=tf.as_dtype(args.dtype), mixing=args.mixing,
             mixing_beta=args.mixing_beta, num_train=args.batch_size,
-            critic_warmup=getattr(args, "critic_warmup", None) or 0)
+            critic_warmup=getattr(args, "critic_warmup", None) or 0,
+            scale_free_critic=getattr(args, "critic_input", "authors") == "scale-free")
         optimizer = make_actor_optimizer(name, args.mode, args.consensus_rounds, args.d_adam_variant)
         config = TrainerConfig(epochs=args.mini_batches, batch_size=args.batch_size,
                                seed=args.seed, checkpoint_every=args.checkpoint_every, jit=False,

@@ -81,8 +81,16 @@ class DenseExchange(Exchange):
 DENSE = DenseExchange()
 
 
-def critic_input(z_tilde: tf.Tensor) -> tf.Tensor:
-    """[1, z~] per node, normalised per sample: (x - mean) / (6 std) + 0.5, node-major (|V|, B, 2)."""
+def critic_input(z_tilde: tf.Tensor, scale_free: bool = False) -> tf.Tensor:
+    """[1, z~] per node, normalised per sample: (x - mean) / (6 std) + 0.5, node-major (|V|, B, 2).
+
+    With ``scale_free``, z~ is first divided by its mean over the nodes of its sample. LGS only compares
+    z w, so a rescaled z is the same schedule; the authors' input, mixing z~ with the constant 1, is not
+    scale-free, and the actor then chases the critic's response to the overall scale of z (z's mean
+    grew from 1 to 10-22 and the test ratio swung by +-0.03 between mini-batches in the authors' loop).
+    """
+    if scale_free:
+        z_tilde = z_tilde / tf.reduce_mean(z_tilde, axis=0, keepdims=True)
     x = tf.stack([tf.ones_like(z_tilde), z_tilde], axis=-1)
     mean = tf.reduce_mean(x, axis=[0, 2], keepdims=True)
     std = tf.sqrt(tf.reduce_mean(tf.square(x - mean), axis=[0, 2], keepdims=True))
@@ -90,10 +98,10 @@ def critic_input(z_tilde: tf.Tensor) -> tf.Tensor:
     return (x - mean) / (6.0 * tf.maximum(std, tf.constant(1e-12, x.dtype))) + 0.5
 
 
-def critic_output(critic_theta, z_tilde: tf.Tensor, shift: Operator) -> tf.Tensor:
+def critic_output(critic_theta, z_tilde: tf.Tensor, shift: Operator, scale_free: bool = False) -> tf.Tensor:
     """Softmax pair per node and sample, (|V|, B, 2), of the shared critic (flat (|theta_c|,))."""
     params = unflatten(critic_theta, CRITIC.param_shapes())
-    out, _ = CRITIC.forward(params, critic_input(z_tilde), shift, exchange=DENSE)  # centralized
+    out, _ = CRITIC.forward(params, critic_input(z_tilde, scale_free), shift, exchange=DENSE)  # centralized
     return out
 
 

@@ -70,6 +70,7 @@ class LinkSchedulingTask(Task):
             training graph (see :meth:`_initial_actor`).
         critic_warmup: mini-batches at the start in which only the critic learns (the actor's gradient
             is zeroed; its optimizer still counts the step).
+        scale_free_critic: the critic sees z~ divided by its node mean (:func:`model.critic_input`).
     """
 
     train_metrics = ("train_ratio", "critic_loss", "lgs_rounds")
@@ -79,8 +80,10 @@ class LinkSchedulingTask(Task):
 
     def __init__(self, train_adjacency, test_adjacency, test_weights, batch_size: int, critic_lr: float,
                  seed: int = 0, dtype=tf.float32, mixing: str = "mh", mixing_beta: float = 1e-3,
-                 num_train: int | None = None, unit_output: bool = False, critic_warmup: int = 0):
+                 num_train: int | None = None, unit_output: bool = False, critic_warmup: int = 0,
+                 scale_free_critic: bool = False):
         self.unit_output = bool(unit_output)
+        self.scale_free_critic = bool(scale_free_critic)
         self.critic_warmup = int(critic_warmup)
         self.train_adjacency = np.asarray(train_adjacency, dtype=bool)
         self.num_nodes = int(self.train_adjacency.shape[-1])
@@ -226,7 +229,7 @@ class LinkSchedulingTask(Task):
         target = tf.transpose(tf.reshape(target, [b, n, 2]), [1, 0, 2])
         with tf.GradientTape(persistent=True) as critic_tape:
             critic_tape.watch([z_tilde, self.critic_theta])
-            out = model.critic_output(self.critic_theta, z_tilde, graph.shift)
+            out = model.critic_output(self.critic_theta, z_tilde, graph.shift, self.scale_free_critic)
             critic_loss = model.critic_loss(out, target, self.critic_theta)
             actor_loss = model.actor_loss(out, per_node)
         dz = critic_tape.gradient(actor_loss, z_tilde)  # what the server sends back to each node

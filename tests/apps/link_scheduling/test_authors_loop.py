@@ -157,3 +157,12 @@ def test_unit_output_scales_z_to_mean_one_and_keeps_the_policy(task):
     np.testing.assert_allclose(z_unit, z_plain / np.mean(z_plain), rtol=1e-10)
     assert float(unit.evaluate(unit.initial_theta(), None, "test")["test_ratio"]) == pytest.approx(
         float(plain.evaluate(plain.initial_theta(), None, "test")["test_ratio"]), rel=1e-12)
+
+
+def test_scale_free_critic_input_ignores_the_scale_of_z():
+    rng = np.random.default_rng(6)
+    z_tilde = tf.constant(rng.random((V, B)) + 0.1, F64)
+    scaled = z_tilde * tf.constant([[0.5, 3.0, 40.0]], F64)  # another scale per sample
+    np.testing.assert_allclose(model.critic_input(scaled, scale_free=True).numpy(),
+                               model.critic_input(z_tilde, scale_free=True).numpy(), rtol=1e-12)
+    assert not np.allclose(model.critic_input(scaled).numpy(), model.critic_input(z_tilde).numpy())

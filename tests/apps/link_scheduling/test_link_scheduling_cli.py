@@ -87,6 +87,7 @@ def test_authors_mode_replays_a_mini_batch_as_one_update_per_sample(data, tmp_pa
     assert rows[-1]["lr"] == experiment.AUTHORS["lr"]
     flags = json.loads((out / "config.json").read_text())["flags"]
     assert flags["critic_lr"] == experiment.AUTHORS["critic_lr"] and flags["critic_warmup"] == 1
+    assert flags["critic_input"] == "scale-free"
     arrays, _ = RunDir(out, create=False).load_checkpoint()
     assert int(arrays["state_2"]) == 2 * 4  # Adam's step counter: B updates per mini-batch
 
