@@ -18,10 +18,11 @@ of one backward pass too. Only the B optimizer steps are sequential (:class:`Rep
 ``tf.while_loop``). A trainer step is therefore one mini-batch (``step`` counts mini-batches).
 
 Counting: the actor's B forward passes and, for distributed optimizers, B backward passes go through
-the trainer's simulator; the consensus payloads are recorded as the schedule of the inner optimizer
-lays them out for a mini-batch of B samples (per-sample gradient consensus, D-naive: exactly the B
-rounds the authors' loop performs; parameter mixing (D-SGD, DADAM): one piggybacked payload, as
-Table I counts a mini-batch, although the replay mixes at each of its B steps).
+the trainer's simulator; the consensus payloads are recorded as the per-sample gradient consensus
+(D-naive schedule) lays them out: exactly the B x K rounds the authors' loop performs. Optimizers that
+mix parameters (eq. 17) or gradients once per batch (D-naive-PB) would mix once per replayed step or
+across B different graphs, which no schedule of Table I describes: the app refuses them in this mode
+(:func:`apps.link_scheduling.experiment.check_authors_mode_optimizers`).
 """
 
 from __future__ import annotations

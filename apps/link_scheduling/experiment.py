@@ -231,6 +231,8 @@ def plan(args: argparse.Namespace) -> Plan:
 
     if not 0 < args.lr_decay_rate <= 1:
         raise ValueError(f"--lr-decay-rate must be in (0, 1], got {args.lr_decay_rate}")
+    if args.mode == "authors":
+        check_authors_mode_optimizers(args.optimizer, args.d_adam_variant)
     if args.resume is not None:
         out = args.resume
     else:
@@ -275,6 +277,23 @@ def run_config(p: Plan, optimizer: str) -> dict:
                            "d_adam_variant": p.args.d_adam_variant},
         "dataset": {"path": str(p.data.path), "checksum": p.data.checksum, "config": p.data.config},
     }
+
+
+AUTHORS_MODE_OPTIMIZERS = ("c-sgd", "c-adam", "d-naive", "d-adam")
+
+
+def check_authors_mode_optimizers(optimizers, d_adam_variant: str) -> None:
+    """The authors' mode replays B per-sample steps, each sample on its own graph: only optimizers whose
+    messages the simulator's schedules describe there can run in it (centralized ones, per-sample
+    gradient consensus, and the authors' D-Adam, which is per-sample gradient consensus + Adam).
+    Parameter mixing (eq. 17) would mix once per replayed step, and a per-batch gradient consensus
+    (D-naive-PB) cannot mix gradients of B different graphs at once."""
+    for name in optimizers:
+        if name not in AUTHORS_MODE_OPTIMIZERS or (name == "d-adam" and d_adam_variant != "authors"):
+            raise ValueError(f"--optimizer {name}{' --d-adam-variant paper' if name == 'd-adam' else ''} does not "
+                             f"run in --mode authors, which replays per-sample steps on per-sample graphs (choose "
+                             f"from {', '.join(AUTHORS_MODE_OPTIMIZERS)}, D-Adam in the authors' variant), or use "
+                             "--mode algorithm1")
 
 
 def make_actor_optimizer(name: str, mode: str, consensus_rounds: int = 1, d_adam_variant: str = "authors"):

@@ -141,6 +141,7 @@ def wrong_size(f):
     ("lr", "--lr"),
     ("optimizer", "--optimizer"),
     ("mode", "--mode"),
+    ("mixing_in_authors_mode", "does not run in --mode authors"),
 ])
 def test_bad_input_is_one_error_line_with_status_2_and_nothing_written(data, tmp_path, capsys, case, message):
     path, extra = data, []
@@ -153,7 +154,8 @@ def test_bad_input_is_one_error_line_with_status_2_and_nothing_written(data, tmp
         path = tmp_path / "absent.h5"
     else:
         extra = {"batch_size": ["--batch-size", 0], "lr": ["--lr", -1], "optimizer": ["--optimizer", "adam"],
-                 "mode": ["--mode", "greedy"]}[case]
+                 "mode": ["--mode", "greedy"],
+                 "mixing_in_authors_mode": ["--mode", "authors", "--optimizer", "d-sgd"]}[case]
     before = sorted(p.name for p in tmp_path.iterdir())
     status, err = run(["--data", path, "--out", tmp_path / "out", "-q", *extra], capsys)
     assert status == 2
