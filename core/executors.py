@@ -60,14 +60,15 @@ def consensus_update(optimizer: Optimizer, theta, state, grad, mixing: Operator 
     """Algorithm 1, line 12: the consensus rounds ``optimizer`` needs, then its local update.
 
     ``grad`` holds the local gradients summed over the mini-batch ((|V|, |theta|), or (|theta|,) for a
-    centralized optimizer, which mixes nothing). Gradient consensus runs K rounds x <- W x (eq. 15);
+    centralized optimizer, which mixes nothing). Gradient consensus runs K rounds x <- W x (eq. 15) on the
+optimizer's :meth:`~core.optimizers.Optimizer.consensus_payload` (g, or [theta, g] for D-GCP-Adam);
     parameter consensus mixes the optimizer's payload once (eq. 17). Every round goes through
     ``exchange`` (a :class:`core.comm.CommSimulator` counts it). Shared by :class:`BatchedExecutor` and
     :mod:`core.trainer` (whose apps may compute ``grad`` in their own way).
     """
     mixed = None
     if optimizer.consensus == "gradient":
-        mixed = grad
+        mixed = optimizer.consensus_payload(theta, grad, state)
         for k in range(1, optimizer.consensus_rounds + 1):
             mixed = exchange.propagate(mixing, mixed, message=("grad", k))  # eq. (15)
     elif optimizer.consensus == "parameter":
@@ -155,12 +156,16 @@ class ProtocolExecutor(_Executor):
         else:
             payload = optimizer.payload(theta, state) if optimizer.consensus == "parameter" else None
             grad, mixed, loss = self._run(schedule, sim, unflatten(self.gcnn, theta), x, y, shift, self_factor,
-                                          mixing, payload, backward=True)
+                                          mixing, payload, backward=True,
+                                          gradient_payload=lambda g: optimizer.consensus_payload(theta, g, state))
         theta, state = optimizer.step(theta, grad, mixed, state, lr)
         return StepResult(theta, state, loss, sim.cost())
 
     def _run(self, schedule: Schedule, sim: CommSimulator, params, x, y, shift, self_factor, mixing,
-             payload, backward: bool):
+             payload, backward: bool, gradient_payload=None):
+        """``gradient_payload`` maps the batch-summed local gradient to what batch-level gradient consensus
+        mixes (identity by default); per-sample consensus (``naive``) mixes each sample's gradient."""
+        gradient_payload = gradient_payload or (lambda g: g)
         gcnn, L, B = self.gcnn, self.gcnn.num_layers, schedule.B
         layers = gcnn.unpack(params)
         num_nodes = shift.num_nodes
@@ -210,8 +215,8 @@ class ProtocolExecutor(_Executor):
                 elif m.kind == "grad":
                     key = b
                     if m.index == 1:
-                        consensus[key] = gradient_of(b) if b is not None else tf.add_n(
-                            [gradient_of(s) for s in range(B)])
+                        consensus[key] = gradient_of(b) if b is not None else gradient_payload(tf.add_n(
+                            [gradient_of(s) for s in range(B)]))
                     items.append((m, mixing, consensus[key]))
                 elif m.kind == "param":
                     _, start, stop = schedule.param_pieces()[m.index]

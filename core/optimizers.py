@@ -6,8 +6,9 @@ never talks to neighbours itself: it says what must be mixed and the executor pe
 rounds through the communication simulator, then hands the mixed values to :meth:`Optimizer.step`:
 
 - ``consensus = "none"`` (C-SGD, C-Adam): nothing is mixed;
-- ``consensus = "gradient"`` (D-naive, D-naive-PB, D-GC-Adam): K rounds x <- W x on the local gradients (eq. 15),
-  ``mixed`` is W^K g;
+- ``consensus = "gradient"`` (D-naive, D-naive-PB, D-GC-Adam, D-GCP-Adam): K rounds x <- W x (eq. 15) on
+  :meth:`Optimizer.consensus_payload` (the local gradients g, or [theta, g] for D-GCP-Adam), ``mixed`` is
+  W^K of it;
 - ``consensus = "parameter"`` (D-SGD, D-Adam, D-AMSGrad, eq. 17): one round on :meth:`payload`
   (theta, and u~ for D-AMSGrad), ``mixed`` is W times the payload.
 
@@ -26,7 +27,7 @@ import tensorflow as tf
 
 OPTIMIZERS = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad")
 # Distributed optimizers beyond the paper's list (not part of ``OPTIMIZERS``, so no app's "all" changes).
-EXTRA_OPTIMIZERS = ("d-gc-adam",)
+EXTRA_OPTIMIZERS = ("d-gc-adam", "d-gcp-adam")
 LR_SCHEDULES = ("constant", "exponential")
 
 
@@ -98,6 +99,14 @@ class Optimizer:
     def payload(self, theta: tf.Tensor, state: tuple) -> tf.Tensor:
         """What each node broadcasts for parameter consensus (eq. 17): theta by default."""
         return theta
+
+    def consensus_payload(self, theta: tf.Tensor, grad: tf.Tensor, state: tuple) -> tf.Tensor:
+        """What the K gradient-consensus rounds mix (eq. 15): the local gradients by default.
+
+        Only batch-level consensus (schedules ``batch`` and ``piggyback``) may mix more than the gradient;
+        per-sample consensus (``naive``) always mixes the per-sample gradients.
+        """
+        return grad
 
     def step(self, theta, grad, mixed, state, lr):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -254,18 +263,35 @@ class GradientConsensusAdam(GradientConsensus):
     than its own local gradient: where local gradients differ by orders of magnitude between nodes
     (UWMMSE), the mean of per-node normalised local steps is a poor descent direction, while W^K g
     tends to the average gradient as K grows, and with equal copies and K -> inf the update is C-Adam's.
-    Parameters are not mixed. Rounds are D-naive-PB's: LB + L - 1 + K per mini-batch.
+    Rounds are D-naive-PB's: LB + L - 1 + K per mini-batch.
+
+    ``mix_parameters=False`` (D-GC-Adam): parameters are not mixed, so the copies drift apart (nothing
+    pulls them together; consensus error grows with training). ``mix_parameters=True`` (D-GCP-Adam):
+    each of the K rounds carries [theta^i, g_i] (2|theta| floats instead of |theta|, same rounds), and
+    the step starts from the mixed parameters: [y_i, x_i] = (W^K [theta, g])_i,
+    theta^i <- y_i - alpha m^_i / (sqrt(v^_i) + eps), with the moments driven by x_i as above. The mixing
+    contracts the disagreement of the copies by |lambda_2(W)|^K per mini-batch (as D-SGD does with K = 1),
+    and with W = 11^T / |V| every copy takes C-Adam's step exactly.
     """
 
-    def __init__(self, consensus_rounds: int = 1, beta1=0.9, beta2=0.999, eps=1e-8):
+    def __init__(self, consensus_rounds: int = 1, beta1=0.9, beta2=0.999, eps=1e-8, mix_parameters: bool = False):
         super().__init__(consensus_rounds, "piggyback")
-        self.name = "d-gc-adam"
+        self.mix_parameters = bool(mix_parameters)
+        self.name = "d-gcp-adam" if self.mix_parameters else "d-gc-adam"
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
+
+    def payload_size(self, num_params):
+        return 2 * num_params if self.mix_parameters else num_params
 
     def init_state(self, theta):
         return (tf.zeros_like(theta), tf.zeros_like(theta), tf.zeros([], theta.dtype))
 
+    def consensus_payload(self, theta, grad, state):
+        return tf.concat([theta, grad], axis=-1) if self.mix_parameters else grad
+
     def step(self, theta, grad, mixed, state, lr):
+        if self.mix_parameters:
+            theta, mixed = tf.split(mixed, 2, axis=-1)  # W^K theta, W^K g
         m, v, t = state
         t = t + 1
         m = self.beta1 * m + (1 - self.beta1) * mixed
@@ -294,4 +320,6 @@ def make_optimizer(name: str, consensus_rounds: int = 1, authors_variant: bool =
         return DAMSGrad()
     if name == "d-gc-adam":
         return GradientConsensusAdam(consensus_rounds)
+    if name == "d-gcp-adam":
+        return GradientConsensusAdam(consensus_rounds, mix_parameters=True)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS + EXTRA_OPTIMIZERS)}")
