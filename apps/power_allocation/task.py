@@ -29,7 +29,16 @@ also 16.73. ``--optimizer d-gc-adam`` (core.optimizers.GradientConsensusAdam: K 
 consensus, then local Adam) normalises the mixed gradient instead: K = 5 gave 17.37, 17.95, 18.27,
 18.46, 18.57, 18.62, 18.64, 18.64, 18.63, 18.63 over epochs 1-10 (C-Adam 17.51 ... 19.05, D-Adam
 16.72 ... 17.61) with a consensus error of 2-4 % (parameters are not mixed, so copies drift); K = 1
-gave 17.51 after one epoch but a consensus error of 33 %.
+gave 17.51 after one epoch but a consensus error of 33 %. ``--optimizer d-gcp-adam`` (the same optimizer
+with ``mix_parameters=True``) mixes [θ^i, g_i] in the same K rounds (2|θ| floats per round instead of
+|θ|, no extra round) and takes the Adam step from the mixed parameters, so the copies stay together:
+K = 5 gave 17.51, 18.39, 18.71, 18.88, 18.98, 19.00, 18.97, 19.01, 19.03, 19.05 over epochs 1-10
+(C-Adam 17.51, 18.39, 18.70, 18.87, 18.99, 18.96, 18.96, 19.00, 19.03, 19.05: within 0.04 at every
+epoch; same alpha = 1e-2, B = 64, seed 0) with a consensus error of 7e-5 after epoch 1 and 4e-6 - 1e-5
+afterwards, at 654 rounds and 8 800 floats per node and mini-batch (D-Adam: 649 and 6 929; D-GC-Adam
+K = 5: 654 and 7 760). With K = 1 (650 rounds, 7 136 floats) it is slower early: 17.05, 17.60, 18.03,
+18.32, 18.51, 18.66, 18.76, 18.85, 18.91, 18.95 (0.46-0.79 below C-Adam in epochs 1-5, within 0.3
+from epoch 7, 0.10 after epoch 10; consensus error 2e-5 - 2e-4).
 
 Metrics: ``train_sum_rate`` (the mean over the mini-batch of sum_i rate_i, in bit/s/Hz, measured
 before the update) and ``test_sum_rate`` (the same on the whole test split). Distributed models are

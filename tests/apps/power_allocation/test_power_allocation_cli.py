@@ -208,3 +208,16 @@ def test_gradient_consensus_adam_runs_with_d_naive_pb_counts(dataset, tmp_path):
     assert summary["floats_per_step"] == B * (FORWARD + BACKWARD) + rounds_k * THETA
     rows = read_csv(out / "metrics.csv")
     assert 0 < float(rows[-1]["consensus_error"]) < 1 and 0 < float(rows[-1]["test_sum_rate"]) < 100
+
+
+def test_gradient_and_parameter_consensus_adam_counts_theta_in_every_consensus_round(dataset, tmp_path):
+    """--optimizer d-gcp-adam: D-GC-Adam's rounds, each of the K consensus rounds carrying [θ, g] (2|θ| floats)."""
+    out, rounds_k = tmp_path / "gcp", 2
+    args = flags(dataset, "--optimizer", "d-gcp-adam", "--consensus-rounds", str(rounds_k), "--out", str(out))
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["label"] == "D-GCP-Adam" and summary["consensus_rounds"] == rounds_k
+    assert summary["rounds_per_step"] == L * B + L - 1 + rounds_k
+    assert summary["floats_per_step"] == B * (FORWARD + BACKWARD) + rounds_k * 2 * THETA
+    rows = read_csv(out / "metrics.csv")
+    assert 0 < float(rows[-1]["consensus_error"]) < 1 and 0 < float(rows[-1]["test_sum_rate"]) < 100
