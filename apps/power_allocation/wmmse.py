@@ -108,8 +108,13 @@ def transmitter_update(H, u, w_hat, pmax, sums=None):
     H_diag = sums.direct
     pmax = tf.cast(pmax, H.dtype)
     denominator = sums.feedback(tf.square(u) * w_hat)  # Σ_j H_sq[i, j] u_j² ŵ_j
-    v = tf.math.divide_no_nan(H_diag * u * w_hat, denominator)
-    return tf.clip_by_value(v, tf.zeros_like(v), tf.sqrt(pmax))
+    numerator = H_diag * u * w_hat
+    root_pmax = tf.sqrt(pmax)
+    # clip(numerator / denominator, 0, √Pmax) without forming the quotient where it exceeds √Pmax: a
+    # tiny denominator made it overflow to inf, and the clipped entry then back-propagated 0 * inf =
+    # NaN through the division (C-Adam training turned NaN after 14 paper epochs).
+    v = tf.math.divide_no_nan(numerator, tf.maximum(denominator, numerator / root_pmax))
+    return tf.clip_by_value(v, tf.zeros_like(v), root_pmax)
 
 
 def wmmse_step(H, v, sigma2, pmax, a=None, b=None, sums=None):

@@ -263,3 +263,18 @@ def test_xla_matches_graph_and_compiles_once(dtype):
 def test_invalid_inputs_raise_clear_errors(H, sigma2, pmax, iterations, message):
     with pytest.raises(ValueError, match=message):
         wmmse_graph(H, sigma2, pmax, iterations)
+
+
+def test_clipped_transmitter_update_has_finite_gradients():
+    """A tiny feedback sum makes the unclipped amplitude overflow float32; the clipped update must still
+    back-propagate finite gradients (it used to give 0 * inf = NaN and poison training)."""
+    rng = np.random.default_rng(0)
+    H = tf.constant(rng.uniform(1e-3, 1e-2, (2, 4, 4)), tf.float32)
+    u = tf.constant(rng.uniform(1e-16, 1e-15, (2, 4)), tf.float32)
+    w_hat = tf.Variable(rng.uniform(1e-3, 1.0, (2, 4)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        v = W.transmitter_update(H, u, w_hat, pmax=1.0)
+        objective = tf.reduce_sum(v)
+    grad = tape.gradient(objective, w_hat)
+    np.testing.assert_allclose(v.numpy(), 1.0)  # every amplitude at its budget, none above
+    assert np.all(np.isfinite(grad.numpy()))
