@@ -23,9 +23,10 @@ from core.runs import METRICS, SUMMARY, atomic_savefig, read_csv
 
 NODE_REGRESSION = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad")
 POWER_ALLOCATION = ("c-adam", "d-adam")
+POWER_ALLOCATION_EXTRA = ("d-gcp-adam",)  # drawn when present (the --reproduce runs have it), never missing
 LINK_SCHEDULING = ("c-adam", "d-adam")
 LABELS = {"c-sgd": "C-SGD", "c-adam": "C-Adam", "d-naive": "D-naive", "d-naive-pb": "D-naive-PB",
-          "d-sgd": "D-SGD", "d-adam": "D-Adam", "d-amsgrad": "D-AMSGrad"}
+          "d-sgd": "D-SGD", "d-adam": "D-Adam", "d-amsgrad": "D-AMSGrad", "d-gcp-adam": "D-GCP-Adam (K = 5)"}
 SCHEDULING_LABELS = {"c-adam": "centralized", "d-adam": "distributed"}
 
 
@@ -93,6 +94,7 @@ def fig2a(runs: Path, out: Path) -> tuple[list[Path], list[str]]:
 def fig2b(runs: Path, out: Path) -> tuple[list[Path], list[str]]:
     """Test sum-rate in Mbps vs epoch, centralized and distributed, with WMMSE and WMMSE-Tr as lines."""
     found, missing = _load(runs / "power_allocation", POWER_ALLOCATION, need_summary=True)
+    found.update(_load(runs / "power_allocation", POWER_ALLOCATION_EXTRA, need_summary=True)[0])
     if not found:
         return [], missing
     plt, fig, ax = _new_figure()

@@ -24,7 +24,7 @@ def runs(tmp_path):
         rows = [{"epoch": e, "step": 10 * e, "mp_rounds": 2010 * e, "test_mse": 0.2 / (1 + e + k)} for e in range(30)]
         write_run(root / "node_regression" / name, ("epoch", "step", "mp_rounds", "test_mse"), rows,
                   {"rounds_per_step": 201 if name.startswith("d-") else 200})
-    for name in plots.POWER_ALLOCATION:
+    for name in (*plots.POWER_ALLOCATION, *plots.POWER_ALLOCATION_EXTRA):
         rows = [{"epoch": e, "test_sum_rate": 16 + np.log1p(e)} for e in range(5)]
         write_run(root / "power_allocation" / name, ("epoch", "test_sum_rate"), rows,
                   {"bandwidth_hz": 5e6, "wmmse_test_sum_rate": 20.47, "wmmse_tr_test_sum_rate": 16.47})
@@ -64,6 +64,7 @@ def test_missing_runs_are_named_and_the_rest_is_drawn(runs, tmp_path, capsys):
     assert status == 1
     err = capsys.readouterr().err
     assert "power_allocation/c-adam" in err and "node_regression/d-adam" in err
+    assert "d-gcp-adam" not in err  # an extra curve, drawn when present, never missing
     assert (out / "fig2a_node_regression.png").is_file() and (out / "fig2c_link_scheduling.pdf").is_file()
     assert not (out / "fig2b_power_allocation.png").exists()
 
