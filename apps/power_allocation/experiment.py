@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.parallel import default_workers
 from datasets import cli
 from datasets import power_allocation as pa
 from datasets.storage import DatasetError
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "test sample")
     run.add_argument("--prefetch", type=cli.positive_int, default=4, help="training batches read ahead")
     run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training step")
+    run.add_argument("--jobs", type=cli.positive_int, default=default_workers(2),
+                     help="approaches trained side by side in worker processes, with cores/jobs TensorFlow threads "
+                     "each (default: one per CPU core); the thread count can change the last bits of a result")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
     return parser
 
@@ -274,7 +278,43 @@ def with_mbps(summary: dict, bandwidth_hz: float) -> dict:
 
 
 def execute(p: Plan) -> tuple[dict[str, dict], dict[str, float]]:
-    """Train every approach of the plan; returns their summaries by approach and the baselines."""
+    """Train every approach of the plan (side by side in ``--jobs`` processes); returns their summaries by
+    approach and the baselines."""
+    import numpy as np
+
+    from core.parallel import run_jobs
+    from core.runs import RunDir, atomic_write_json
+
+    args, info = p.args, p.dataset
+    with pa.PowerAllocationDataset(p.data_path) as data:
+        test_H = np.stack([data.batch("test", k).H for k in range(data.num_batches("test"))])
+    baselines = wmmse_baselines(test_H, info["noise_power_w"], info["pmax_w"],
+                                {"wmmse": args.wmmse_iterations, "wmmse_tr": args.layers}, jit=not args.no_jit)
+    reference = {"wmmse_test_sum_rate": baselines["wmmse"][0], "wmmse_tr_test_sum_rate": baselines["wmmse_tr"][0],
+                 "wmmse_iterations": args.wmmse_iterations, "wmmse_tr_iterations": args.layers,
+                 "bandwidth_hz": info["bandwidth_hz"]}
+    several = len(p.approaches) > 1
+    parent = RunDir(p.out) if several else None
+    if parent is not None and not p.resume:
+        parent.write_config(run_config(p, ",".join(p.approaches)))
+    powers = {name: baseline[1] for name, baseline in baselines.items()} if args.save_powers else None
+    jobs = {approach: (p, approach, reference, powers) for approach in p.approaches}
+    summaries = run_jobs(train_approach, jobs, min(args.jobs, len(jobs)), total=len(jobs) * args.epochs,
+                         desc="power allocation", quiet=args.quiet)
+    if parent is not None:
+        atomic_write_json(parent.summary_path, summaries)
+        curves = {LABELS[a]: _curve(RunDir(p.out / a, create=False).read_metrics(), "test_sum_rate")
+                  for a in p.approaches}
+        _plot(p.out / "test_sum_rate.png", curves, reference, title="UWMMSE power allocation (Fig. 2b)")
+    return summaries, reference
+
+
+def train_approach(p: Plan, approach: str, reference: dict, powers: dict | None, progress=None) -> dict:
+    """Train one approach into its run directory (resuming if asked); returns its summary.
+
+    ``powers``: the baselines' test powers to store beside UWMMSE's (``--save-powers``), or None;
+    ``progress``: a :mod:`core.parallel` progress report (None: the trainer's own progress bar).
+    """
     import numpy as np
     import tensorflow as tf
 
@@ -282,12 +322,16 @@ def execute(p: Plan) -> tuple[dict[str, dict], dict[str, float]]:
     from apps.power_allocation.task import PowerAllocationTask
     from apps.power_allocation.uwmmse import UWMMSE
     from core.optimizers import LearningRate, make_optimizer
-    from core.runs import RunDir, atomic_savez, atomic_write_json
+    from core.runs import RunDir, atomic_savez
     from core.trainer import RandomGraphs, Trainer, TrainerConfig
 
     args, info = p.args, p.dataset
+    run = RunDir(p.out / approach if len(p.approaches) > 1 else p.out)
+    if p.resume and run.finished and run.has_checkpoint():
+        return run.read_summary()
+    if not run.config_path.is_file():
+        run.write_config(run_config(p, approach))
     dtype = tf.as_dtype(args.dtype)
-    sigma2, pmax, bandwidth = info["noise_power_w"], info["pmax_w"], info["bandwidth_hz"]
     init_seed, trainer_seed = derived_seeds(args.seed)
     with pa.PowerAllocationDataset(p.data_path) as data:
         num_train = data.num_batches("train")
@@ -295,52 +339,27 @@ def execute(p: Plan) -> tuple[dict[str, dict], dict[str, float]]:
         picks = np.unique(np.linspace(0, num_train - 1, min(num_train, TRAIN_EVAL_BATCHES)).round().astype(int))
         train_eval_H = np.stack([data.batch("train", int(k)).H for k in picks])
         model = UWMMSE(args.layers, args.hidden)
-        task = PowerAllocationTask(model, model.init_theta(init_seed, dtype), num_train, data.batch_size, sigma2, pmax,
-                                   test_H, train_eval_H, dtype)
-        baselines = wmmse_baselines(test_H, sigma2, pmax, {"wmmse": args.wmmse_iterations, "wmmse_tr": args.layers},
-                                    jit=not args.no_jit)
-        reference = {"wmmse_test_sum_rate": baselines["wmmse"][0], "wmmse_tr_test_sum_rate": baselines["wmmse_tr"][0],
-                     "wmmse_iterations": args.wmmse_iterations, "wmmse_tr_iterations": args.layers,
-                     "bandwidth_hz": bandwidth}
+        task = PowerAllocationTask(model, model.init_theta(init_seed, dtype), num_train, data.batch_size,
+                                   info["noise_power_w"], info["pmax_w"], test_H, train_eval_H, dtype)
+        optimizer = make_optimizer(approach, args.consensus_rounds, authors_variant=args.d_adam_variant == "authors")
         lr = LearningRate(args.lr, args.lr_schedule, args.lr_decay_rate, args.lr_decay_steps)
-        several = len(p.approaches) > 1
-        parent = RunDir(p.out) if several else None
-        if parent is not None and not p.resume:
-            parent.write_config(run_config(p, ",".join(p.approaches)))
-        summaries = {}
-        for approach in p.approaches:
-            run = RunDir(p.out / approach if several else p.out)
-            if p.resume and run.finished and run.has_checkpoint():
-                summaries[approach] = run.read_summary()
-                continue
-            if not run.config_path.is_file():
-                run.write_config(run_config(p, approach))
-            optimizer = make_optimizer(approach, args.consensus_rounds,
-                                       authors_variant=args.d_adam_variant == "authors")
-            config = TrainerConfig(epochs=args.epochs, batch_size=data.batch_size, seed=trainer_seed,
-                                   checkpoint_every=args.checkpoint_every, jit=not args.no_jit, quiet=args.quiet,
-                                   description=LABELS[approach])
-            mixing = None if optimizer.centralized else args.mixing
-            with TrainingBatches(data, dtype, mixing, args.mixing_beta, args.prefetch) as batches:
-                trainer = Trainer(task, optimizer, lr, RandomGraphs(batches.draw), config, run,
-                                  extra_summary={"approach": approach, "label": LABELS[approach], **reference})
-                result = trainer.run(resume=p.resume)
-            summary = with_mbps({**result.summary, "initial_test_sum_rate": result.rows[0]["test_sum_rate"]},
-                                bandwidth)
-            run.write_summary(summary)
-            summaries[approach] = summary
-            _plot(run.path / "sum_rate.png", {f"{LABELS[approach]} test": _curve(result.rows, "test_sum_rate"),
-                                              f"{LABELS[approach]} train": _curve(result.rows, "train_sum_rate")},
-                  reference, title=f"{LABELS[approach]}: UWMMSE power allocation")
-            if args.save_powers:
-                atomic_savez(run.path / "test_powers.npz", uwmmse=task.powers(result.theta),
-                             wmmse=baselines["wmmse"][1], wmmse_tr=baselines["wmmse_tr"][1])
-    if parent is not None:
-        atomic_write_json(parent.summary_path, summaries)
-        curves = {LABELS[a]: _curve(RunDir(p.out / a, create=False).read_metrics(), "test_sum_rate")
-                  for a in p.approaches}
-        _plot(p.out / "test_sum_rate.png", curves, reference, title="UWMMSE power allocation (Fig. 2b)")
-    return summaries, reference
+        config = TrainerConfig(epochs=args.epochs, batch_size=data.batch_size, seed=trainer_seed,
+                               checkpoint_every=args.checkpoint_every, jit=not args.no_jit,
+                               quiet=args.quiet or progress is not None, description=LABELS[approach])
+        mixing = None if optimizer.centralized else args.mixing
+        with TrainingBatches(data, dtype, mixing, args.mixing_beta, args.prefetch) as batches:
+            trainer = Trainer(task, optimizer, lr, RandomGraphs(batches.draw), config, run,
+                              extra_summary={"approach": approach, "label": LABELS[approach], **reference})
+            result = trainer.run(resume=p.resume, on_epoch=progress)
+    summary = with_mbps({**result.summary, "initial_test_sum_rate": result.rows[0]["test_sum_rate"]},
+                        info["bandwidth_hz"])
+    run.write_summary(summary)
+    _plot(run.path / "sum_rate.png", {f"{LABELS[approach]} test": _curve(result.rows, "test_sum_rate"),
+                                      f"{LABELS[approach]} train": _curve(result.rows, "train_sum_rate")},
+          reference, title=f"{LABELS[approach]}: UWMMSE power allocation")
+    if powers is not None:
+        atomic_savez(run.path / "test_powers.npz", uwmmse=task.powers(result.theta), **powers)
+    return summary
 
 
 def _curve(rows, name):
