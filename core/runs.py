@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import secrets
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -182,6 +183,34 @@ def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], tuple_flags: S
         setattr(args, name, tuple(getattr(args, name)))
     args.quiet, args.resume = quiet, resume
     return args, True
+
+
+def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures: tuple = ()) -> int:
+    """The ``main()`` of an experiment app; returns its exit status.
+
+    ``plan(parse_args(argv))`` validates everything before anything is written: a ValueError becomes one
+    error line on stderr and status 2. ``execute(plan)`` then trains: Ctrl-C says how to continue
+    (``--resume <plan.out>``) and gives 130; an exception of ``failures`` met mid-run (e.g. a corrupt
+    batch of an unverified dataset) says the same after its message and gives 1. Unless ``-q``,
+    ``report(result, plan)`` prints the final table.
+    """
+    try:
+        args = parse_args(argv)
+        p = plan(args)
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = execute(p)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; continue with --resume {p.out}", file=sys.stderr)
+        return 130
+    except failures as exc:
+        print(f"{prog}: error: {exc}; fix it and continue with --resume {p.out}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        report(result, p)
+    return 0
 
 
 def check_new_run_path(path: str | os.PathLike, create_parents: bool = False) -> Path:

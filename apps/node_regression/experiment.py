@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -271,17 +270,6 @@ def print_table(summaries: dict[str, dict], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, validate, train; returns the exit status (2: bad input, 130: interrupted)."""
-    try:
-        args = parse_args(argv)
-        p = plan(args)
-    except ValueError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        summaries = execute(p)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; continue with --resume {p.out}", file=sys.stderr)
-        return 130
-    if not args.quiet:
-        print_table(summaries, p.out)
-    return 0
+    from core.runs import run_experiment
+
+    return run_experiment(PROG, argv, parse_args, plan, execute, lambda summaries, p: print_table(summaries, p.out))

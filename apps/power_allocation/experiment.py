@@ -395,20 +395,8 @@ def print_table(summaries: dict[str, dict], reference: dict, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, validate, train; returns the exit status (2: bad input, 1: unreadable data, 130: interrupted)."""
-    try:
-        args = parse_args(argv)
-        p = plan(args)
-    except ValueError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        summaries, reference = execute(p)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; continue with --resume {p.out}", file=sys.stderr)
-        return 130
-    except DatasetError as exc:  # only with --no-verify: a batch that fails its checks mid-run
-        print(f"{PROG}: error: {exc}; fix the data and continue with --resume {p.out}", file=sys.stderr)
-        return 1
-    if not args.quiet:
-        print_table(summaries, reference, p.out)
-    return 0
+    from core.runs import run_experiment
+
+    # DatasetError mid-run: only with --no-verify, a batch that fails its checks
+    return run_experiment(PROG, argv, parse_args, plan, execute,
+                          lambda result, p: print_table(*result, p.out), failures=(DatasetError,))
