@@ -184,6 +184,29 @@ def add_common_arguments(parser: argparse.ArgumentParser, kind: DatasetKind) -> 
     group.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, app: str, checkpoint_every: int, unit: str = "epochs",
+                      jobs_default: int | None = None):
+    """The "run" flags every training app's main shares (DESIGN section 5): ``--out``, ``--resume``,
+    ``--checkpoint-every`` (counted in ``unit``), ``--jobs`` when ``jobs_default`` is given, and ``-q``.
+    Returns the argument group, for the app's own run flags."""
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", type=Path, default=None,
+                     help=f"run directory (default runs/{app}/<timestamp>; the folder above an explicit --out must "
+                     "exist)")
+    run.add_argument("--resume", type=Path, default=None,
+                     help="continue the interrupted run in this directory with its saved settings (other flags but "
+                     "-q are ignored)")
+    run.add_argument("--checkpoint-every", type=non_negative_int, default=checkpoint_every,
+                     help=f"{unit} between checkpoints (0: only at the end)")
+    if jobs_default is not None:
+        run.add_argument("--jobs", type=positive_int, default=jobs_default,
+                         help="approaches trained side by side in worker processes, with cores/jobs TensorFlow "
+                         "threads each (default: one per CPU core); the thread count can change the last bits of a "
+                         "result")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
+    return run
+
+
 def progress_bar(total: int, description: str, quiet: bool, unit: str = "batch") -> tqdm:
     """A tqdm progress bar on stderr, disabled by `quiet` (-q)."""
     return tqdm(total=total, desc=description, unit=unit, disable=quiet, file=sys.stderr, dynamic_ncols=True)

@@ -162,16 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="paper: the paper-scale settings (the defaults, data/conflict_graphs.h5); quick: "
                        + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in PRESETS["quick"].items())
                        + " (explicit flags win)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--out", type=Path, default=None,
-                     help="run directory (default runs/link_scheduling/<timestamp>; the folder above an explicit "
-                     "--out must exist)")
-    run.add_argument("--resume", type=Path, default=None,
-                     help="continue the interrupted run in this directory with its saved settings (other flags "
-                     "but -q are ignored)")
-    run.add_argument("--checkpoint-every", type=cli.non_negative_int, default=50,
-                     help="mini-batches between checkpoints (0: only at the end)")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
+    cli.add_run_arguments(parser, APP, checkpoint_every=50, unit="mini-batches")
     return parser
 
 

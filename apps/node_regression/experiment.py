@@ -87,20 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="paper: the paper's settings (the defaults); quick: "
                        + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in PRESETS["quick"].items())
                        + " (explicit flags win)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--out", type=Path, default=None,
-                     help="run directory (default runs/node_regression/<timestamp>; the folder above an "
-                     "explicit --out must exist)")
-    run.add_argument("--resume", type=Path, default=None,
-                     help="continue the interrupted run in this directory with its saved settings (other "
-                     "flags but -q are ignored)")
-    run.add_argument("--checkpoint-every", type=cli.non_negative_int, default=50,
-                     help="epochs between checkpoints (0: only at the end)")
+    run = cli.add_run_arguments(parser, APP, checkpoint_every=50, jobs_default=default_workers(len(APPROACHES)))
     run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training epoch")
-    run.add_argument("--jobs", type=cli.positive_int, default=default_workers(len(APPROACHES)),
-                     help="approaches trained side by side in worker processes, with cores/jobs TensorFlow threads "
-                     "each (default: one per CPU core); the thread count can change the last bits of a result")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
     return parser
 
 

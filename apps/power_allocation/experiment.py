@@ -131,24 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     baseline = parser.add_argument_group("baselines")
     baseline.add_argument("--wmmse-iterations", type=cli.positive_int, default=100,
                           help="iterations of the full WMMSE baseline")
-    run = parser.add_argument_group("run")
-    run.add_argument("--out", type=Path, default=None,
-                     help="run directory (default runs/power_allocation/<timestamp>; the folder above an explicit "
-                     "--out must exist)")
-    run.add_argument("--resume", type=Path, default=None,
-                     help="continue the interrupted run in this directory with its saved settings (other flags "
-                     "but -q are ignored)")
-    run.add_argument("--checkpoint-every", type=cli.non_negative_int, default=10,
-                     help="epochs between checkpoints (0: only at the end)")
+    run = cli.add_run_arguments(parser, APP, checkpoint_every=10, jobs_default=default_workers(2))
     run.add_argument("--save-powers", action="store_true",
                      help="also write test_powers.npz: the final UWMMSE, WMMSE and WMMSE-Tr powers (W) of every "
                      "test sample")
     run.add_argument("--prefetch", type=cli.positive_int, default=4, help="training batches read ahead")
     run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training step")
-    run.add_argument("--jobs", type=cli.positive_int, default=default_workers(2),
-                     help="approaches trained side by side in worker processes, with cores/jobs TensorFlow threads "
-                     "each (default: one per CPU core); the thread count can change the last bits of a result")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
     return parser
 
 
