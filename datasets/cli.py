@@ -184,6 +184,17 @@ def add_common_arguments(parser: argparse.ArgumentParser, kind: DatasetKind) -> 
     group.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def add_lr_schedule_arguments(group, subject: str = "alpha_t", step_unit: str = "mini-batches") -> None:
+    """``--lr-schedule``, ``--lr-decay-rate``, ``--lr-decay-steps`` of the training apps (Algorithm 1, line
+    13); the apps check that the decay rate is at most 1."""
+    group.add_argument("--lr-schedule", choices=("constant", "exponential"), default="constant",
+                       help=f"{subject} (Algorithm 1, line 13): constant, or alpha * decay-rate^(t / decay-steps)")
+    group.add_argument("--lr-decay-rate", type=positive_float, default=0.96,
+                       help="decay factor of the exponential schedule, in (0, 1]")
+    group.add_argument("--lr-decay-steps", type=positive_int, default=1000,
+                       help=f"{step_unit} per decay-rate factor of the exponential schedule")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, app: str, checkpoint_every: int, unit: str = "epochs",
                       jobs_default: int | None = None):
     """The "run" flags every training app's main shares (DESIGN section 5): ``--out``, ``--resume``,

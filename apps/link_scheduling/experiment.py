@@ -132,12 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the critic's input [1, z~] as the authors normalise it, or with z~ divided by its node "
                        f"mean first (default {ALGORITHM1['critic_input']} with --mode algorithm1, "
                        f"{AUTHORS['critic_input']} with --mode authors; see apps/link_scheduling/model.py)")
-    train.add_argument("--lr-schedule", choices=("constant", "exponential"), default="constant",
-                       help="actor alpha_t (Algorithm 1, line 13): constant, or alpha * decay-rate^(t / decay-steps)")
-    train.add_argument("--lr-decay-rate", type=cli.positive_float, default=0.96,
-                       help="decay factor of the exponential schedule, in (0, 1]")
-    train.add_argument("--lr-decay-steps", type=cli.positive_int, default=1000,
-                       help="updates per decay-rate factor of the exponential schedule")
+    cli.add_lr_schedule_arguments(train, subject="actor alpha_t", step_unit="updates")
     train.add_argument("--mini-batches", "--epochs", dest="mini_batches", type=cli.positive_int, default=None,
                        help=f"mini-batches to train, the x-axis of Fig. 2c (default {ALGORITHM1['mini_batches']} "
                        f"with --mode algorithm1, the paper's {AUTHORS['mini_batches']} with --mode authors); "

@@ -60,12 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--optimizer", choices=(*APPROACHES, "all"), default="all",
                        help="approach to train; all: the seven of Fig. 2a, each into <out>/<approach>/")
     train.add_argument("--lr", type=cli.positive_float, default=1e-3, help="learning rate alpha")
-    train.add_argument("--lr-schedule", choices=("constant", "exponential"), default="constant",
-                       help="alpha_t (Algorithm 1, line 13): constant, or alpha * decay-rate^(t / decay-steps)")
-    train.add_argument("--lr-decay-rate", type=cli.positive_float, default=0.96,
-                       help="decay factor of the exponential schedule, in (0, 1]")
-    train.add_argument("--lr-decay-steps", type=cli.positive_int, default=1000,
-                       help="mini-batches per decay-rate factor of the exponential schedule")
+    cli.add_lr_schedule_arguments(train)
     train.add_argument("--epochs", type=cli.positive_int, default=1000, help="passes over the training set")
     train.add_argument("--batch-size", type=cli.positive_int, default=100, help="samples per mini-batch B")
     train.add_argument("--consensus-rounds", type=cli.positive_int, default=1,

@@ -101,12 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "Adam step starts from the mixed parameters, which keeps the copies together (K = 5 on the "
                        "paper dataset: within 0.04 bit/s/Hz of C-Adam at each of epochs 1-10)")
     train.add_argument("--lr", type=cli.positive_float, default=1e-2, help="learning rate alpha")
-    train.add_argument("--lr-schedule", choices=("constant", "exponential"), default="constant",
-                       help="alpha_t (Algorithm 1, line 13): constant, or alpha * decay-rate^(t / decay-steps)")
-    train.add_argument("--lr-decay-rate", type=cli.positive_float, default=0.96,
-                       help="decay factor of the exponential schedule, in (0, 1]")
-    train.add_argument("--lr-decay-steps", type=cli.positive_int, default=1000,
-                       help="mini-batches per decay-rate factor of the exponential schedule")
+    cli.add_lr_schedule_arguments(train)
     train.add_argument("--epochs", type=cli.positive_int, default=200, help="passes over the training batches")
     train.add_argument("--batch-size", type=cli.positive_int, default=None,
                        help="samples per mini-batch B: must equal the dataset's batch size (one layout per "
