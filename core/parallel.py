@@ -76,7 +76,7 @@ def run_jobs(target: Callable, jobs: Mapping[str, tuple], workers: int, *, total
             for future in finished:
                 results[futures[future]] = future.result()  # a worker's exception is raised here
     except BaseException:
-        stop.set()  # queued jobs are skipped; running ones checkpoint on their own Ctrl-C
+        stop.set()  # queued jobs are skipped; running ones checkpoint at their next epoch (or on their Ctrl-C)
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     finally:
@@ -120,8 +120,14 @@ def _run_job(target: Callable, name: str, args: tuple):
     if _STOP.is_set():
         return _Interrupted()
     _BUSY = True
+
+    def progress(epochs, postfix=""):
+        _PROGRESS.put((name, int(epochs), postfix))
+        if _STOP.is_set():  # another job failed: stop here as on Ctrl-C (the trainer checkpoints)
+            raise KeyboardInterrupt
+
     try:
-        return target(*args, progress=lambda epochs, postfix="": _PROGRESS.put((name, int(epochs), postfix)))
+        return target(*args, progress=progress)
     except KeyboardInterrupt:
         _STOP.set()  # the parent may not have seen the Ctrl-C yet
         return _Interrupted()

@@ -42,3 +42,31 @@ def test_a_worker_error_is_raised_in_the_parent():
 def test_default_workers_is_at_most_the_cores_and_the_jobs():
     assert default_workers(1) == 1
     assert 1 <= default_workers(100) == min(100, os.cpu_count() or 1)
+
+
+def slow_job_until_stopped(x, progress=None):
+    """Reports epochs until told to stop (by the KeyboardInterrupt its progress report raises)."""
+    import time
+
+    for epoch in range(1, 600):
+        time.sleep(0.05)
+        progress(epoch)
+    return "finished"
+
+
+def test_a_failed_job_stops_the_running_ones_at_their_next_epoch():
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="bad job 1"):
+        run_jobs(_dispatch, {"slow": ("slow",), "bad": ("bad",)}, workers=2, total=2, quiet=True)
+    assert time.perf_counter() - start < 20  # the slow job would take 30 s on its own
+
+
+def _dispatch(kind, progress=None):
+    if kind == "bad":
+        import time
+
+        time.sleep(1.0)  # let the slow job start
+        return fail_in_worker(1)
+    return slow_job_until_stopped(0, progress)
