@@ -19,13 +19,8 @@ from core.replicas import flatten, replicate, unflatten
 F64 = tf.float64
 
 
-def er_adjacency(rng, num_vertices, prob):
-    upper = np.triu(rng.random((num_vertices, num_vertices)) < prob, 1)
-    return upper | upper.T
-
-
 @pytest.fixture(scope="module")
-def task():
+def task(er_adjacency):
     rng = np.random.default_rng(5)
     train = np.stack([er_adjacency(rng, 12, 0.3) for _ in range(3)])
     test = np.stack([er_adjacency(rng, 12, p) for p in (0.1, 0.4)])

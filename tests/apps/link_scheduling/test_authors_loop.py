@@ -19,13 +19,8 @@ F64 = tf.float64
 V, B = 9, 3
 
 
-def er_adjacency(rng, num_vertices, prob):
-    upper = np.triu(rng.random((num_vertices, num_vertices)) < prob, 1)
-    return upper | upper.T
-
-
 @pytest.fixture(scope="module")
-def graphs():
+def graphs(er_adjacency):
     rng = np.random.default_rng(11)
     adjacency = [er_adjacency(rng, V, p) for p in (0.2, 0.4, 0.6)]
     shifts = [Graph.from_dense(a).shift_operator(model.SHIFT) for a in adjacency]
@@ -34,7 +29,7 @@ def graphs():
 
 
 @pytest.fixture(scope="module")
-def task():
+def task(er_adjacency):
     rng = np.random.default_rng(5)
     train = np.stack([er_adjacency(rng, V, 0.35) for _ in range(4)])
     test = np.stack([er_adjacency(rng, V, p) for p in (0.2, 0.5)])
