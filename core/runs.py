@@ -162,7 +162,8 @@ def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], tuple_flags: S
 
     The parser must define ``--preset``, ``--resume`` and ``-q/--quiet``. Saved ``data``, ``out`` and
     ``resume`` come back as paths and the list-valued ``tuple_flags`` (saved as JSON lists) as tuples. Returns
-    ``(args, resumed)``; a missing or unreadable run raises ValueError with a one-line message.
+    ``(args, resumed)``; a missing or unreadable run raises ValueError with a one-line message. Flags that
+    the saved run predates take their defaults (so that runs of an older version still resume).
     """
     args = parser.parse_args(argv)
     if args.preset:
@@ -175,7 +176,7 @@ def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], tuple_flags: S
     except (RunError, KeyError, ValueError) as exc:
         raise ValueError(f"--resume: {exc}") from None
     quiet, resume = args.quiet, args.resume
-    args = argparse.Namespace(**saved)
+    args = argparse.Namespace(**{**vars(args), **saved})
     for name in ("data", "out", "resume"):
         value = getattr(args, name, None)
         setattr(args, name, None if value is None else Path(value))

@@ -44,3 +44,19 @@ def test_exit_status_and_one_line_messages(argv, status, err, capsys):
     captured = capsys.readouterr()
     assert captured.err == err
     assert reports == ([({"a": 1}, "runs/x")] if argv == ["ok"] else [])
+
+
+def test_resume_of_a_run_saved_before_a_flag_existed_gives_that_flag_its_default(tmp_path):
+    from core.runs import RunDir, parse_run_flags
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--resume", default=None)
+    parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--jobs", type=int, default=2)  # new since the run was saved
+    run = RunDir(tmp_path / "old")
+    run.write_config({"flags": {"preset": None, "resume": None, "quiet": False, "lr": 0.5, "out": str(run.path),
+                                "data": None}})
+    args, resumed = parse_run_flags(parser, ["--resume", str(run.path), "-q"], {})
+    assert resumed and args.lr == 0.5 and args.jobs == 2 and args.quiet and args.resume == str(run.path)
