@@ -58,7 +58,7 @@ def build(data, name: str, dtype, test_batches: int):
     optimizer = make_optimizer(name)
     batches = TrainingBatches(data, dtype, None if optimizer.centralized else "mh")
     config = TrainerConfig(epochs=10**6, batch_size=data.batch_size, seed=0, checkpoint_every=0, quiet=True)
-    return Trainer(task, optimizer, LearningRate(1e-2), RandomGraphs(batches.draw), config), batches
+    return Trainer(task, optimizer, LearningRate(1e-2), RandomGraphs(batches.draw, same_shapes=True), config), batches
 
 
 def time_loop(trainers: dict, epochs: int, num_batches: int) -> dict[str, float]:

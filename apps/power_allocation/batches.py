@@ -89,7 +89,7 @@ class TrainingBatches:
     fixed = False
 
     def __init__(self, dataset: PowerAllocationDataset, dtype=tf.float32, mixing: str | None = "mh",
-                 mixing_beta: float = 1e-3, prefetch: int = 4):
+                 mixing_beta: float = 1e-3, prefetch: int = 128):
         self.dataset, self.dtype = dataset, tf.as_dtype(dtype)
         self.mixing, self.mixing_beta = mixing, float(mixing_beta)
         self.num_batches = dataset.num_batches("train")

@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-powers", action="store_true",
                      help="also write test_powers.npz: the final UWMMSE, WMMSE and WMMSE-Tr powers (W) of every "
                      "test sample")
-    run.add_argument("--prefetch", type=cli.positive_int, default=4, help="training batches read ahead")
+    run.add_argument("--prefetch", type=cli.positive_int, default=128,
+                     help="training batches read ahead by a background thread (keep it above the 50 mini-batches "
+                          "trained per compiled call)")
     run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training step")
     return parser
 
@@ -331,7 +333,7 @@ def train_approach(p: Plan, approach: str, reference: dict, powers: dict | None,
                                quiet=args.quiet or progress is not None, description=LABELS[approach])
         mixing = None if optimizer.centralized else args.mixing
         with TrainingBatches(data, dtype, mixing, args.mixing_beta, args.prefetch) as batches:
-            trainer = Trainer(task, optimizer, lr, RandomGraphs(batches.draw), config, run,
+            trainer = Trainer(task, optimizer, lr, RandomGraphs(batches.draw, same_shapes=True), config, run,
                               extra_summary={"approach": approach, "label": LABELS[approach], **reference})
             result = trainer.run(resume=p.resume, on_epoch=progress)
     summary = with_mbps({**result.summary, "initial_test_sum_rate": result.rows[0]["test_sum_rate"]},

@@ -151,6 +151,23 @@ def test_per_step_logging_and_graph_per_batch_match_the_compiled_epoch(problem):
     assert drawn.rows[-1]["mp_rounds"] == epochwise.rows[-1]["mp_rounds"]
 
 
+def test_stacked_graphs_per_call_match_one_call_per_mini_batch(problem):
+    """RandomGraphs(same_shapes=True) runs steps_per_call mini-batches per call (here 3 + 1 per epoch)."""
+    task, ops = problem
+
+    def draw(rng):  # a new shift per mini-batch on the same pattern
+        return GraphOps(ops.shift._replace(values=ops.shift.values * rng.uniform(0.5, 1.5)), ops.mixing)
+
+    evaluating = SupervisedGCNN(MODEL, task.theta0, *task.data["train"], *task.data["test"], DT, eval_graph=ops)
+    runs = [make((evaluating, ops), "d-adam", epochs=2, graphs=RandomGraphs(draw, same_shapes=stacked),
+                 steps_per_call=3).run() for stacked in (False, True)]
+    np.testing.assert_allclose(runs[1].theta.numpy(), runs[0].theta.numpy(), rtol=0, atol=1e-13)
+    for a, b in zip(without_wall(runs[1].rows), without_wall(runs[0].rows), strict=True):
+        assert a == pytest.approx(b, abs=1e-13)
+    fixed = make((evaluating, ops), "d-adam", epochs=2, graphs=RandomGraphs(lambda rng: ops)).run()
+    assert np.abs(fixed.theta.numpy() - runs[0].theta.numpy()).max() > 1e-6  # the drawn graphs mattered
+
+
 def test_xla_epoch_matches_the_plain_graph(problem):
     plain = make(problem, "d-adam", epochs=2).run()
     xla = make(problem, "d-adam", epochs=2, jit=True).run()
