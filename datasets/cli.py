@@ -195,6 +195,35 @@ def add_lr_schedule_arguments(group, subject: str = "alpha_t", step_unit: str = 
                        help=f"{step_unit} per decay-rate factor of the exponential schedule")
 
 
+def add_consensus_arguments(group, rounds_of: str, graph: str = "", d_adam_default: str = "paper",
+                            d_adam_note: str = "") -> None:
+    """``--consensus-rounds``, ``--mixing``, ``--mixing-beta``, ``--d-adam-variant`` of the training apps:
+    ``rounds_of`` names the approaches that run the K rounds, ``graph`` says where W lives (e.g. " on the
+    conflict graph"), and ``d_adam_note`` ends the D-Adam help (e.g. why the app defaults to "authors")."""
+    group.add_argument("--consensus-rounds", type=positive_int, default=1,
+                       help=f"gradient-consensus rounds K of {rounds_of} (eq. 15)")
+    group.add_argument("--mixing", choices=("mh", "laplacian"), default="mh",
+                       help=f"consensus weights W{graph}: Metropolis-Hastings (eq. 16), or the paper authors' "
+                       "I - beta (D - A) on the raw adjacency")
+    group.add_argument("--mixing-beta", type=positive_float, default=1e-3, help="beta of --mixing laplacian")
+    group.add_argument("--d-adam-variant", choices=("paper", "authors"), default=d_adam_default,
+                       help="D-Adam as in DESIGN section 3 (DADAM, max-tracked second moment), or the authors' "
+                       f"published bias-corrected local Adam{d_adam_note}")
+
+
+def add_seed_dtype_preset_arguments(group, presets: dict[str, dict], seed_help: str, dtype_of: str,
+                                    paper: str = "the paper's settings (the defaults)", quick: str = "") -> None:
+    """``--seed`` (``seed_help``), ``--dtype`` (the float type of ``dtype_of``) and ``--preset`` of the training
+    apps. The preset help reads "paper: <paper>; quick: <quick><the flags of presets["quick"]> (explicit flags
+    win)"."""
+    group.add_argument("--seed", type=non_negative_int, default=0, help=seed_help)
+    group.add_argument("--dtype", choices=("float32", "float64"), default="float32", help=f"float type of {dtype_of}")
+    group.add_argument("--preset", choices=tuple(presets), default=None,
+                       help=f"paper: {paper}; quick: {quick}"
+                       + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in presets["quick"].items())
+                       + " (explicit flags win)")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, app: str, checkpoint_every: int, unit: str = "epochs",
                       jobs_default: int | None = None):
     """The "run" flags every training app's main shares (DESIGN section 5): ``--out``, ``--resume``,

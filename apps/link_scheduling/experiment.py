@@ -140,23 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=cli.positive_int, default=100,
                        help="weight samples B per mini-batch (all on one graph with --mode algorithm1, each on its "
                        "own graph with --mode authors)")
-    train.add_argument("--consensus-rounds", type=cli.positive_int, default=1,
-                       help="gradient-consensus rounds K of d-naive and d-naive-pb (eq. 15)")
-    train.add_argument("--mixing", choices=("mh", "laplacian"), default="mh",
-                       help="consensus weights W on the conflict graph: Metropolis-Hastings (eq. 16), or the "
-                       "paper authors' I - beta (D - A)")
-    train.add_argument("--mixing-beta", type=cli.positive_float, default=1e-3, help="beta of --mixing laplacian")
-    train.add_argument("--d-adam-variant", choices=("paper", "authors"), default="authors",
-                       help="D-Adam as in DESIGN section 3 (DADAM), or the authors' bias-corrected local Adam, which "
-                       "produced Fig. 2c and is the default here (see the module docstring)")
-    train.add_argument("--seed", type=cli.non_negative_int, default=0,
-                       help="seed of the initial actor and critic, the graph draws and every weight and noise draw")
-    train.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                       help="float type of parameters, optimizer states and data")
-    train.add_argument("--preset", choices=tuple(PRESETS), default=None,
-                       help="paper: the paper-scale settings (the defaults, data/conflict_graphs.h5); quick: "
-                       + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in PRESETS["quick"].items())
-                       + " (explicit flags win)")
+    cli.add_consensus_arguments(train, rounds_of="d-naive and d-naive-pb", graph=" on the conflict graph",
+                                d_adam_default="authors",
+                                d_adam_note=", which produced Fig. 2c and is the default here (see the module "
+                                "docstring)")
+    cli.add_seed_dtype_preset_arguments(
+        train, PRESETS, seed_help="seed of the initial actor and critic, the graph draws and every weight and noise "
+        "draw", dtype_of="parameters, optimizer states and data",
+        paper="the paper-scale settings (the defaults, data/conflict_graphs.h5)")
     cli.add_run_arguments(parser, APP, checkpoint_every=50, unit="mini-batches")
     return parser
 

@@ -63,25 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_lr_schedule_arguments(train)
     train.add_argument("--epochs", type=cli.positive_int, default=1000, help="passes over the training set")
     train.add_argument("--batch-size", type=cli.positive_int, default=100, help="samples per mini-batch B")
-    train.add_argument("--consensus-rounds", type=cli.positive_int, default=1,
-                       help="gradient-consensus rounds K of D-naive and D-naive-PB (eq. 15)")
-    train.add_argument("--mixing", choices=("mh", "laplacian"), default="mh",
-                       help="consensus weights W: Metropolis-Hastings (eq. 16), or the paper authors' "
-                       "I - beta (D - A) on the raw adjacency")
-    train.add_argument("--mixing-beta", type=cli.positive_float, default=1e-3,
-                       help="beta of --mixing laplacian")
-    train.add_argument("--d-adam-variant", choices=("paper", "authors"), default="paper",
-                       help="D-Adam as in DESIGN section 3 (DADAM, max-tracked second moment), or the authors' "
-                       "published bias-corrected local Adam")
-    train.add_argument("--seed", type=cli.non_negative_int, default=0,
-                       help="data seed; the student's initial parameters and the shuffling derive from it")
-    train.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                       help="float type of data, parameters and optimizer state (float32 runs about twice as fast "
-                       "as float64 on a CPU; the paper authors used float64)")
-    train.add_argument("--preset", choices=tuple(PRESETS), default=None,
-                       help="paper: the paper's settings (the defaults); quick: "
-                       + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in PRESETS["quick"].items())
-                       + " (explicit flags win)")
+    cli.add_consensus_arguments(train, rounds_of="D-naive and D-naive-PB")
+    cli.add_seed_dtype_preset_arguments(
+        train, PRESETS, seed_help="data seed; the student's initial parameters and the shuffling derive from it",
+        dtype_of="data, parameters and optimizer state (float32 runs about twice as fast as float64 on a CPU; "
+        "the paper authors used float64)")
     run = cli.add_run_arguments(parser, APP, checkpoint_every=50, jobs_default=default_workers(len(APPROACHES)))
     run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training epoch")
     return parser

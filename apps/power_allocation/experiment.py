@@ -106,23 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=cli.positive_int, default=None,
                        help="samples per mini-batch B: must equal the dataset's batch size (one layout per "
                        "batch; default: the dataset's, 64 for the paper preset)")
-    train.add_argument("--consensus-rounds", type=cli.positive_int, default=1,
-                       help="gradient-consensus rounds K of D-naive, D-naive-PB, D-GC-Adam and D-GCP-Adam (eq. 15)")
-    train.add_argument("--mixing", choices=("mh", "laplacian"), default="mh",
-                       help="consensus weights W on each batch's consensus graph: Metropolis-Hastings (eq. 16), "
-                       "or the paper authors' I - beta (D - A) on the raw adjacency")
-    train.add_argument("--mixing-beta", type=cli.positive_float, default=1e-3, help="beta of --mixing laplacian")
-    train.add_argument("--d-adam-variant", choices=("paper", "authors"), default="paper",
-                       help="D-Adam as in DESIGN section 3 (DADAM, max-tracked second moment), or the authors' "
-                       "published bias-corrected local Adam")
-    train.add_argument("--seed", type=cli.non_negative_int, default=0,
-                       help="seed of the initial parameters and of the order of the training batches")
-    train.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                       help="float type of parameters, optimizer state and channels (baselines always float64)")
-    train.add_argument("--preset", choices=tuple(PRESETS), default=None,
-                       help="paper: the paper's settings (the defaults); quick: the small dataset of --generate, "
-                       + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in PRESETS["quick"].items())
-                       + " (explicit flags win)")
+    cli.add_consensus_arguments(train, rounds_of="D-naive, D-naive-PB, D-GC-Adam and D-GCP-Adam",
+                                graph=" on each batch's consensus graph")
+    cli.add_seed_dtype_preset_arguments(
+        train, PRESETS, seed_help="seed of the initial parameters and of the order of the training batches",
+        dtype_of="parameters, optimizer state and channels (baselines always float64)",
+        quick="the small dataset of --generate, ")
     baseline = parser.add_argument_group("baselines")
     baseline.add_argument("--wmmse-iterations", type=cli.positive_int, default=100,
                           help="iterations of the full WMMSE baseline")
