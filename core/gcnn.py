@@ -11,7 +11,10 @@ why this, and not eq. (10) as printed, is the form that eqs. (13b)-(14) differen
 
 Parameters are a flat list ``[Theta0^1, Theta1^1, (b^1), Theta0^2, ...]`` (see :meth:`GCNN.unpack`).
 *Shared* parameters have their natural shapes ((g_{l-1}, g_l) and (g_l,)); *per-node* copies add a
-leading node axis of size |V| (see :mod:`core.replicas`). The forward pass works with either.
+leading node axis of size |V| (see :mod:`core.replicas`). The forward pass works with either, and with
+*per-block* copies: a leading axis of size G < |V| dividing |V|, consecutive blocks of |V|/G nodes sharing
+one copy (several GCNNs run as one on stacked copies of the node set, e.g. UWMMSE's, trained centrally:
+one batched product per block instead of one per node).
 
 Features are node-major (|V|, B, g) inside ``core`` (see :mod:`core.ops`); ``forward`` also accepts
 and returns the sample-major (B, |V|, g) layout of the public API via ``sample_major=True``.
@@ -224,7 +227,7 @@ class GCNN:
         stacked = tf.concat([x_self, agg], axis=-1)
         h = node_matmul(stacked, stacked_weights(layer))  # X Theta0 + (S X) Theta1 in one product
         if layer.bias is not None:
-            h = h + (layer.bias[:, None, :] if layer.bias.shape.rank == 2 else layer.bias)
+            h = _add_bias(h, layer.bias)
         out = self.activation(l)(h)
         cache.stacked.append(stacked)
         cache.preactivations.append(h)
@@ -238,10 +241,25 @@ def stacked_weights(layer: LayerParams) -> tf.Tensor:
 
 
 def node_matmul(x: tf.Tensor, theta: tf.Tensor) -> tf.Tensor:
-    """x (|V|, B, g_in) times theta: shared (g_in, g_out), or per node (|V|, g_in, g_out)."""
+    """x (|V|, B, g_in) times theta: shared (g_in, g_out), per node (|V|, g_in, g_out), or per block of
+    consecutive nodes (G, g_in, g_out) (module docstring)."""
     if theta.shape.rank == 3:
+        nodes, blocks = x.shape[0], theta.shape[0]
+        if blocks != nodes:  # one product per block of nodes: (G, |V|/G * B, g_in) @ (G, g_in, g_out)
+            y = tf.linalg.matmul(tf.reshape(x, [blocks, -1, x.shape[-1]]), theta)
+            return tf.reshape(y, [nodes, -1, theta.shape[-1]])
         return tf.linalg.matmul(x, theta)  # batched over the node axis: each node uses its own copy
     return tf.tensordot(x, theta, axes=[[x.shape.rank - 1], [0]])
+
+
+def _add_bias(h: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """h (|V|, B, g) plus a shared (g,), per-node (|V|, g) or per-block (G, g) bias."""
+    if bias.shape.rank == 1:
+        return h + bias
+    if bias.shape[0] == h.shape[0]:
+        return h + bias[:, None, :]
+    blocks = bias.shape[0]
+    return tf.reshape(tf.reshape(h, [blocks, -1, h.shape[-1]]) + bias[:, None, :], tf.shape(h))
 
 
 def _node_major_factor(self_factor: tf.Tensor) -> tf.Tensor:

@@ -160,14 +160,16 @@ class UWMMSE:
         return tf.concat([flatten(self.gcnn.init_params(int(s), "glorot", dtype, bias_init=0.1)) for s in seeds], 0)
 
     def stacked_params(self, theta: tf.Tensor, num_nodes: int) -> list[tf.Tensor]:
-        """Per-virtual-node GCNN parameters (P*N, ...) for the stacked run (module docstring).
+        """GCNN parameters for the stacked run (module docstring): per block (P, ...) or per virtual node (P*N, ...).
 
-        Shared θ (|θ|,) is repeated over the N nodes (its gradient sums over them); per-node copies
-        (N, |θ|) are regrouped part-major, so that virtual node p*N + i holds node i's copy of GCNN p.
+        Shared θ (|θ|,) gives per-block parameters (P, ...): the N virtual nodes of GCNN p share its
+        copy (core.gcnn's per-block form: one batched product per GCNN instead of one per virtual node,
+        ~10 % of a centralized training step). Per-node copies (N, |θ|) are regrouped part-major, so that
+        virtual node p*N + i holds node i's copy of GCNN p.
         """
         parts, size = len(self.parts), self.gcnn.num_params
         if theta.shape.rank == 1:
-            stacked = tf.repeat(tf.reshape(theta, [parts, size]), num_nodes, axis=0)
+            stacked = tf.reshape(theta, [parts, size])
         else:
             per_node = tf.reshape(theta, [num_nodes, parts, size])
             stacked = tf.reshape(tf.transpose(per_node, [1, 0, 2]), [parts * num_nodes, size])

@@ -49,6 +49,32 @@ def test_per_node_equal_copies_equal_shared_and_own_copy_is_used():
     assert diff[k] > 0 and np.all(np.delete(diff, k) == 0)
 
 
+def test_per_block_copies_equal_each_block_node_holding_the_copy_and_gradients_agree():
+    """Per-block parameters (G copies, consecutive |V|/G nodes each) = per-node copies repeated per block."""
+    graph = Graph.from_networkx(nx.erdos_renyi_graph(12, 0.3, seed=3))
+    shift = to_operator(graph.shift_operator("adjacency"), F64)
+    gcnn = GCNN((2, 4, 1), ("relu", "sigmoid"), bias=True)
+    shared = gcnn.init_params(3, "glorot", F64, bias_init=0.1)
+    blocks = [tf.stack([p * (1 + 0.1 * g) for g in range(3)]) for p in shared]
+    per_node = [tf.repeat(p, 4, axis=0) for p in blocks]  # 3 blocks of 4 nodes
+    x = tf.constant(np.random.default_rng(3).normal(size=(12, 5, 2)), F64)
+    factor = tf.constant(np.random.default_rng(4).uniform(0.5, 2, size=(12, 5)), F64)
+
+    def output_and_grads(params):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            y, _ = gcnn.forward(params, x, shift, factor)
+            loss = tf.reduce_sum(tf.sin(y))
+        return y, tape.gradient(loss, params)
+
+    y_blocks, g_blocks = output_and_grads(blocks)
+    y_nodes, g_nodes = output_and_grads(per_node)
+    np.testing.assert_allclose(y_blocks.numpy(), y_nodes.numpy(), rtol=1e-13)
+    for gb, gn in zip(g_blocks, g_nodes, strict=True):  # a block's gradient sums its nodes' gradients
+        summed = tf.reduce_sum(tf.reshape(gn, [3, 4, *gn.shape[1:]]), axis=1)
+        np.testing.assert_allclose(gb.numpy(), summed.numpy(), rtol=1e-12, atol=1e-14)
+
+
 def test_paper_student_parameter_count_and_uniform_init():
     gcnn = GCNN((10, 10, 1), "sigmoid")
     assert gcnn.num_params == 220
