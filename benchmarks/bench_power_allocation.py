@@ -5,9 +5,10 @@ batch's graph, every exchange counted), it times
 
 - ``loop``: whole training epochs of :class:`core.trainer.Trainer` exactly as
   ``python -m apps.power_allocation`` runs them: batches streamed from the HDF5 file with prefetch,
-  one XLA-compiled step per mini-batch, metrics, and the test evaluation at the end of each epoch
-  (on a few test batches), divided by the number of mini-batches;
-- ``step``: the compiled step alone, called repeatedly on one batch already in memory.
+  one XLA-compiled call per 50 mini-batches (``TrainerConfig.steps_per_call``), metrics, and the test
+  evaluation at the end of each epoch (on a few test batches), divided by the number of mini-batches;
+- ``step``: the compiled single step, called repeatedly on one batch already in memory (so its
+  per-call dispatch is included: it can exceed the loop's time per batch).
 
 Epochs of the two approaches alternate (C, D, C, D, ...), so load from other processes on a shared
 machine affects both alike; the first epoch (compilation) is discarded and the best of the others is
