@@ -23,7 +23,9 @@ import math
 import os
 import platform
 import secrets
+import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -193,7 +195,8 @@ def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures:
     error line on stderr and status 2. ``execute(plan)`` then trains: Ctrl-C says how to continue
     (``--resume <plan.out>``) and gives 130; an exception of ``failures`` met mid-run (e.g. a corrupt
     batch of an unverified dataset) says the same after its message and gives 1. Unless ``-q``,
-    ``report(result, plan)`` prints the final table.
+    ``report(result, plan)`` prints the final table. SIGTERM (``kill``, a batch scheduler's time limit)
+    is handled as Ctrl-C: the run checkpoints its last completed epoch before it exits.
     """
     try:
         args = parse_args(argv)
@@ -202,7 +205,8 @@ def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     try:
-        result = execute(p)
+        with _terminate_as_interrupt():
+            result = execute(p)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; continue with --resume {p.out}", file=sys.stderr)
         return 130
@@ -212,6 +216,23 @@ def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures:
     if not args.quiet:
         report(result, p)
     return 0
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """Within the block, SIGTERM raises KeyboardInterrupt in the main thread (as Ctrl-C does)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def check_new_run_path(path: str | os.PathLike, create_parents: bool = False) -> Path:

@@ -1,6 +1,9 @@
 """core.runs.run_experiment: the exit statuses and messages every app main shares."""
 
 import argparse
+import os
+import signal
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -25,6 +28,10 @@ def plan(args):
 def execute(p):
     if p.outcome == "interrupt":
         raise KeyboardInterrupt
+    if p.outcome == "terminate":
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        raise AssertionError("SIGTERM did not interrupt the run")
     if p.outcome == "corrupt":
         raise Corrupt("batch 7 has NaN")
     return {"a": 1}
@@ -35,15 +42,18 @@ def execute(p):
     (["ok", "-q"], 0, ""),
     (["bad"], 2, "prog: error: --lr must be positive\n"),
     (["interrupt"], 130, "prog: interrupted; continue with --resume runs/x\n"),
+    (["terminate"], 130, "prog: interrupted; continue with --resume runs/x\n"),
     (["corrupt"], 1, "prog: error: batch 7 has NaN; fix it and continue with --resume runs/x\n"),
 ])
 def test_exit_status_and_one_line_messages(argv, status, err, capsys):
     reports = []
+    before = signal.getsignal(signal.SIGTERM)
     assert run_experiment("prog", argv, parse, plan, execute, lambda r, p: reports.append((r, p.out)),
                           failures=(Corrupt,)) == status
     captured = capsys.readouterr()
     assert captured.err == err
     assert reports == ([({"a": 1}, "runs/x")] if argv == ["ok"] else [])
+    assert signal.getsignal(signal.SIGTERM) == before  # SIGTERM is handled as Ctrl-C only during the run
 
 
 def test_resume_of_a_run_saved_before_a_flag_existed_gives_that_flag_its_default(tmp_path):
