@@ -4,11 +4,12 @@ A runs folder holds one sub-folder per app, each with one run directory per appr
 ``--optimizer`` lists write them::
 
     <runs>/node_regression/<c-sgd|c-adam|d-naive|d-naive-pb|d-sgd|d-adam|d-amsgrad>/metrics.csv
-    <runs>/power_allocation/<c-adam|d-adam>/{metrics.csv,summary.json,config.json}
+    <runs>/power_allocation/<c-adam|d-adam>/{metrics.csv,summary.json,config.json}  (+ d-gcp-adam if present)
     <runs>/link_scheduling/<c-adam|d-adam>/{metrics.csv,summary.json}
 
 Each figure is drawn from whatever of its runs exist; the runs that are missing are returned by name
-so the caller can report them. Figures are written as PNG and PDF, atomically.
+so the caller can report them. A run still in progress (no summary.json yet) is drawn to its last
+checkpointed epoch and labelled so. Figures are written as PNG and PDF, atomically.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.runs import METRICS, SUMMARY, atomic_savefig, read_csv
+from core.runs import CONFIG, METRICS, SUMMARY, atomic_savefig, read_csv
 
 NODE_REGRESSION = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad")
 POWER_ALLOCATION = ("c-adam", "d-adam")
@@ -91,16 +92,39 @@ def fig2a(runs: Path, out: Path) -> tuple[list[Path], list[str]]:
     return _save(plt, fig, out, "fig2a_node_regression"), missing
 
 
+def _bandwidth_hz(run: Path, summary: dict) -> float | None:
+    """The dataset bandwidth of an App B run: from its summary, or from its config while it runs."""
+    if "bandwidth_hz" in summary:
+        return float(summary["bandwidth_hz"])
+    try:
+        return float(json.loads((run / CONFIG).read_text())["dataset"]["bandwidth_hz"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def fig2b(runs: Path, out: Path) -> tuple[list[Path], list[str]]:
     """Test sum-rate in Mbps vs epoch, centralized and distributed, with WMMSE and WMMSE-Tr as lines."""
-    found, missing = _load(runs / "power_allocation", POWER_ALLOCATION, need_summary=True)
-    found.update(_load(runs / "power_allocation", POWER_ALLOCATION_EXTRA, need_summary=True)[0])
-    if not found:
+    app = runs / "power_allocation"
+    found, missing = _load(app, POWER_ALLOCATION)
+    found.update(_load(app, POWER_ALLOCATION_EXTRA)[0])
+    curves = {}
+    for name, (rows, summary) in found.items():
+        bandwidth = _bandwidth_hz(app / name, summary)
+        if bandwidth is None:  # neither a summary nor a readable config: cannot convert to Mbps
+            if name in POWER_ALLOCATION:
+                missing.append(str(app / name))
+            continue
+        curves[name] = (rows, summary, bandwidth / 1e6)  # bit/s/Hz -> Mbps
+    if not curves:
         return [], missing
     plt, fig, ax = _new_figure()
-    for name, (rows, summary) in found.items():
-        mbps = summary["bandwidth_hz"] / 1e6  # bit/s/Hz -> Mbps
-        ax.plot(_column(rows, "epoch"), _column(rows, "test_sum_rate") * mbps, label=f"UWMMSE, {LABELS[name]}")
+    for name, (rows, summary, mbps) in curves.items():
+        label = f"UWMMSE, {LABELS[name]}"
+        if not summary:
+            label += f" (in progress: epoch {int(float(rows[-1]['epoch']))})"
+        ax.plot(_column(rows, "epoch"), _column(rows, "test_sum_rate") * mbps, label=label)
+    finished = [(summary, mbps) for _, summary, mbps in curves.values() if summary]
+    summary, mbps = finished[0] if finished else ({}, 0.0)
     for key, label, style in (("wmmse_test_sum_rate", "WMMSE", "--"), ("wmmse_tr_test_sum_rate", "WMMSE-Tr", ":")):
         if key in summary:
             ax.axhline(summary[key] * mbps, linestyle=style, color="k", label=label)

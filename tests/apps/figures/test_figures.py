@@ -74,3 +74,25 @@ def test_nonexistent_runs_folder_is_a_clear_error(tmp_path, capsys):
         main(["--runs", str(tmp_path / "nope")])
     assert stop.value.code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_fig2b_draws_a_run_in_progress_from_its_config(runs, tmp_path, monkeypatch):
+    run = runs / "power_allocation" / "d-adam"
+    (run / "summary.json").unlink()  # still training: metrics.csv and config.json only
+    out = tmp_path / "figures"
+    out.mkdir()
+    _, missing = plots.fig2b(runs, out)
+    assert missing == [str(run)]  # no bandwidth without a config
+    (run / "config.json").write_text(json.dumps({"dataset": {"bandwidth_hz": 5e6}}))
+    written, missing = plots.fig2b(runs, out)
+    assert missing == [] and (out / "fig2b_power_allocation.png").is_file()
+    legends = []
+    real_save = plots._save
+
+    def save(plt, fig, out, stem):
+        legends.append([t.get_text() for t in fig.axes[0].get_legend().texts])
+        return real_save(plt, fig, out, stem)
+
+    monkeypatch.setattr(plots, "_save", save)
+    plots.fig2b(runs, out)
+    assert "UWMMSE, D-Adam (in progress: epoch 4)" in legends[0] and "WMMSE-Tr" in legends[0]
