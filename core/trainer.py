@@ -20,9 +20,11 @@ keeps the :class:`core.comm.CommCost` of the traced step and accumulates it per 
 Speed: with a fixed graph and per-epoch logging, one epoch (all its mini-batches in a
 ``tf.while_loop``, then the evaluation) is one compiled function (XLA with ``jit=True``, traced without
 autograph and called as a :class:`CompiledProgram`), and the only Python work is drawing the
-epoch's index permutation and logging its row. With per-step logging or a new graph per
-mini-batch, a compiled step function is called per mini-batch (a graph with a new number of edges
-retraces it; XLA then recompiles too, so apps with varying graphs should pad or pass ``jit=False``).
+epoch's index permutation and logging its row. A new graph per mini-batch whose tensors always have
+the same shapes (``RandomGraphs(same_shapes=True)``) runs ``steps_per_call`` mini-batches per compiled
+call on the graphs drawn for them, stacked. Otherwise (per-step logging, or graphs of varying size) a
+compiled step function is called per mini-batch (a graph with a new number of edges retraces it; XLA
+then recompiles too, so apps with varying graphs should pad or pass ``jit=False``).
 
 Logs: one row per epoch (``log_every_step=False``; epoch 0 is the initial model) or per mini-batch,
 with columns ``epoch, step, mp_rounds`` (rounds so far), ``floats_sent`` (floats so far that one
