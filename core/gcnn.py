@@ -246,6 +246,8 @@ def node_matmul(x: tf.Tensor, theta: tf.Tensor) -> tf.Tensor:
     if theta.shape.rank == 3:
         nodes, blocks = x.shape[0], theta.shape[0]
         if blocks != nodes:  # one product per block of nodes: (G, |V|/G * B, g_in) @ (G, g_in, g_out)
+            if nodes is not None and blocks is not None and nodes % blocks:
+                raise ValueError(f"{blocks} parameter copies neither match nor evenly divide the {nodes} nodes")
             y = tf.linalg.matmul(tf.reshape(x, [blocks, -1, x.shape[-1]]), theta)
             return tf.reshape(y, [nodes, -1, theta.shape[-1]])
         return tf.linalg.matmul(x, theta)  # batched over the node axis: each node uses its own copy

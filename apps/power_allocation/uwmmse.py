@@ -164,7 +164,7 @@ class UWMMSE:
 
         Shared θ (|θ|,) gives per-block parameters (P, ...): the N virtual nodes of GCNN p share its
         copy (core.gcnn's per-block form: one batched product per GCNN instead of one per virtual node,
-        ~10 % of a centralized training step). Per-node copies (N, |θ|) are regrouped part-major, so that
+        ~7 % of a centralized training step). Per-node copies (N, |θ|) are regrouped part-major, so that
         virtual node p*N + i holds node i's copy of GCNN p.
         """
         parts, size = len(self.parts), self.gcnn.num_params

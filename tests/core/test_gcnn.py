@@ -73,6 +73,8 @@ def test_per_block_copies_equal_each_block_node_holding_the_copy_and_gradients_a
     for gb, gn in zip(g_blocks, g_nodes, strict=True):  # a block's gradient sums its nodes' gradients
         summed = tf.reduce_sum(tf.reshape(gn, [3, 4, *gn.shape[1:]]), axis=1)
         np.testing.assert_allclose(gb.numpy(), summed.numpy(), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="5 parameter copies neither match nor evenly divide the 12 nodes"):
+        gcnn.forward([tf.repeat(p[:1], 5, axis=0) for p in blocks], x, shift, factor)
 
 
 def test_paper_student_parameter_count_and_uniform_init():
