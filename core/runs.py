@@ -15,7 +15,6 @@ hidden ``.<name>.*.tmp`` file). Nothing here knows about TensorFlow; tensors are
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -23,9 +22,6 @@ import math
 import os
 import platform
 import secrets
-import signal
-import sys
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -158,83 +154,6 @@ def default_run_path(app: str, name: str | None = None, root: str | os.PathLike 
     return path
 
 
-def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], tuple_flags: Sequence[str] = ()):
-    """Parse an experiment's flags: a ``--preset``'s values become the defaults (explicit flags win); with
-    ``--resume DIR`` the flags saved in DIR's config.json replace them all but ``--quiet`` and ``--resume``.
-
-    The parser must define ``--preset``, ``--resume`` and ``-q/--quiet``. Saved ``data``, ``out`` and
-    ``resume`` come back as paths and the list-valued ``tuple_flags`` (saved as JSON lists) as tuples. Returns
-    ``(args, resumed)``; a missing or unreadable run raises ValueError with a one-line message. Flags that
-    the saved run predates take their defaults (so that runs of an older version still resume).
-    """
-    args = parser.parse_args(argv)
-    if args.preset:
-        parser.set_defaults(**presets[args.preset])
-        args = parser.parse_args(argv)
-    if args.resume is None:
-        return args, False
-    try:
-        saved = RunDir(args.resume, create=False).read_config()["flags"]
-    except (RunError, KeyError, ValueError) as exc:
-        raise ValueError(f"--resume: {exc}") from None
-    quiet, resume = args.quiet, args.resume
-    args = argparse.Namespace(**{**vars(args), **saved})
-    for name in ("data", "out", "resume"):
-        value = getattr(args, name, None)
-        setattr(args, name, None if value is None else Path(value))
-    for name in tuple_flags:
-        setattr(args, name, tuple(getattr(args, name)))
-    args.quiet, args.resume = quiet, resume
-    return args, True
-
-
-def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures: tuple = ()) -> int:
-    """The ``main()`` of an experiment app; returns its exit status.
-
-    ``plan(parse_args(argv))`` validates everything before anything is written: a ValueError becomes one
-    error line on stderr and status 2. ``execute(plan)`` then trains: Ctrl-C says how to continue
-    (``--resume <plan.out>``) and gives 130; an exception of ``failures`` met mid-run (e.g. a corrupt
-    batch of an unverified dataset) says the same after its message and gives 1. Unless ``-q``,
-    ``report(result, plan)`` prints the final table. SIGTERM (``kill``, a batch scheduler's time limit)
-    is handled as Ctrl-C: the run checkpoints its last completed epoch before it exits.
-    """
-    try:
-        args = parse_args(argv)
-        p = plan(args)
-    except ValueError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        with _terminate_as_interrupt():
-            result = execute(p)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; continue with --resume {p.out}", file=sys.stderr)
-        return 130
-    except failures as exc:
-        print(f"{prog}: error: {exc}; fix it and continue with --resume {p.out}", file=sys.stderr)
-        return 1
-    if not args.quiet:
-        report(result, p)
-    return 0
-
-
-@contextmanager
-def _terminate_as_interrupt():
-    """Within the block, SIGTERM raises KeyboardInterrupt in the main thread (as Ctrl-C does)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def check_new_run_path(path: str | os.PathLike, create_parents: bool = False) -> Path:
     """Validate (without creating anything) that ``path`` can become a new run directory.
 
@@ -320,42 +239,3 @@ class RunDir:
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.is_file()
-
-    # plots
-    def plot(self, name: str, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], **kwargs) -> Path:
-        path = self.path / name
-        plot_curves(path, curves, **kwargs)
-        return path
-
-
-def plot_curves(path: str | os.PathLike, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-                xlabel: str, ylabel: str, title: str = "", logx: bool = False, logy: bool = False,
-                markevery: int | None = None) -> None:
-    """Draw ``label -> (x, y)`` curves into a PNG (atomically). Points with x <= 0 are dropped on a log x."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    try:
-        for label, (x, y) in curves.items():
-            x, y = np.asarray(x, float), np.asarray(y, float)
-            keep = (x > 0) if logx else np.ones_like(x, bool)
-            ax.plot(x[keep], y[keep], label=label, marker="o" if markevery else None, markersize=3,
-                    markevery=markevery)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        if logx:
-            ax.set_xscale("log")
-        if logy:
-            ax.set_yscale("log")
-        if title:
-            ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        if len(curves) > 1:
-            ax.legend()
-        fig.tight_layout()
-        atomic_savefig(fig, path, dpi=120)
-    finally:
-        plt.close(fig)

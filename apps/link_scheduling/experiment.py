@@ -54,6 +54,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from apps.common import cli as common_cli
 from datasets import cli
 from datasets.conflict_graphs import ConflictGraphDataset, ConflictGraphsConfig
 from datasets.storage import DatasetError
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the critic's input [1, z~] as the authors normalise it, or with z~ divided by its node "
                        f"mean first (default {ALGORITHM1['critic_input']} with --mode algorithm1, "
                        f"{AUTHORS['critic_input']} with --mode authors; see apps/link_scheduling/model.py)")
-    cli.add_lr_schedule_arguments(train, subject="actor alpha_t", step_unit="updates")
+    common_cli.add_lr_schedule_arguments(train, subject="actor alpha_t", step_unit="updates")
     train.add_argument("--mini-batches", "--epochs", dest="mini_batches", type=cli.positive_int, default=None,
                        help=f"mini-batches to train, the x-axis of Fig. 2c (default {ALGORITHM1['mini_batches']} "
                        f"with --mode algorithm1, the paper's {AUTHORS['mini_batches']} with --mode authors); "
@@ -140,15 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=cli.positive_int, default=100,
                        help="weight samples B per mini-batch (all on one graph with --mode algorithm1, each on its "
                        "own graph with --mode authors)")
-    cli.add_consensus_arguments(train, rounds_of="d-naive and d-naive-pb", graph=" on the conflict graph",
+    common_cli.add_consensus_arguments(train, rounds_of="d-naive and d-naive-pb", graph=" on the conflict graph",
                                 d_adam_default="authors",
                                 d_adam_note=", which produced Fig. 2c and is the default here (see the module "
                                 "docstring)")
-    cli.add_seed_dtype_preset_arguments(
+    common_cli.add_seed_dtype_preset_arguments(
         train, PRESETS, seed_help="seed of the initial actor and critic, the graph draws and every weight and noise "
         "draw", dtype_of="parameters, optimizer states and data",
         paper="the paper-scale settings (the defaults, data/conflict_graphs.h5)")
-    cli.add_run_arguments(parser, APP, checkpoint_every=50, unit="mini-batches")
+    common_cli.add_run_arguments(parser, APP, checkpoint_every=50, unit="mini-batches")
     return parser
 
 
@@ -176,7 +177,7 @@ class Plan:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Flags with the preset's and the mode's defaults, or the saved flags of the run given to --resume."""
-    from core.runs import parse_run_flags
+    from apps.common.main import parse_run_flags
 
     args, resumed = parse_run_flags(build_parser(), argv, PRESETS, ("optimizer",))
     if resumed:
@@ -293,10 +294,11 @@ def execute(p: Plan) -> dict[str, dict]:
     """Train every optimizer of the plan; returns their summaries by optimizer."""
     import tensorflow as tf
 
+    from apps.common.plots import plot_curves
     from apps.link_scheduling.authors import AuthorsTask
     from apps.link_scheduling.task import LinkSchedulingTask
     from core.optimizers import LearningRate
-    from core.runs import RunDir, atomic_write_json, plot_curves
+    from core.runs import RunDir, atomic_write_json
     from core.trainer import RandomGraphs, Trainer, TrainerConfig
 
     args, data = p.args, p.data
@@ -361,6 +363,6 @@ def print_table(summaries: dict[str, dict], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, validate, train; returns the exit status (2: bad input, 130: interrupted)."""
-    from core.runs import run_experiment
+    from apps.common.main import run_experiment
 
     return run_experiment(PROG, argv, parse_args, plan, execute, lambda summaries, p: print_table(summaries, p.out))

@@ -18,6 +18,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apps.common import cli as common_cli
 from core.parallel import default_workers
 from datasets import cli
 from datasets import node_regression as nr
@@ -60,15 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--optimizer", choices=(*APPROACHES, "all"), default="all",
                        help="approach to train; all: the seven of Fig. 2a, each into <out>/<approach>/")
     train.add_argument("--lr", type=cli.positive_float, default=1e-3, help="learning rate alpha")
-    cli.add_lr_schedule_arguments(train)
+    common_cli.add_lr_schedule_arguments(train)
     train.add_argument("--epochs", type=cli.positive_int, default=1000, help="passes over the training set")
     train.add_argument("--batch-size", type=cli.positive_int, default=100, help="samples per mini-batch B")
-    cli.add_consensus_arguments(train, rounds_of="D-naive and D-naive-PB")
-    cli.add_seed_dtype_preset_arguments(
+    common_cli.add_consensus_arguments(train, rounds_of="D-naive and D-naive-PB")
+    common_cli.add_seed_dtype_preset_arguments(
         train, PRESETS, seed_help="data seed; the student's initial parameters and the shuffling derive from it",
         dtype_of="data, parameters and optimizer state (float32 runs about twice as fast as float64 on a CPU; "
         "the paper authors used float64)")
-    run = cli.add_run_arguments(parser, APP, checkpoint_every=50, jobs_default=default_workers(len(APPROACHES)))
+    run = common_cli.add_run_arguments(parser, APP, checkpoint_every=50, jobs_default=default_workers(len(APPROACHES)))
     run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training epoch")
     return parser
 
@@ -87,7 +88,7 @@ class Plan:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Flags with the preset's values as defaults, or the saved flags of the run given to --resume."""
-    from core.runs import parse_run_flags
+    from apps.common.main import parse_run_flags
 
     return parse_run_flags(build_parser(), argv, PRESETS, TUPLE_FLAGS)[0]
 
@@ -185,8 +186,9 @@ def make_trainer(args: argparse.Namespace, task, graphs, approach: str, run=None
 
 def execute(p: Plan) -> dict[str, dict]:
     """Train every approach of the plan (side by side in ``--jobs`` processes); their summaries by approach."""
+    from apps.common.plots import plot_curves
     from core.parallel import run_jobs
-    from core.runs import RunDir, atomic_write_json, plot_curves
+    from core.runs import RunDir, atomic_write_json
 
     several = len(p.approaches) > 1
     parent = RunDir(p.out) if several else None
@@ -208,6 +210,7 @@ def train_approach(p: Plan, approach: str, progress=None) -> dict:
 
     ``progress``: a :mod:`core.parallel` progress report (None: the trainer's own progress bar).
     """
+    from apps.common.plots import plot_curves
     from core.runs import RunDir
 
     run = RunDir(p.out / approach if len(p.approaches) > 1 else p.out)
@@ -219,7 +222,7 @@ def train_approach(p: Plan, approach: str, progress=None) -> dict:
     args = p.args if progress is None else argparse.Namespace(**{**vars(p.args), "quiet": True})
     result = make_trainer(args, task, graphs, approach, run).run(resume=p.resume, on_epoch=progress)
     curves = {name: _curve(result.rows, name) for name in ("test_mse", "train_mse")}
-    run.plot("learning_curve.png", curves, xlabel="message-passing rounds", ylabel="MSE", logx=True,
+    plot_curves(run.path / "learning_curve.png", curves, xlabel="message-passing rounds", ylabel="MSE", logx=True,
              logy=True, title=f"{LABELS[approach]}: node regression")
     return result.summary
 
@@ -239,6 +242,6 @@ def print_table(summaries: dict[str, dict], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, validate, train; returns the exit status (2: bad input, 130: interrupted)."""
-    from core.runs import run_experiment
+    from apps.common.main import run_experiment
 
     return run_experiment(PROG, argv, parse_args, plan, execute, lambda summaries, p: print_table(summaries, p.out))

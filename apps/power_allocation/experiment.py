@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apps.common import cli as common_cli
 from core.parallel import default_workers
 from datasets import cli
 from datasets import power_allocation as pa
@@ -101,21 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "Adam step starts from the mixed parameters, which keeps the copies together (K = 5 on the "
                        "paper dataset: within 0.04 bit/s/Hz of C-Adam at each of epochs 1-10)")
     train.add_argument("--lr", type=cli.positive_float, default=1e-2, help="learning rate alpha")
-    cli.add_lr_schedule_arguments(train)
+    common_cli.add_lr_schedule_arguments(train)
     train.add_argument("--epochs", type=cli.positive_int, default=200, help="passes over the training batches")
     train.add_argument("--batch-size", type=cli.positive_int, default=None,
                        help="samples per mini-batch B: must equal the dataset's batch size (one layout per "
                        "batch; default: the dataset's, 64 for the paper preset)")
-    cli.add_consensus_arguments(train, rounds_of="D-naive, D-naive-PB, D-GC-Adam and D-GCP-Adam",
+    common_cli.add_consensus_arguments(train, rounds_of="D-naive, D-naive-PB, D-GC-Adam and D-GCP-Adam",
                                 graph=" on each batch's consensus graph")
-    cli.add_seed_dtype_preset_arguments(
+    common_cli.add_seed_dtype_preset_arguments(
         train, PRESETS, seed_help="seed of the initial parameters and of the order of the training batches",
         dtype_of="parameters, optimizer state and channels (baselines always float64)",
         quick="the small dataset of --generate, ")
     baseline = parser.add_argument_group("baselines")
     baseline.add_argument("--wmmse-iterations", type=cli.positive_int, default=100,
                           help="iterations of the full WMMSE baseline")
-    run = cli.add_run_arguments(parser, APP, checkpoint_every=10, jobs_default=default_workers(2))
+    run = common_cli.add_run_arguments(parser, APP, checkpoint_every=10, jobs_default=default_workers(2))
     run.add_argument("--save-powers", action="store_true",
                      help="also write test_powers.npz: the final UWMMSE, WMMSE and WMMSE-Tr powers (W) of every "
                      "test sample")
@@ -140,7 +141,7 @@ class Plan:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Flags with the preset's values as defaults, or the saved flags of the run given to --resume."""
-    from core.runs import parse_run_flags
+    from apps.common.main import parse_run_flags
 
     args, resumed = parse_run_flags(build_parser(), argv, PRESETS, ("optimizer",))
     if resumed:
@@ -342,7 +343,7 @@ def _curve(rows, name):
 
 def _plot(path: Path, curves: dict, reference: dict, title: str) -> None:
     """Sum-rate in Mbps against epochs, with the WMMSE baselines as horizontal lines (Fig. 2b)."""
-    from core.runs import plot_curves
+    from apps.common.plots import plot_curves
 
     scale = reference["bandwidth_hz"] / 1e6
     epochs = sorted({x for xs, _ in curves.values() for x in xs})
@@ -369,7 +370,7 @@ def print_table(summaries: dict[str, dict], reference: dict, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, validate, train; returns the exit status (2: bad input, 1: unreadable data, 130: interrupted)."""
-    from core.runs import run_experiment
+    from apps.common.main import run_experiment
 
     # DatasetError mid-run: only with --no-verify, a batch that fails its checks
     return run_experiment(PROG, argv, parse_args, plan, execute,

@@ -1,4 +1,4 @@
-"""core.runs.run_experiment: the exit statuses and messages every app main shares."""
+"""apps.common.main.run_experiment: the exit statuses and messages every app main shares."""
 
 import argparse
 import signal
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from core.runs import run_experiment
+from apps.common.main import run_experiment
 
 
 class Corrupt(Exception):
@@ -54,7 +54,8 @@ def test_exit_status_and_one_line_messages(argv, status, err, capsys):
 
 
 def test_resume_of_a_run_saved_before_a_flag_existed_gives_that_flag_its_default(tmp_path):
-    from core.runs import RunDir, parse_run_flags
+    from apps.common.main import parse_run_flags
+    from core.runs import RunDir
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default=None)

@@ -1,0 +1,75 @@
+"""The flags every training app shares: run, consensus, learning-rate, seed/dtype/preset (docs/design.md, section 5).
+
+Each builder adds one group of flags with one meaning across the three apps; the argparse types and the
+one-line-error parser come from :mod:`datasets.cli`, which the dataset CLI uses too.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from datasets.cli import non_negative_int, positive_float, positive_int
+
+
+def add_lr_schedule_arguments(group, subject: str = "alpha_t", step_unit: str = "mini-batches") -> None:
+    """``--lr-schedule``, ``--lr-decay-rate``, ``--lr-decay-steps`` of the training apps (Algorithm 1, line
+    13); the apps check that the decay rate is at most 1."""
+    group.add_argument("--lr-schedule", choices=("constant", "exponential"), default="constant",
+                       help=f"{subject} (Algorithm 1, line 13): constant, or alpha * decay-rate^(t / decay-steps)")
+    group.add_argument("--lr-decay-rate", type=positive_float, default=0.96,
+                       help="decay factor of the exponential schedule, in (0, 1]")
+    group.add_argument("--lr-decay-steps", type=positive_int, default=1000,
+                       help=f"{step_unit} per decay-rate factor of the exponential schedule")
+
+
+def add_consensus_arguments(group, rounds_of: str, graph: str = "", d_adam_default: str = "paper",
+                            d_adam_note: str = "") -> None:
+    """``--consensus-rounds``, ``--mixing``, ``--mixing-beta``, ``--d-adam-variant`` of the training apps:
+    ``rounds_of`` names the approaches that run the K rounds, ``graph`` says where W lives (e.g. " on the
+    conflict graph"), and ``d_adam_note`` ends the D-Adam help (e.g. why the app defaults to "authors")."""
+    group.add_argument("--consensus-rounds", type=positive_int, default=1,
+                       help=f"gradient-consensus rounds K of {rounds_of} (eq. 15)")
+    group.add_argument("--mixing", choices=("mh", "laplacian"), default="mh",
+                       help=f"consensus weights W{graph}: Metropolis-Hastings (eq. 16), or the paper authors' "
+                       "I - beta (D - A) on the raw adjacency")
+    group.add_argument("--mixing-beta", type=positive_float, default=1e-3, help="beta of --mixing laplacian")
+    group.add_argument("--d-adam-variant", choices=("paper", "authors"), default=d_adam_default,
+                       help="D-Adam as in DESIGN section 3 (DADAM, max-tracked second moment), or the authors' "
+                       f"published bias-corrected local Adam{d_adam_note}")
+
+
+def add_seed_dtype_preset_arguments(group, presets: dict[str, dict], seed_help: str, dtype_of: str,
+                                    paper: str = "the paper's settings (the defaults)", quick: str = "") -> None:
+    """``--seed`` (``seed_help``), ``--dtype`` (the float type of ``dtype_of``) and ``--preset`` of the training
+    apps. The preset help reads "paper: <paper>; quick: <quick><the flags of presets["quick"]> (explicit flags
+    win)"."""
+    group.add_argument("--seed", type=non_negative_int, default=0, help=seed_help)
+    group.add_argument("--dtype", choices=("float32", "float64"), default="float32", help=f"float type of {dtype_of}")
+    group.add_argument("--preset", choices=tuple(presets), default=None,
+                       help=f"paper: {paper}; quick: {quick}"
+                       + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in presets["quick"].items())
+                       + " (explicit flags win)")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, app: str, checkpoint_every: int, unit: str = "epochs",
+                      jobs_default: int | None = None):
+    """The "run" flags every training app's main shares (DESIGN section 5): ``--out``, ``--resume``,
+    ``--checkpoint-every`` (counted in ``unit``), ``--jobs`` when ``jobs_default`` is given, and ``-q``.
+    Returns the argument group, for the app's own run flags."""
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", type=Path, default=None,
+                     help=f"run directory (default runs/{app}/<timestamp>; the folder above an explicit --out must "
+                     "exist)")
+    run.add_argument("--resume", type=Path, default=None,
+                     help="continue the interrupted run in this directory with its saved settings (other flags but "
+                     "-q are ignored)")
+    run.add_argument("--checkpoint-every", type=non_negative_int, default=checkpoint_every,
+                     help=f"{unit} between checkpoints (0: only at the end)")
+    if jobs_default is not None:
+        run.add_argument("--jobs", type=positive_int, default=jobs_default,
+                         help="approaches trained side by side in worker processes, with cores/jobs TensorFlow "
+                         "threads each (default: one per CPU core); the thread count can change the last bits of a "
+                         "result")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
+    return run
