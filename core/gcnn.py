@@ -67,8 +67,9 @@ class Activation:
         if self.name == "relu":
             return tf.nn.relu(h)
         if self.name == "leaky_relu":
-            # not tf.nn.leaky_relu: its alpha attribute is a float32, off by ~1e-8 in float64 runs
-            return tf.where(h > 0, h, tf.cast(self.slope, h.dtype) * h)
+            # not tf.nn.leaky_relu: its alpha attribute is a float32, off by ~1e-8 in float64 runs; and
+            # the slope is built in h's dtype, since tf.cast(0.2, tf.float64) goes through float32
+            return tf.where(h > 0, h, tf.constant(self.slope, h.dtype) * h)
         if self.name == "tanh":
             return tf.tanh(h)
         if self.name == "softmax":
@@ -82,7 +83,7 @@ class Activation:
         if self.name == "relu":
             return z * tf.cast(h > 0, h.dtype)
         if self.name == "leaky_relu":
-            return tf.where(h > 0, z, tf.cast(self.slope, h.dtype) * z)
+            return tf.where(h > 0, z, tf.constant(self.slope, h.dtype) * z)  # the slope exact, as above
         if self.name == "tanh":
             return z * (1 - out * out)
         if self.name == "softmax":  # not elementwise: J^T z = s * (z - <z, s>)

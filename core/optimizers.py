@@ -233,7 +233,9 @@ class DAMSGrad(Optimizer):
         return 2 * num_params
 
     def init_state(self, theta):
-        eps = tf.fill(tf.shape(theta), tf.cast(self.eps, theta.dtype))
+        # v^_i(0) = u~_i(1) = eps, built in theta's dtype: tf.cast(1e-8, tf.float64) would go through
+        # float32 and start float64 runs from 9.99999993922529e-09
+        eps = tf.fill(tf.shape(theta), tf.constant(self.eps, theta.dtype))
         return (tf.zeros_like(theta), tf.zeros_like(theta), eps, eps)  # m, v, v^, u~
 
     def payload(self, theta, state):
@@ -245,7 +247,7 @@ class DAMSGrad(Optimizer):
         m = self.beta1 * m + (1 - self.beta1) * grad
         v = self.beta2 * v + (1 - self.beta2) * grad * grad
         new_v_max = tf.maximum(v_max, v)
-        u = tf.maximum(u_tilde, self.eps)
+        u = tf.maximum(u_tilde, tf.constant(self.eps, u_tilde.dtype))
         theta = mixed_theta - lr * m / tf.sqrt(u)
         u_tilde = mixed_u - v_max + new_v_max
         return theta, (m, v, new_v_max, u_tilde)

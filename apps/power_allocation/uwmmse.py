@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from apps.power_allocation.exchange import DenseExchange, complete_operator
-from apps.power_allocation.wmmse import ChannelSums, link_rates, wmmse_step
+from apps.power_allocation.wmmse import ChannelSums, in_dtype, link_rates, wmmse_step
 from core.gcnn import GCNN
 from core.ops import Operator
 from core.replicas import flatten, unflatten
@@ -118,7 +118,7 @@ def unfold(H, sigma2, pmax, coefficients, channel: Channel | None = None, exchan
     a = 1 and b = 0 in every layer is WMMSE truncated to K iterations ("WMMSE-Tr").
     """
     H = tf.convert_to_tensor(H)
-    pmax = tf.cast(pmax, H.dtype)
+    pmax = in_dtype(pmax, H.dtype)  # built in H's dtype, never through float32
     v = tf.ones_like(H[..., 0]) * tf.sqrt(pmax)  # v^0 = √Pmax (DESIGN section 8)
     for k, (a, b) in enumerate(coefficients, start=1):
         if exchange is None:

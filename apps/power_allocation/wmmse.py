@@ -47,6 +47,7 @@ import tensorflow as tf
 
 __all__ = [
     "ChannelSums",
+    "in_dtype",
     "link_rates",
     "mmse_receiver",
     "sum_rate",
@@ -55,6 +56,15 @@ __all__ = [
     "wmmse",
     "wmmse_step",
 ]
+
+
+def in_dtype(x, dtype):
+    """``x`` as a tensor of ``dtype``, a Python or NumPy number built directly in that dtype.
+
+    ``tf.cast(2e-14, tf.float64)`` first makes a float32 tensor of the Python float, so σ² and Pmax
+    of float64 runs would carry float32 rounding (relative error up to 6e-8); a tensor is cast.
+    """
+    return tf.cast(x, dtype) if tf.is_tensor(x) else tf.constant(x, dtype)
 
 
 class ChannelSums:
@@ -106,7 +116,7 @@ def transmitter_update(H, u, w_hat, pmax, sums=None):
     """
     sums = ChannelSums(H) if sums is None else sums
     H_diag = sums.direct
-    pmax = tf.cast(pmax, H.dtype)
+    pmax = in_dtype(pmax, H.dtype)
     denominator = sums.feedback(tf.square(u) * w_hat)  # Σ_j H_sq[i, j] u_j² ŵ_j
     numerator = H_diag * u * w_hat
     root_pmax = tf.sqrt(pmax)
@@ -135,14 +145,14 @@ def wmmse_step(H, v, sigma2, pmax, a=None, b=None, sums=None):
     Returns:
       v' with the shape of v.
     """
-    sigma2 = tf.cast(sigma2, H.dtype)
+    sigma2 = in_dtype(sigma2, H.dtype)
     sums = ChannelSums(H) if sums is None else sums
     u, w = mmse_receiver(H, v, sigma2, sums)
     w_hat = w
     if a is not None:
-        w_hat = tf.cast(a, H.dtype) * w_hat
+        w_hat = in_dtype(a, H.dtype) * w_hat
     if b is not None:
-        w_hat = w_hat + tf.cast(b, H.dtype)
+        w_hat = w_hat + in_dtype(b, H.dtype)
     return transmitter_update(H, u, w_hat, pmax, sums)
 
 
@@ -190,8 +200,8 @@ def wmmse(H, sigma2, pmax, num_iterations: int = 100, *, jit_compile: bool = Tru
     run = _wmmse_xla if jit_compile else _wmmse_graph
     return run(
         H,
-        tf.cast(sigma2, H.dtype),
-        tf.cast(pmax, H.dtype),
+        in_dtype(sigma2, H.dtype),
+        in_dtype(pmax, H.dtype),
         tf.constant(int(num_iterations), tf.int32),
     )
 
@@ -202,9 +212,9 @@ def link_rates(H, p, sigma2, sums=None):
     `sums` computes the interference sum (default `ChannelSums(H)`).
     """
     p = tf.convert_to_tensor(p)
-    H = tf.cast(H, p.dtype)
+    H = in_dtype(H, p.dtype)
     sums = ChannelSums(H) if sums is None else sums
-    sinr = tf.square(sums.direct) * p / (tf.cast(sigma2, p.dtype) + sums.interference(p))
+    sinr = tf.square(sums.direct) * p / (in_dtype(sigma2, p.dtype) + sums.interference(p))
     return tf.math.log1p(sinr) / tf.constant(math.log(2.0), p.dtype)  # ln 2 in full precision of p
 
 
@@ -220,9 +230,9 @@ def weighted_sum_mse(H, u, w, v, sigma2):
     At the MMSE (u, w) of a given v it equals N − ln 2 · sum_rate(H, v², σ²).
     """
     v = tf.convert_to_tensor(v)
-    H = tf.cast(H, v.dtype)
+    H = in_dtype(H, v.dtype)
     sums = ChannelSums(H)
     mse = tf.square(1.0 - u * sums.direct * v) + tf.square(u) * (
-        tf.cast(sigma2, v.dtype) + sums.interference(tf.square(v))
+        in_dtype(sigma2, v.dtype) + sums.interference(tf.square(v))
     )
     return tf.reduce_sum(w * mse - tf.math.log(w), axis=-1)

@@ -113,3 +113,38 @@ def test_replicas_flatten_and_consensus():
     mean = flat.numpy() + 0.2
     expected = np.linalg.norm(1.0 - 0.2 * np.ones(gcnn.num_params)) / np.linalg.norm(mean)
     assert float(consensus_error(spread)) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("slope", [0.2, 0.01, 1 / 3])
+def test_leaky_relu_and_its_vjp_are_exact_in_float64(slope):
+    """The slope is built in float64, not cast from float32 (tf.cast(0.2, tf.float64) = 0.20000000298...),
+    so sigma(H) and its VJP (eq. 12) equal their NumPy float64 values bit for bit."""
+    act = GCNN((2, 2), "leaky_relu", leaky_slope=slope).activation(1)
+    rng = np.random.default_rng(5)
+    h, z = rng.normal(size=(4, 3, 5)), rng.normal(size=(4, 3, 5))
+    out = act(tf.constant(h, F64))
+    assert out.dtype == F64
+    np.testing.assert_array_equal(out.numpy(), np.where(h > 0, h, slope * h))
+    vjp = act.vjp(tf.constant(h, F64), out, tf.constant(z, F64))
+    np.testing.assert_array_equal(vjp.numpy(), np.where(h > 0, z, slope * z))
+    # float32 runs are unchanged: the same slope rounded once to float32
+    out32 = act(tf.constant(h, tf.float32)).numpy()
+    h32 = h.astype(np.float32)
+    np.testing.assert_array_equal(out32, np.where(h32 > 0, h32, np.float32(slope) * h32))
+
+
+def test_leaky_relu_forward_matches_numpy_float64():
+    """A leaky-ReLU GCNN (eq. 10) against dense NumPy float64: a float32 slope would be off by ~1e-8."""
+    graph = Graph.from_networkx(nx.barabasi_albert_graph(10, 2, seed=6))
+    s_dense = graph.shift_operator("adjacency").to_dense()
+    gcnn = GCNN((3, 4, 2), "leaky_relu", bias=True)
+    params = gcnn.init_params(6, "glorot", F64, bias_init=-0.3)
+    x = np.random.default_rng(6).normal(size=(5, 10, 3))
+    out, _ = gcnn.forward(params, tf.constant(x), to_operator(graph.shift_operator("adjacency"), F64),
+                          sample_major=True)
+    p = [q.numpy() for q in params]
+    leaky = lambda h: np.where(h > 0, h, 0.2 * h)  # noqa: E731
+    h1 = leaky(x @ p[0] + s_dense @ x @ p[1] + p[2])
+    expected = leaky(h1 @ p[3] + s_dense @ h1 @ p[4] + p[5])
+    assert np.any(expected < 0)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-13, atol=1e-15)

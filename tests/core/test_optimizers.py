@@ -275,3 +275,29 @@ def test_make_optimizer_names_and_errors():
         make_optimizer("d-sgdd")
     with pytest.raises(ValueError, match="K must be"):
         make_optimizer("d-naive", 0)
+
+
+def test_damsgrad_initial_state_is_exactly_eps_in_the_parameters_dtype():
+    """v^(0) = u~(1) = eps built in theta's dtype: exactly 1e-8 in float64 (not float32's 9.99999993922529e-09)."""
+    opt = make_optimizer("d-amsgrad")
+    for dtype, eps in ((tf.float64, np.float64(1e-8)), (tf.float32, np.float32(1e-8))):
+        state = opt.init_state(tf.zeros((3, 4), dtype))
+        assert [s.dtype for s in state] == [dtype] * 4
+        for s, expected in zip(state, (0.0, 0.0, eps, eps), strict=True):
+            np.testing.assert_array_equal(s.numpy(), np.full((3, 4), expected, dtype.as_numpy_dtype))
+    assert opt.init_state(tf.zeros((2,), tf.float64))[2].numpy()[0] == 1e-8
+
+
+def test_damsgrad_first_step_is_exact_in_float64():
+    """With u~ = eps exactly, the first step theta <- W theta - alpha m / sqrt(max(u~, eps)) on a complete
+    graph with W = 11^T/|V| and equal copies matches NumPy float64 to the last bits."""
+    opt = make_optimizer("d-amsgrad")
+    theta = np.full((4, 3), 0.5)
+    g = np.random.default_rng(15).normal(size=(4, 3))
+    state = opt.init_state(tf.constant(theta, DT))
+    mixed = tf.concat([tf.constant(theta, DT), state[3]], axis=-1)  # W theta = theta for equal copies, W eps = eps
+    th, new_state = opt.step(tf.constant(theta, DT), tf.constant(g, DT), mixed, state, tf.constant(1e-3, DT))
+    m, v = 0.9 * 0.0 + (1 - 0.9) * g, 0.999 * 0.0 + (1 - 0.999) * g * g  # the optimizer's order of operations
+    np.testing.assert_array_equal(th.numpy(), theta - 1e-3 * m / np.sqrt(1e-8))
+    np.testing.assert_array_equal(new_state[2].numpy(), np.maximum(1e-8, v))
+    np.testing.assert_array_equal(new_state[3].numpy(), 1e-8 - 1e-8 + np.maximum(1e-8, v))

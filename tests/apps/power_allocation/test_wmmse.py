@@ -278,3 +278,39 @@ def test_clipped_transmitter_update_has_finite_gradients():
     grad = tape.gradient(objective, w_hat)
     np.testing.assert_allclose(v.numpy(), 1.0)  # every amplitude at its budget, none above
     assert np.all(np.isfinite(grad.numpy()))
+
+
+# σ² = -106.87 dBm and a Pmax that float32 cannot hold: either, cast through float32 (tf.cast of a Python
+# float), is off by up to 6e-8 relative, far above float64 round-off.
+SIGMA2_W = 10 ** ((-106.87 - 30) / 10)
+PMAX_W = 0.2
+
+
+def test_noise_and_pmax_are_the_exact_float64_values():
+    H = random_channels(11, batch=3, n=4) * math.sqrt(SIGMA2_W)
+    for value in (SIGMA2_W, PMAX_W, np.float64(PMAX_W)):
+        assert W.in_dtype(value, tf.float64).numpy() == float(value)
+        assert W.in_dtype(value, tf.float32).numpy() == np.float32(value)
+    assert W.in_dtype(tf.constant(PMAX_W, tf.float64), tf.float64).numpy() == PMAX_W  # tensors are kept
+    # zero iterations: p = (√Pmax)² with √Pmax computed from the float64 Pmax, on both compiled paths
+    expected = np.full((3, 4), np.sqrt(PMAX_W) ** 2)
+    np.testing.assert_array_equal(wmmse_graph(H, SIGMA2_W, PMAX_W, 0).numpy(), expected)
+    np.testing.assert_array_equal(W.wmmse(H, SIGMA2_W, PMAX_W, 0).numpy(), expected)
+    # the clip of the transmitter update is √Pmax of the float64 Pmax (isolated links, v_i = 1 / u_i = 1e6)
+    u, w = tf.constant(np.full((3, 4), 1e-6)), tf.ones((3, 4), tf.float64)
+    v = W.transmitter_update(tf.constant(np.eye(4)[None].repeat(3, 0)), u, w, PMAX_W).numpy()
+    np.testing.assert_array_equal(v, np.full((3, 4), np.sqrt(PMAX_W)))
+
+
+def test_float64_wmmse_at_realistic_noise_matches_the_numpy_reference():
+    """Noise-limited links at σ² ~ 2e-14 W: the float64 run follows the NumPy float64 loop to round-off,
+    which a float32-rounded σ² or Pmax (relative error ~1e-8) would not."""
+    H = random_channels(12, batch=4, n=6) * math.sqrt(SIGMA2_W)  # SNRs of 10-50 dB at this σ²
+    history = reference_wmmse(H, SIGMA2_W, PMAX_W, 10)
+    p = wmmse_graph(H, SIGMA2_W, PMAX_W, 10).numpy()
+    np.testing.assert_allclose(p, history[10] ** 2, rtol=1e-12, atol=0)
+    rates = W.link_rates(H, p, SIGMA2_W).numpy().sum(-1)
+    np.testing.assert_allclose(rates, reference_sum_rate(H, p, SIGMA2_W), rtol=1e-13)
+    rounded = float(np.float32(SIGMA2_W))  # what tf.cast(SIGMA2_W, tf.float64) gave
+    off = wmmse_graph(H, rounded, float(np.float32(PMAX_W)), 10).numpy()
+    assert np.abs(off / (history[10] ** 2) - 1).max() > 1e-10  # the test would see the float32 constants
