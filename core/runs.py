@@ -35,12 +35,37 @@ METRICS = "metrics.csv"
 SUMMARY = "summary.json"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT = "latest.npz"
+LOCK = ".lock"
 
 _LIBRARIES = ("tensorflow-cpu", "tensorflow", "numpy", "scipy", "networkx", "h5py", "matplotlib", "tqdm")
 
 
 class RunError(ValueError):
     """A run directory cannot be created or resumed (bad path, existing run, missing checkpoint)."""
+
+
+class RunDiverged(RuntimeError):
+    """Training met a non-finite loss, metric or parameter, or a diverged run was asked to resume.
+
+    The trainer stops at the first epoch whose values are not all finite, checkpoints the last epoch
+    whose values were, and records ``"diverged"`` in summary.json (:attr:`RunDir.diverged`); the
+    message is one line. Attributes: ``epoch`` (the first non-finite epoch k; 0 for the initial
+    model), ``reason`` (which values were not finite, e.g. ``"train_loss is nan"``), ``path`` (the run
+    directory, or None) and ``last_finite_epoch`` (k - 1; -1 when not even the initial model was finite).
+    A RuntimeError rather than a ValueError: the input was valid, the optimisation failed.
+    """
+
+    def __init__(self, message: str, epoch: int, reason: str, path: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.epoch, self.reason = int(epoch), str(reason)
+        self.path = None if path is None else Path(path)
+
+    @property
+    def last_finite_epoch(self) -> int:
+        return self.epoch - 1
+
+    def __reduce__(self):  # picklable with its attributes (core.parallel sends a worker's exception back)
+        return type(self), (str(self), self.epoch, self.reason, self.path)
 
 
 # ---------------------------------------------------------------------------- atomic writes
@@ -154,18 +179,86 @@ def default_run_path(app: str, name: str | None = None, root: str | os.PathLike 
     return path
 
 
-def check_new_run_path(path: str | os.PathLike, create_parents: bool = False) -> Path:
-    """Validate (without creating anything) that ``path`` can become a new run directory.
-
-    Its parent must exist unless ``create_parents``; ``path`` itself must not exist or be an empty
-    folder. Raises :class:`RunError` with a one-line message otherwise.
-    """
+def check_new_run_path(path: str | os.PathLike) -> Path:
+    """Validate (without creating anything) that ``path`` can become a new run directory: it must not
+    exist, or be an empty folder (a lock file left by a run killed before it wrote anything counts as
+    empty). Missing parent folders are fine (they are created with the run). Raises :class:`RunError`."""
     path = Path(path)
-    if not create_parents and not path.parent.is_dir():
-        raise RunError(f"output folder {path.parent} does not exist")
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    for parent in path.parents:  # the nearest existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunError(f"{parent} is a file, not a folder")
+            break
+    if path.exists() and (not path.is_dir() or _has_content(path)):
         raise RunError(f"{path} already exists and is not empty; use --resume {path} or another --out")
     return path
+
+
+def _has_content(folder: Path) -> bool:
+    return any(entry.name != LOCK for entry in folder.iterdir())
+
+
+def approach_path(out: str | os.PathLike, name: str) -> Path:
+    """``out/name``, the run directory of one approach of a group run; ``name`` must be one plain folder
+    name, so that nothing a run writes can land outside ``out`` (RunError otherwise)."""
+    out = Path(out)
+    if not name or name in (".", "..") or "/" in name or os.sep in name or "\x00" in name:
+        raise RunError(f"{name!r} is not a valid approach folder name")
+    path = out / name
+    if path.resolve().parent != out.resolve():
+        raise RunError(f"{path} would lie outside the run directory {out}")
+    return path
+
+
+class RunLock:
+    """An advisory lock (``fcntl.flock``) on ``<run>/.lock`` that claims a run directory for one process.
+
+    The kernel releases a flock when its holder ends, however it ends (SIGKILL included), so a killed
+    run can always be resumed, while a second run started into the same folder (or a resume of a run
+    still going) is refused. The lock file holds the owner's pid, for the message.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import fcntl
+
+        self.path = Path(path) / LOCK
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            raise RunError(f"{self.path.parent} is in use by another run (pid {owner}); wait for it to end or "
+                           "choose another --out") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def claim_run_dir(path: str | os.PathLike, new: bool) -> RunLock:
+    """Create ``path`` (and missing parents) and lock it (:class:`RunLock`); for a ``new`` run it must
+    then still be empty (another run may have started into it since it was checked). RunError with a
+    one-line message on any problem (including a read-only or full file system)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(path)
+    except OSError as exc:
+        raise RunError(f"cannot create the run directory {path}: {exc.strerror or exc}") from None
+    if new and _has_content(path):
+        lock.release()
+        raise RunError(f"{path} already exists and is not empty; use --resume {path} or another --out")
+    return lock
 
 
 # ---------------------------------------------------------------------------- the run directory
@@ -219,22 +312,90 @@ class RunDir:
 
     @property
     def finished(self) -> bool:
-        return self.summary_path.is_file()
+        """Whether the run ended normally: it has a summary, and the summary records no divergence."""
+        return self.summary_path.is_file() and self.diverged is None
+
+    @property
+    def diverged(self) -> dict | None:
+        """The summary's ``"diverged"`` entry (``{"epoch": k, "reason": ..., ...}``) of a run that stopped on
+        non-finite values (:class:`RunDiverged`), or None (no summary yet, or a normal one). A diverged run
+        has a summary but is not :attr:`finished`, and must not be resumed."""
+        if not self.summary_path.is_file():
+            return None
+        try:
+            summary = self.read_summary()
+        except (OSError, ValueError) as exc:
+            raise RunError(f"{self.summary_path} cannot be read ({' '.join(str(exc).split())})") from None
+        return summary.get("diverged") if isinstance(summary, dict) else None
 
     # checkpoints
+    # Version of the checkpoint's layout and meta. 1: meta records "schema_version"; a checkpoint without
+    # it is the original layout, otherwise the same, and still loads.
+    CHECKPOINT_SCHEMA_VERSION = 1
+
     def save_checkpoint(self, arrays: Mapping[str, np.ndarray], meta: Mapping) -> None:
-        """One file holding named arrays and a JSON document ``meta`` (atomic as a whole)."""
+        """One file holding named arrays and a JSON document ``meta`` (atomic as a whole); meta also
+        records ``schema_version`` (:attr:`CHECKPOINT_SCHEMA_VERSION`)."""
         payload = {f"array/{k}": np.asarray(v) for k, v in arrays.items()}
+        meta = {**meta, "schema_version": self.CHECKPOINT_SCHEMA_VERSION}
         payload["meta"] = np.array(json.dumps(_jsonable(meta), allow_nan=True))
         self.checkpoint_path.parent.mkdir(exist_ok=True)
         atomic_savez(self.checkpoint_path, **payload)
 
     def load_checkpoint(self) -> tuple[dict[str, np.ndarray], dict]:
-        if not self.checkpoint_path.is_file():
+        """The checkpoint's ``(arrays, meta)``, every array read (so its CRC is checked) before returning.
+
+        Raises :class:`RunError` with one line naming the file if it is missing, or is not a readable
+        checkpoint: empty, truncated, corrupted or foreign (not an npz archive, a single array, pickled
+        data), without its ``meta`` entry, with meta that is not a JSON object, or of a newer
+        ``schema_version``. What the arrays and meta must hold is checked by their user (the trainer).
+        """
+        import struct
+        import zipfile
+        import zlib
+
+        path = self.checkpoint_path
+        if not path.is_file():
             raise RunError(f"{self.path} has no checkpoint ({CHECKPOINT_DIR}/{CHECKPOINT})")
-        with np.load(self.checkpoint_path, allow_pickle=False) as data:
-            arrays = {k[len("array/"):]: data[k] for k in data.files if k.startswith("array/")}
-            meta = json.loads(str(data["meta"]))
+        # What np.load and zipfile raise for damaged bytes: a bad or truncated archive (BadZipFile,
+        # EOFError, struct.error, zlib.error), a bad .npy header or pickled data (ValueError), flipped
+        # header flags (NotImplementedError: compression method, RuntimeError: encrypted), a vanished
+        # entry (KeyError), or the file system (OSError).
+        damaged = (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, NotImplementedError, RuntimeError,
+                   struct.error, zlib.error)
+
+        def unreadable(problem: str) -> RunError:
+            return RunError(f"checkpoint {path} is not a readable checkpoint: {' '.join(problem.split())}")
+
+        try:
+            data = np.load(path, allow_pickle=False)
+        except damaged as exc:
+            raise unreadable(f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise unreadable("a single NumPy array, not an npz archive")
+        with data:
+            if "meta" not in data.files:
+                raise unreadable("it has no meta entry")
+            try:
+                entries = {k: data[k] for k in data.files}  # reads every entry: each name and CRC is checked
+                unexpected = [k for k in entries if k != "meta" and not k.startswith("array/")]
+                if unexpected:  # e.g. a damaged name in the archive's directory
+                    raise KeyError(f"unexpected entry {unexpected[0]!r}")
+                arrays = {k[len("array/"):]: v for k, v in entries.items() if k.startswith("array/")}
+                entry = entries["meta"]
+                if entry.shape != () or entry.dtype.kind != "U":
+                    raise ValueError(f"meta is a {entry.dtype} array of shape {entry.shape}, not a JSON string")
+                meta = json.loads(str(entry))
+            except damaged as exc:
+                raise unreadable(f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(meta, dict):
+            raise unreadable(f"meta is a JSON {type(meta).__name__}, not an object")
+        version = meta.get("schema_version", 0)  # absent: the original format
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise unreadable(f"schema_version {version!r} is not a non-negative integer")
+        if version > self.CHECKPOINT_SCHEMA_VERSION:
+            raise RunError(f"checkpoint {path} has schema_version {version}, newer than this version reads "
+                           f"({self.CHECKPOINT_SCHEMA_VERSION}); resume it with the version that wrote it")
         return arrays, meta
 
     def has_checkpoint(self) -> bool:

@@ -26,6 +26,12 @@ call on the graphs drawn for them, stacked. Otherwise (per-step logging, or grap
 compiled step function is called per mini-batch (a graph with a new number of edges retraces it; XLA
 then recompiles too, so apps with varying graphs should pad or pass ``jit=False``).
 
+Divergence: every logged row is checked where its metrics become Python floats (no extra host
+synchronisation): its metrics and a finite flag of the parameters and optimizer state (computed inside
+the compiled program, :func:`all_finite`). At the first epoch k with a NaN or inf, the trainer rolls
+back to the end of epoch k - 1, checkpoints it, writes summary.json with ``"diverged": {"epoch": k,
+"reason": ...}`` and raises :class:`core.runs.RunDiverged`; such a run cannot be resumed.
+
 Logs: one row per epoch (``log_every_step=False``; epoch 0 is the initial model) or per mini-batch,
 with columns ``epoch, step, mp_rounds`` (rounds so far), ``floats_sent`` (floats so far that one
 node with neighbours broadcast), ``lr`` (alpha_t of the last update), the task's training metrics (the mean over
@@ -55,10 +61,31 @@ from core.executors import consensus_update
 from core.gcnn import NO_COUNT
 from core.ops import Operator
 from core.optimizers import LearningRate, Optimizer
-from core.runs import RunDir, RunError
+from core.runs import RunDir, RunDiverged, RunError
 
 NO_COST = CommCost(rounds=0, floats_per_node=0, largest_message=0)
 BASE_COLUMNS = ("epoch", "step", "mp_rounds", "floats_sent", "lr")
+# What a checkpoint's meta must hold for Trainer.restore ("cost" is optional: None before a step was traced).
+META_FIELDS = ("epoch", "step", "mp_rounds", "floats_sent", "wall_s", "rng_state", "rows", "optimizer", "dtype")
+
+
+def all_finite(theta: tf.Tensor, state: Sequence[tf.Tensor]) -> tf.Tensor:
+    """[theta all finite, optimizer state all finite] as a bool (2,) tensor.
+
+    Computed inside the compiled programs and returned beside the metrics, so that the divergence check
+    of :meth:`Trainer.run` costs one tiny extra output instead of a host copy of theta per epoch.
+    """
+    floats = [tf.reduce_all(tf.math.is_finite(s)) for s in state if s.dtype.is_floating]
+    state_ok = tf.reduce_all(tf.stack(floats)) if floats else tf.constant(True)
+    return tf.stack([tf.reduce_all(tf.math.is_finite(theta)), state_ok])
+
+
+class _NonFinite(Exception):
+    """Raised by Trainer._commit at the first logged row with a non-finite value; caught by Trainer.run."""
+
+    def __init__(self, reason: str, step: int):
+        super().__init__(reason)
+        self.reason, self.step = reason, step
 
 
 class CompiledProgram:
@@ -307,14 +334,17 @@ class Trainer:
         # batches, graph), step_fn(theta, state, step, indices, graph), steps_fn(theta, state, step0, batches,
         # graphs) for stacked graphs (one per mini-batch), eval_fn(theta, graph, split).
         # Closures rather than bound methods, so that TensorFlow counts retracing per trainer.
+        # epoch_fn, step_fn and steps_fn also return all_finite(theta, state) as their last output.
         def epoch(theta, state, step0, batches, graph):
             return self._epoch(theta, state, step0, batches, graph)
 
         def step(theta, state, step, indices, graph):
-            return self._step(theta, state, step, indices, graph)
+            theta, state, metrics = self._step(theta, state, step, indices, graph)
+            return theta, state, metrics, all_finite(theta, state)
 
         def steps(theta, state, step0, batches, graphs):
-            return self._steps(theta, state, step0, batches, lambda i: graph_at(graphs, i))
+            theta, state, sums = self._steps(theta, state, step0, batches, lambda i: graph_at(graphs, i))
+            return theta, state, sums, all_finite(theta, state)
 
         def evaluate(theta, graph, split):
             return self._evaluate(theta, graph, split)
@@ -353,26 +383,80 @@ class Trainer:
         self.run_dir.write_metrics(self.columns, self.rows)
 
     def restore(self) -> bool:
-        """Load the run directory's checkpoint if it has one; returns whether it did."""
+        """Load the run directory's checkpoint if it has one; returns whether it did.
+
+        Raises :class:`core.runs.RunError`, one line naming the checkpoint file, if the file cannot be read
+        (:meth:`core.runs.RunDir.load_checkpoint`) or does not fit this trainer: meta fields missing or
+        malformed, another optimizer or dtype, parameters or optimizer state missing or of other shapes or
+        dtypes, task state the task rejects. The trainer is changed only once everything has been checked.
+        """
         if self.run_dir is None or not self.run_dir.has_checkpoint():
             return False
         arrays, meta = self.run_dir.load_checkpoint()
+        path = self.run_dir.checkpoint_path
+
+        def bad(problem: str) -> RunError:
+            return RunError(f"checkpoint {path} {' '.join(problem.split())}")
+
+        missing = [k for k in META_FIELDS if k not in meta]
+        if missing:
+            raise bad(f"lacks the meta field{'s' * (len(missing) > 1)} {', '.join(missing)}")
         if meta["optimizer"] != self.optimizer.name or meta["dtype"] != self.dtype.name:
-            raise RunError(f"checkpoint of {self.run_dir.path} is for {meta['optimizer']} in {meta['dtype']}, "
-                           f"not {self.optimizer.name} in {self.dtype.name}")
-        self.theta = tf.constant(arrays["theta"], self.dtype)
-        if tuple(self.theta.shape) != tuple(self._initial_shape()):
-            raise RunError(f"checkpoint parameters have shape {tuple(self.theta.shape)}, "
-                           f"this model has {tuple(self._initial_shape())}")
-        self.state = tuple(tf.constant(arrays[f"state_{k}"]) for k in range(len(self.state)))
-        self.task.load_state_arrays({k[len("task/"):]: v for k, v in arrays.items() if k.startswith("task/")})
-        self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
-        self.rounds, self.floats, self.wall = int(meta["mp_rounds"]), int(meta["floats_sent"]), float(meta["wall_s"])
-        self.rng.bit_generator.state = meta["rng_state"]
-        self.rows = list(meta["rows"])
+            raise bad(f"is for {meta['optimizer']} in {meta['dtype']}, not {self.optimizer.name} in {self.dtype.name}")
+        for k in ("epoch", "step", "mp_rounds", "floats_sent"):
+            if not isinstance(meta[k], int) or isinstance(meta[k], bool) or meta[k] < 0:
+                raise bad(f"has {k} = {meta[k]!r}, not a count")
+        if not isinstance(meta["wall_s"], int | float) or not math.isfinite(meta["wall_s"]):
+            raise bad(f"has wall_s = {meta['wall_s']!r}, not a number of seconds")
+        rows = meta["rows"]
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and all(c in r for c in self.columns)
+                                                 for r in rows):
+            raise bad(f"has rows that are not a list of rows with the columns {', '.join(self.columns)}")
+        last = rows[-1] if rows else {"epoch": 0, "step": 0}  # no rows: interrupted before the first one
+        if (last["epoch"], last["step"]) != (meta["epoch"], meta["step"]):
+            raise bad(f"is at epoch {meta['epoch']}, step {meta['step']}, but its last row is at epoch "
+                      f"{last['epoch']}, step {last['step']}")
+        rng = np.random.default_rng()
+        try:
+            rng.bit_generator.state = meta["rng_state"]
+        except (TypeError, ValueError, KeyError) as exc:
+            raise bad(f"has an unusable rng_state ({type(exc).__name__}: {exc})") from None
+        cost = self.cost
         if meta.get("cost") is not None:  # a finished run resumed traces nothing, yet reports its counts
-            self.cost = CommCost(**meta["cost"])
+            try:
+                cost = CommCost(**meta["cost"])
+            except TypeError as exc:
+                raise bad(f"has an unusable cost ({exc})") from None
+        theta = self._checked_array(arrays, "theta", self._initial_shape(), self.dtype, bad)
+        names = {f"state_{k}" for k in range(len(self.state))}
+        extra = sorted(k for k in arrays if k.startswith("state_") and k not in names)
+        if extra:
+            raise bad(f"has optimizer state {', '.join(extra)} beyond the {len(names)} arrays of {self.optimizer.name}")
+        state = tuple(self._checked_array(arrays, f"state_{k}", s.shape, s.dtype, bad)
+                      for k, s in enumerate(self.state))
+        try:
+            self.task.load_state_arrays({k[len("task/"):]: v for k, v in arrays.items() if k.startswith("task/")})
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise bad(f"has task state the task rejects ({type(exc).__name__}: {exc})") from None
+        self.theta, self.state, self.cost = theta, state, cost
+        self.epoch, self.step = meta["epoch"], meta["step"]
+        self.rounds, self.floats, self.wall = meta["mp_rounds"], meta["floats_sent"], float(meta["wall_s"])
+        self.rng.bit_generator.state = meta["rng_state"]
+        self.rows = list(rows)
         return True
+
+    @staticmethod
+    def _checked_array(arrays: Mapping, name: str, shape, dtype: tf.DType, bad: Callable) -> tf.Tensor:
+        """``arrays[name]`` as a tensor, if it is there with exactly this shape and dtype (else ``bad(...)``)."""
+        if name not in arrays:
+            raise bad(f"has no array {name}")
+        array, shape = arrays[name], tuple(shape)
+        if array.shape != shape:
+            what = "parameters" if name == "theta" else f"optimizer state {name}"
+            raise bad(f"has {what} of shape {array.shape}, this model has {shape}")
+        if array.dtype != dtype.as_numpy_dtype:
+            raise bad(f"has {name} in {array.dtype}, not {dtype.name}")
+        return tf.constant(array, dtype)
 
     def _initial_shape(self):
         n = int(self.task.initial_theta().shape[-1])
@@ -414,7 +498,7 @@ class Trainer:
         """All mini-batches of an epoch in one loop, then the test evaluation (one compiled program)."""
         theta, state, sums = self._steps(theta, state, step0, batches, lambda i: graph)
         means = {k: v / tf.cast(tf.shape(batches)[0], self.dtype) for k, v in sums.items()}
-        return theta, state, means, self._evaluate(theta, graph, "test")
+        return theta, state, means, self._evaluate(theta, graph, "test"), all_finite(theta, state)
 
     # ------------------------------------------------------------------ the loop
     def run(self, resume: bool = False, until_epoch: int | None = None,
@@ -425,8 +509,14 @@ class Trainer:
         On KeyboardInterrupt the last completed epoch is checkpointed before the exception propagates.
         ``on_epoch(epochs_done, postfix)`` is called after every epoch (e.g. a
         :mod:`core.parallel` progress report; ``postfix`` shows the primary metric).
+
+        Raises :class:`core.runs.RunDiverged` at the first epoch (or logged step) with a non-finite
+        metric, parameter or optimizer-state value, after checkpointing the last finite epoch and writing
+        summary.json with its ``"diverged"`` entry (module docstring); and, with ``resume``, right away
+        for a run directory whose run diverged.
         """
         if resume:
+            self._refuse_diverged()
             self.restore()
         last = self.config.epochs if until_epoch is None else min(until_epoch, self.config.epochs)
         fixed, per_epoch = self.graphs.fixed, not self.config.log_every_step
@@ -441,15 +531,16 @@ class Trainer:
                 metrics = self._evaluate(self.theta, graph, "test")
                 metrics.update(self._evaluate(self.theta, graph, "train"))
                 self.wall += time.perf_counter() - start
+                self._check_finite(metrics, all_finite(self.theta, self.state), self.step)
                 self._log(metrics)
             while self.epoch < last:
                 snapshot = self._snapshot()
                 start = time.perf_counter()
                 batches = self.batches.draw(self.rng)
                 if fixed and per_epoch:
-                    theta, state, train, test = self.epoch_fn(self.theta, self.state, tf.constant(self.step, tf.int64),
-                                                              tf.constant(batches), self.graphs.ops)
-                    self._commit(theta, state, len(batches), start, {**train, **test})
+                    theta, state, train, test, finite = self.epoch_fn(
+                        self.theta, self.state, tf.constant(self.step, tf.int64), tf.constant(batches), self.graphs.ops)
+                    self._commit(theta, state, len(batches), start, {**train, **test}, finite=finite)
                 elif per_epoch and getattr(self.graphs, "same_shapes", False):
                     self._run_stacked(batches, start)
                 else:
@@ -461,18 +552,68 @@ class Trainer:
                     on_epoch(self.epoch, postfix)
                 if self.config.checkpoint_every and self.epoch % self.config.checkpoint_every == 0:
                     self.save_checkpoint()
+        except _NonFinite as exc:
+            diverged = exc
         except KeyboardInterrupt:
             if snapshot is not None:
                 self._restore_snapshot(snapshot)  # back to the last completed epoch
             self.save_checkpoint()
             raise
+        else:
+            diverged = None
         finally:
             bar.close()
+        if diverged is not None:
+            self._stop_diverged(diverged, snapshot)
         self.save_checkpoint()
         summary = self.summary() if self.epoch >= self.config.epochs else {}
         if summary and self.run_dir is not None:
             self.run_dir.write_summary(summary)
         return TrainResult(self.rows, summary, self.theta, self.state)
+
+    def _check_finite(self, metrics: Mapping[str, float], finite, step: int) -> None:
+        """Raise _NonFinite naming every non-finite value of a row about to be logged (``finite``: the
+        compiled program's :func:`all_finite` flags, or a sequence of them for an epoch of several calls)."""
+        flags = finite if isinstance(finite, tf.Tensor) else tf.reduce_all(tf.stack(list(finite)), axis=0)
+        theta_ok, state_ok = (bool(f) for f in flags.numpy())
+        names = [c for c in self.columns if c in metrics] + [k for k in metrics if k not in self.columns]
+        reasons = [f"{k} is {float(metrics[k])}" for k in names if not math.isfinite(float(metrics[k]))]
+        reasons += [] if theta_ok else ["parameters are not finite"]
+        reasons += [] if state_ok else ["optimizer state is not finite"]
+        if reasons:
+            raise _NonFinite(", ".join(reasons), step)
+
+    def _stop_diverged(self, exc: _NonFinite, snapshot: tuple | None):
+        """Roll back to the last finite epoch, checkpoint it, record the divergence and raise RunDiverged.
+
+        ``snapshot`` is the start of the epoch that went non-finite (None: the initial model's row did).
+        """
+        if snapshot is None:  # not even the initial model (epoch 0) is finite: nothing worth keeping
+            epoch = 0
+            summary = {**self.extra_summary, "epochs": 0, "optimizer": self.optimizer.name}
+            kept = "the initial model is not finite and nothing is checkpointed"
+        else:
+            self._restore_snapshot(snapshot)
+            epoch = self.epoch + 1
+            self.save_checkpoint()
+            summary = self.summary()  # final_* / best_* over the rows kept, all finite
+            kept = (f"the last finite epoch {self.epoch} is checkpointed" if self.run_dir is not None
+                    else f"the trainer holds the last finite epoch {self.epoch}")
+        summary["diverged"] = {"epoch": epoch, "step": exc.step, "reason": exc.reason, "last_finite_epoch": epoch - 1}
+        if self.run_dir is not None:
+            self.run_dir.write_summary(summary)
+        path = None if self.run_dir is None else self.run_dir.path
+        raise RunDiverged(f"diverged at epoch {epoch} ({exc.reason}); {kept}", epoch, exc.reason, path)
+
+    def _refuse_diverged(self) -> None:
+        """A diverged run stays stopped: resuming it would only reproduce the divergence."""
+        info = None if self.run_dir is None else self.run_dir.diverged
+        if info is None:
+            return
+        info = info if isinstance(info, dict) else {}
+        epoch, reason = int(info.get("epoch", -1)), str(info.get("reason", "non-finite values"))
+        raise RunDiverged(f"run {self.run_dir.path} diverged at epoch {epoch} ({reason}) and cannot be resumed; "
+                          f"start a new run with other settings", epoch, reason, self.run_dir.path)
 
     def _snapshot(self) -> tuple:
         """The loop state at an epoch boundary (tensors are immutable, so references suffice)."""
@@ -488,40 +629,51 @@ class Trainer:
 
     def _run_steps(self, batches: np.ndarray, start: float, per_epoch: bool):
         """An epoch as one compiled call per mini-batch (per-step logging, or a graph per mini-batch)."""
-        theta, state, sums = self.theta, self.state, {}
+        theta, state, sums, flags = self.theta, self.state, {}, []
         graph = self.graphs.ops if self.graphs.fixed else None
+        step0 = self.step  # per-step logging advances self.step within the loop: t = step0 + b
         for b, indices in enumerate(batches):
             if not self.graphs.fixed:
                 graph = self.graphs.draw(self.rng)
-            theta, state, metrics = self.step_fn(theta, state, tf.constant(self.step + b, tf.int64),
-                                                  tf.constant(indices), graph)
+            theta, state, metrics, finite = self.step_fn(theta, state, tf.constant(step0 + b, tf.int64),
+                                                          tf.constant(indices), graph)
             if not per_epoch:
                 test = self.eval_fn(theta, graph, "test")
-                self._commit(theta, state, 1, start, {**metrics, **test}, end_of_epoch=b == len(batches) - 1)
+                self._commit(theta, state, 1, start, {**metrics, **test}, end_of_epoch=b == len(batches) - 1,
+                             finite=finite)
                 start = time.perf_counter()
             else:
                 sums = {k: sums.get(k, 0.0) + float(v) for k, v in metrics.items()}
+                flags.append(finite)  # checked once, at the commit
         if per_epoch:
             test = self.eval_fn(theta, graph, "test")
             means = {k: v / len(batches) for k, v in sums.items()}
-            self._commit(theta, state, len(batches), start, {**means, **test})
+            self._commit(theta, state, len(batches), start, {**means, **test}, finite=flags)
 
     def _run_stacked(self, batches: np.ndarray, start: float):
         """An epoch on a graph per mini-batch of equal shapes: ``steps_per_call`` mini-batches per call."""
-        theta, state, sums = self.theta, self.state, {}
+        theta, state, sums, flags = self.theta, self.state, {}, []
         chunk = self.config.steps_per_call
         for begin in range(0, len(batches), chunk):
             indices = batches[begin:begin + chunk]
             drawn = [self.graphs.draw(self.rng) for _ in range(len(indices))]
-            theta, state, chunk_sums = self.steps_fn(theta, state, tf.constant(self.step + begin, tf.int64),
-                                                     tf.constant(indices), stack_graphs(drawn))
+            theta, state, chunk_sums, finite = self.steps_fn(theta, state, tf.constant(self.step + begin, tf.int64),
+                                                             tf.constant(indices), stack_graphs(drawn))
             sums = {k: sums.get(k, 0.0) + v for k, v in chunk_sums.items()}  # tensors: no wait here
+            flags.append(finite)  # likewise
         test = self.eval_fn(theta, drawn[-1], "test")  # the last graph, as in _run_steps
-        self._commit(theta, state, len(batches), start, {**{k: v / len(batches) for k, v in sums.items()}, **test})
+        self._commit(theta, state, len(batches), start, {**{k: v / len(batches) for k, v in sums.items()}, **test},
+                     finite=flags)
 
-    def _commit(self, theta, state, steps: int, start: float, metrics: Mapping, end_of_epoch: bool = True):
-        """Adopt the new parameters and log a row (after the compiled call has finished)."""
+    def _commit(self, theta, state, steps: int, start: float, metrics: Mapping, end_of_epoch: bool = True,
+                finite=None):
+        """Adopt the new parameters and log a row (after the compiled call has finished).
+
+        ``finite``: the :func:`all_finite` flags of the call(s) that produced the row; a non-finite metric
+        or flag raises _NonFinite (nothing is adopted), which :meth:`run` turns into RunDiverged.
+        """
         metrics = {k: float(v) for k, v in metrics.items()}  # waits for the computation
+        self._check_finite(metrics, all_finite(theta, state) if finite is None else finite, self.step + steps)
         self.theta, self.state = theta, tuple(state)
         self.step += steps
         self.epoch += int(end_of_epoch)
