@@ -59,11 +59,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, app: str, checkpoint_ever
     Returns the argument group, for the app's own run flags."""
     run = parser.add_argument_group("run")
     run.add_argument("--out", type=Path, default=None,
-                     help=f"run directory (default runs/{app}/<timestamp>; the folder above an explicit --out must "
-                     "exist)")
+                     help=f"run directory (default runs/{app}/<timestamp>; missing parent folders are created); it "
+                     "must be new or empty, and is locked while the run goes on")
     run.add_argument("--resume", type=Path, default=None,
-                     help="continue the interrupted run in this directory with its saved settings (other flags but "
-                     "-q are ignored)")
+                     help="continue the interrupted run in this directory with its saved settings, validated as on the "
+                     "command line (other flags but -q are ignored); the folder of one approach of a group run "
+                     "resumes that approach only")
     run.add_argument("--checkpoint-every", type=non_negative_int, default=checkpoint_every,
                      help=f"{unit} between checkpoints (0: only at the end)")
     if jobs_default is not None:
@@ -72,4 +73,56 @@ def add_run_arguments(parser: argparse.ArgumentParser, app: str, checkpoint_ever
                          "threads each (default: one per CPU core); the thread count can change the last bits of a "
                          "result")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
+    add_version_argument(parser)
     return run
+
+
+def add_version_argument(parser: argparse.ArgumentParser) -> None:
+    """``--version``: the toolkit's version (every entry point has it)."""
+    from core import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s (fdtrain-gnn) {__version__}")
+
+
+# The optimizer names every app accepts (mirrors core.optimizers, which imports TensorFlow: flags are
+# validated before it is imported; a test checks that the two lists agree).
+PAPER_OPTIMIZERS = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad")
+"""The seven approaches of the paper: what ``--optimizer all`` means in every app (docs/design.md, section 3)."""
+EXTRA_OPTIMIZERS = ("d-gc-adam", "d-gcp-adam")
+"""Distributed optimizers beyond the paper's list: only by name, never part of ``all``."""
+LABELS = {"c-sgd": "C-SGD", "c-adam": "C-Adam", "d-naive": "D-naive", "d-naive-pb": "D-naive-PB", "d-sgd": "D-SGD",
+          "d-adam": "D-Adam", "d-amsgrad": "D-AMSGrad", "d-gc-adam": "D-GC-Adam", "d-gcp-adam": "D-GCP-Adam"}
+"""How figures, tables and legends name each optimizer."""
+
+
+def optimizer_list(allowed: tuple[str, ...] = PAPER_OPTIMIZERS + EXTRA_OPTIMIZERS):
+    """argparse type of ``--optimizer``: one name, distinct names separated by commas, or ``all`` (the
+    paper's seven, those of them in ``allowed``); returns a tuple of names."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        if text.strip() == "all":
+            return tuple(n for n in PAPER_OPTIMIZERS if n in allowed)
+        names = tuple(n.strip() for n in text.split(","))
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not all(names) or len(set(names)) != len(names):
+            raise argparse.ArgumentTypeError(
+                f"must be 'all' or distinct names from {', '.join(allowed)} separated by commas, got {text!r}")
+        return names
+
+    parse.__name__ = "optimizer list"  # argparse names the type in its messages
+    return parse
+
+
+def check_mixing_beta(args: argparse.Namespace, adjacencies, largest_degree: int | None = None) -> None:
+    """``--mixing laplacian``: W = I - beta (D - A) keeps non-negative weights (stays stochastic) only for
+    beta <= 1 / max degree over every graph the run uses (``adjacencies``, or their bound
+    ``largest_degree``); ValueError otherwise."""
+    import numpy as np
+
+    if args.mixing != "laplacian":
+        return
+    largest = largest_degree if largest_degree is not None else max(
+        (int(np.count_nonzero(a, axis=-1).max(initial=0)) for a in adjacencies), default=0)
+    if largest and args.mixing_beta > 1 / largest:
+        raise ValueError(f"--mixing-beta {args.mixing_beta:g} is above 1 / max degree = {1 / largest:.4g} (max degree "
+                         f"{largest}): I - beta (D - A) would have negative weights")

@@ -11,71 +11,199 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from core.runs import RunDir, RunError
 
+RESUME_IGNORED = ("resume", "quiet", "out", "help", "version")
+"""Flags that never come back from a saved run: --resume and -q are this invocation's own, and a resumed
+run writes into the folder it resumes, never into a path read from its config.json."""
 
-def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], tuple_flags: Sequence[str] = ()):
+
+def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], app: str,
+                    renamed: Mapping[str, str] | None = None) -> tuple[argparse.Namespace, dict | None]:
     """Parse an experiment's flags: a ``--preset``'s values become the defaults (explicit flags win); with
-    ``--resume DIR`` the flags saved in DIR's config.json replace them all but ``--quiet`` and ``--resume``.
+    ``--resume DIR`` the flags saved in DIR's config.json replace them all but ``-q`` and ``--resume``.
 
-    The parser must define ``--preset``, ``--resume`` and ``-q/--quiet``. Saved ``data``, ``out`` and
-    ``resume`` come back as paths and the list-valued ``tuple_flags`` (saved as JSON lists) as tuples. Returns
-    ``(args, resumed)``; a missing or unreadable run raises ValueError with a one-line message. Flags that
-    the saved run predates take their defaults (so that runs of an older version still resume).
+    The saved flags are turned back into a command line and parsed by the same ``parser``, so they are
+    validated exactly as typed ones are (an edited config.json cannot name an approach folder such as
+    ``../x`` or give a flag of the wrong type); ``renamed`` maps old flag names (config keys) to new
+    ones, and flags the saved run predates take their defaults. A run of another ``app`` is refused.
+    Resuming the folder of one approach of a group run (``<out>/<approach>``) resumes that approach only.
+    Returns ``(args, config)``: config is the resumed run's config.json, or None for a new run. Every
+    problem raises ValueError with a one-line message.
     """
+    args = _parse_with_preset(parser, argv, presets)
+    if args.resume is None:
+        return args, None
+    run = RunDir(args.resume, create=False) if Path(args.resume).is_dir() else None
+    if run is None:
+        raise ValueError(f"--resume: run directory {args.resume} does not exist")
+    try:
+        config = run.read_config()
+    except (RunError, OSError, ValueError) as exc:
+        raise ValueError(f"--resume: {run.config_path}: {_reason(exc)}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("flags"), dict):
+        raise ValueError(f"--resume: {run.config_path} has no flags object; is it a run directory of {app}?")
+    if config.get("app", app) != app:
+        raise ValueError(f"--resume: {args.resume} is a run of {config['app']}, not of {app}")
+    saved = {(renamed or {}).get(k, k): v for k, v in config["flags"].items()}
+    single = config.get("approach", config.get("optimizer"))
+    if isinstance(single, str) and single != "all" and "," not in single and "optimizer" in saved:
+        saved["optimizer"] = single  # the folder of one approach: resume it, not the whole group inside it
+    try:
+        replayed = saved_flags_to_argv(parser, saved)
+    except ValueError as exc:
+        raise ValueError(f"--resume: {run.config_path}: {exc}") from None
+    resumed = _parse_with_preset(_raising(parser, f"--resume: {run.config_path}: saved flags"), replayed, presets)
+    resumed.quiet, resumed.resume, resumed.out = args.quiet, args.resume, None
+    return resumed, config
+
+
+def saved_flags_to_argv(parser: argparse.ArgumentParser, saved: Mapping) -> list[str]:
+    """The command line that gives ``saved`` (a config.json "flags" object) back through ``parser``.
+
+    JSON lists become comma-separated values (as typed); None means the flag was left to its default;
+    keys that are no flag of ``parser`` (removed since) are dropped. Raises ValueError naming a flag whose
+    saved value has a type no command line could give.
+    """
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    argv: list[str] = []
+    for name, value in saved.items():
+        action = actions.get(name)
+        if action is None or name in RESUME_IGNORED or value is None:
+            continue
+        option = max(action.option_strings, key=len)
+        if action.nargs == 0:  # store_true / store_false
+            if not isinstance(value, bool):
+                raise ValueError(f"flag {option} must be true or false, got {value!r}")
+            if value == action.const:
+                argv.append(option)
+            continue
+        if isinstance(value, list | tuple) and value and all(_scalar(v) for v in value):
+            text = ",".join(_as_text(v) for v in value)
+        elif _scalar(value):
+            text = _as_text(value)
+        else:
+            raise ValueError(f"flag {option} has a saved value of the wrong type: {value!r}")
+        argv.append(f"{option}={text}")  # "=" keeps values that start with "-" values
+    return argv
+
+
+def _scalar(value) -> bool:
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
+def _as_text(value) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _parse_with_preset(parser, argv, presets):
     args = parser.parse_args(argv)
-    if args.preset:
+    if getattr(args, "preset", None):
         parser.set_defaults(**presets[args.preset])
         args = parser.parse_args(argv)
-    if args.resume is None:
-        return args, False
-    try:
-        saved = RunDir(args.resume, create=False).read_config()["flags"]
-    except (RunError, KeyError, ValueError) as exc:
-        raise ValueError(f"--resume: {exc}") from None
-    quiet, resume = args.quiet, args.resume
-    args = argparse.Namespace(**{**vars(args), **saved})
-    for name in ("data", "out", "resume"):
-        value = getattr(args, name, None)
-        setattr(args, name, None if value is None else Path(value))
-    for name in tuple_flags:
-        setattr(args, name, tuple(getattr(args, name)))
-    args.quiet, args.resume = quiet, resume
-    return args, True
+    return args
+
+
+def _raising(parser: argparse.ArgumentParser, context: str) -> argparse.ArgumentParser:
+    """``parser``, whose errors raise ValueError (prefixed by ``context``) instead of exiting."""
+
+    def error(message):
+        raise ValueError(f"{context}: {message}")
+
+    parser.error = error
+    return parser
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures: tuple = ()) -> int:
     """The ``main()`` of an experiment app; returns its exit status.
 
     ``plan(parse_args(argv))`` validates everything before anything is written: a ValueError becomes one
-    error line on stderr and status 2. ``execute(plan)`` then trains: Ctrl-C says how to continue
-    (``--resume <plan.out>``) and gives 130; an exception of ``failures`` met mid-run (e.g. a corrupt
-    batch of an unverified dataset) says the same after its message and gives 1. Unless ``-q``,
-    ``report(result, plan)`` prints the final table. SIGTERM (``kill``, a batch scheduler's time limit)
-    is handled as Ctrl-C: the run checkpoints its last completed epoch before it exits.
+    error line on stderr and status 2. The run directory ``plan.out`` is then created and claimed
+    (:func:`core.runs.claim_run_dir`: a second run into it, or a resume of a run still going, is refused
+    the same way). ``execute(plan)`` then trains: Ctrl-C says how to continue (``--resume <plan.out>``)
+    and gives 130; a failure met mid-run (an OSError such as a full disk, or an exception of
+    ``failures``, e.g. a corrupt batch of an unverified dataset) says the same after its message and
+    gives 1, as does a run that diverged (:class:`core.runs.RunDiverged`, which cannot be resumed).
+    Unless ``-q``, ``report(result, plan)`` prints the final table. SIGTERM (``kill``, a batch
+    scheduler's time limit) is handled as Ctrl-C: the run checkpoints its last completed epoch first.
     """
+    from core.runs import RunDiverged, claim_run_dir
+
     try:
         args = parse_args(argv)
         p = plan(args)
+        lock = claim_run_dir(p.out, new=not p.resume)
     except ValueError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     try:
-        with _terminate_as_interrupt():
+        with lock, _terminate_as_interrupt():
             result = execute(p)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; continue with --resume {p.out}", file=sys.stderr)
         return 130
-    except failures as exc:
-        print(f"{prog}: error: {exc}; fix it and continue with --resume {p.out}", file=sys.stderr)
+    except RunDiverged as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, *failures) as exc:
+        print(f"{prog}: error: {_failure(exc)}; fix it and continue with --resume {p.out}", file=sys.stderr)
         return 1
     if not args.quiet:
         report(result, p)
     return 0
+
+
+def _failure(exc: BaseException) -> str:
+    """One line for a failure: an OSError names its file and reason (not errno's tuple)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def resolve_out(args: argparse.Namespace, app: str) -> Path:
+    """The run directory of a plan: the resumed one, ``--out`` (checked to be new; missing parents are
+    created with it), or ``runs/<app>/<timestamp>``. ValueError with a one-line message."""
+    from core.runs import RunError, check_new_run_path, default_run_path
+
+    if args.resume is not None:
+        return Path(args.resume)
+    try:
+        return check_new_run_path(args.out) if args.out is not None else default_run_path(app)
+    except RunError as exc:
+        raise ValueError(f"--out: {exc}") from None
+
+
+def check_resumed_dataset(config: Mapping | None, checksum: str, path) -> None:
+    """Refuse to resume a run on a dataset other than the one it started on (ValueError)."""
+    if config is None:
+        return
+    recorded = (config.get("dataset") or {}).get("checksum") if isinstance(config.get("dataset"), dict) else None
+    if recorded is not None and recorded != checksum:
+        raise ValueError(f"--resume: the dataset {path} is not the one this run started on (checksum {checksum} "
+                         f"differs from the recorded {recorded}); restore that file or start a new run")
+
+
+@contextmanager
+def approach_run(out: Path, approach: str, several: bool):
+    """The RunDir of one approach: ``out`` itself for a single approach (claimed by
+    :func:`run_experiment`), else ``out/<approach>``, created and claimed (:class:`core.runs.RunLock`)
+    for as long as the approach trains (it may train in a worker process)."""
+    from core.runs import RunDir, approach_path, claim_run_dir
+
+    if not several:
+        yield RunDir(out)
+        return
+    path = approach_path(out, approach)
+    with claim_run_dir(path, new=False):
+        yield RunDir(path)
 
 
 @contextmanager
@@ -93,3 +221,22 @@ def _terminate_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def diverged_summary(run) -> dict:
+    """The summary.json of a run that stopped on non-finite values (written by the trainer)."""
+    return run.read_summary()
+
+
+def raise_if_diverged(summaries: Mapping[str, Mapping], labels: Mapping[str, str]) -> None:
+    """After every approach of a group has run: :class:`core.runs.RunDiverged` naming those that diverged."""
+    from core.runs import RunDiverged
+
+    diverged = {name: s["diverged"] for name, s in summaries.items() if isinstance(s, Mapping) and s.get("diverged")}
+    if diverged:
+        parts = [f"{labels.get(name, name)} at epoch {d.get('epoch')} ({d.get('reason', 'non-finite values')})"
+                 for name, d in diverged.items()]
+        first = min(diverged.values(), key=lambda d: d.get("epoch", 0))
+        raise RunDiverged("diverged: " + "; ".join(parts) + "; the last finite epoch of each is checkpointed, and a "
+                          "diverged run cannot be resumed: start a new run with other settings",
+                          epoch=first.get("epoch", 0), reason=first.get("reason", "non-finite values"))

@@ -55,15 +55,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apps.common import cli as common_cli
+from core.parallel import default_workers
 from datasets import cli
 from datasets.conflict_graphs import ConflictGraphDataset, ConflictGraphsConfig
 from datasets.storage import DatasetError
 
 APP = "link_scheduling"
 PROG = "python -m apps.link_scheduling"
-OPTIMIZERS = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad")
-LABELS = {"c-sgd": "C-SGD", "c-adam": "C-Adam", "d-naive": "D-naive", "d-naive-pb": "D-naive-PB",
-          "d-sgd": "D-SGD", "d-adam": "D-Adam", "d-amsgrad": "D-AMSGrad"}
+OPTIMIZERS = common_cli.PAPER_OPTIMIZERS
+LABELS = common_cli.LABELS
 MODES = ("algorithm1", "authors")
 # Mode defaults for the flags left unset: actor alpha, critic alpha, mini-batches.
 ALGORITHM1 = {"lr": 1e-4, "critic_lr": 3e-3, "mini_batches": 500, "critic_warmup": 0, "critic_input": "authors"}
@@ -74,15 +74,6 @@ PRESETS = {
     "quick": {"data": Path("data/conflict_graphs_quick.h5"), "mini_batches": 200, "train_graphs": 40,
               "test_graphs": 10, "test_samples": 20, "checkpoint_every": 10},
 }
-
-
-def _optimizer_list(text: str) -> tuple[str, ...]:
-    names = OPTIMIZERS if text == "all" else tuple(n.strip() for n in text.split(","))
-    unknown = [n for n in names if n not in OPTIMIZERS]
-    if unknown or not names or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(
-            f"must be 'all' or distinct names from {', '.join(OPTIMIZERS)} separated by commas, got {text!r}")
-    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="algorithm1: a graph per mini-batch, B samples on it, one update per mini-batch; "
                        "authors: the paper authors' loop, a graph per sample and one update per sample "
                        "(B updates per mini-batch)")
-    train.add_argument("--optimizer", type=_optimizer_list, default="c-adam,d-adam",
+    train.add_argument("--optimizer", type=common_cli.optimizer_list(OPTIMIZERS), default="c-adam,d-adam",
                        help="actor optimizer(s), comma-separated, or all; several run into <out>/<optimizer>/ (the "
                        "default gives the two curves of Fig. 2c)")
     train.add_argument("--lr", type=cli.positive_float, default=None,
@@ -149,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         train, PRESETS, seed_help="seed of the initial actor and critic, the graph draws and every weight and noise "
         "draw", dtype_of="parameters, optimizer states and data",
         paper="the paper-scale settings (the defaults, data/conflict_graphs.h5)")
-    common_cli.add_run_arguments(parser, APP, checkpoint_every=50, unit="mini-batches")
+    common_cli.add_run_arguments(parser, APP, checkpoint_every=50, unit="mini-batches", jobs_default=default_workers(2))
     return parser
 
 
@@ -173,14 +164,16 @@ class Plan:
     out: Path
     resume: bool
     data: Data
+    resumed_config: dict | None = None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Flags with the preset's and the mode's defaults, or the saved flags of the run given to --resume."""
     from apps.common.main import parse_run_flags
 
-    args, resumed = parse_run_flags(build_parser(), argv, PRESETS, ("optimizer",))
-    if resumed:
+    args, config = parse_run_flags(build_parser(), argv, PRESETS, APP)
+    args.resumed_config = config
+    if config is not None:
         return args
     for name, value in (AUTHORS if args.mode == "authors" else ALGORITHM1).items():
         if getattr(args, name) is None:
@@ -204,19 +197,14 @@ def load_data(path: Path) -> Data:
 
 def plan(args: argparse.Namespace) -> Plan:
     """Validate everything and load (or generate) the data; raises ValueError with a one-line message."""
-    from core.runs import RunError, check_new_run_path, default_run_path
+    from apps.common.main import check_resumed_dataset, resolve_out
 
     if not 0 < args.lr_decay_rate <= 1:
         raise ValueError(f"--lr-decay-rate must be in (0, 1], got {args.lr_decay_rate}")
     if args.mode == "authors":
         check_authors_mode_optimizers(args.optimizer, args.d_adam_variant)
-    if args.resume is not None:
-        out = args.resume
-    else:
-        try:
-            out = check_new_run_path(args.out) if args.out is not None else default_run_path(APP)
-        except RunError as exc:
-            raise ValueError(f"--out: {exc}") from None
+    out = resolve_out(args, APP)
+    check_memory(args)
     path = args.data
     if args.generate and args.resume is None:
         config = dataset_config(args)  # ValueError naming the flag
@@ -235,18 +223,32 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.generate and args.resume is None and data.config != dataclasses.asdict(dataset_config(args)):
         raise ValueError(f"--data: {path} exists with other settings than the dataset flags; remove it or choose "
                          "another --data")
-    if args.resume is not None:
-        from core.runs import RunDir
+    check_resumed_dataset(args.resumed_config, data.checksum, path)
+    common_cli.check_mixing_beta(args, (data.train_adjacency, data.test_adjacency))
+    return Plan(args, out, args.resume is not None, data, args.resumed_config)
 
-        expected = RunDir(out, create=False).read_config()["dataset"]["checksum"]
-        if expected != data.checksum:
-            raise ValueError(f"--resume: the dataset {path} has changed since the run started (checksum differs)")
-    return Plan(args, out, args.resume is not None, data)
+
+def memory_needed(args: argparse.Namespace) -> int:
+    """A lower bound of the bytes one optimizer's training needs: the actor's and critic's activations
+    and their gradients for the B weight samples of a mini-batch on |V| vertices (1-32-32-1 and
+    2-64-64-64-64-2 features per vertex, kept for the backward pass)."""
+    itemsize = 8 if args.dtype == "float64" else 4
+    features = (1 + 32 + 32 + 1) + (2 + 4 * 64 + 2)
+    return args.batch_size * args.vertices * features * itemsize * 3
+
+
+def check_memory(args: argparse.Namespace) -> None:
+    """Refuse up front (ValueError) a run that cannot fit in memory."""
+    from datasets.resources import check_fits
+
+    jobs = min(args.jobs, len(args.optimizer))
+    check_fits(jobs * memory_needed(args), f"--batch-size {args.batch_size} on {args.vertices} vertices "
+               f"({jobs} optimizer(s) side by side)")
 
 
 def run_config(p: Plan, optimizer: str) -> dict:
     """What config.json records: every flag, the optimizer and mode, and the data set."""
-    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(p.args).items()}
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(p.args).items() if k != "resumed_config"}
     return {
         "app": APP, "optimizer": optimizer, "flags": flags, "seed": p.args.seed, "mode": p.args.mode,
         "optimizer_mode": {"mixing": p.args.mixing,
@@ -292,54 +294,19 @@ def make_actor_optimizer(name: str, mode: str, consensus_rounds: int = 1, d_adam
 
 def execute(p: Plan) -> dict[str, dict]:
     """Train every optimizer of the plan; returns their summaries by optimizer."""
-    import tensorflow as tf
-
+    from apps.common.main import raise_if_diverged
     from apps.common.plots import plot_curves
-    from apps.link_scheduling.authors import AuthorsTask
-    from apps.link_scheduling.task import LinkSchedulingTask
-    from core.optimizers import LearningRate
+    from core.parallel import run_jobs
     from core.runs import RunDir, atomic_write_json
-    from core.trainer import RandomGraphs, Trainer, TrainerConfig
 
-    args, data = p.args, p.data
-    authors = args.mode == "authors"
+    args = p.args
     several = len(args.optimizer) > 1
     parent = RunDir(p.out) if several else None
     if parent is not None and not p.resume:
         parent.write_config(run_config(p, ",".join(args.optimizer)))
-    lr = LearningRate(args.lr, args.lr_schedule, args.lr_decay_rate, args.lr_decay_steps)
-    summaries = {}
-    for name in args.optimizer:
-        run = RunDir(p.out / name if several else p.out)
-        if p.resume and run.finished and run.has_checkpoint():
-            summaries[name] = run.read_summary()
-            continue
-        if not run.config_path.is_file():
-            run.write_config(run_config(p, name))
-        # authors: a trainer step is one mini-batch of B samples on B graphs, replayed as B updates
-        task = (AuthorsTask if authors else LinkSchedulingTask)(
-            data.train_adjacency, data.test_adjacency, data.test_weights, batch_size=args.batch_size,
-            critic_lr=args.critic_lr, seed=args.seed, dtype=tf.as_dtype(args.dtype), mixing=args.mixing,
-            mixing_beta=args.mixing_beta, num_train=args.batch_size,
-            critic_warmup=getattr(args, "critic_warmup", None) or 0,
-            scale_free_critic=getattr(args, "critic_input", "authors") == "scale-free")
-        optimizer = make_actor_optimizer(name, args.mode, args.consensus_rounds, args.d_adam_variant)
-        config = TrainerConfig(epochs=args.mini_batches, batch_size=args.batch_size,
-                               seed=args.seed, checkpoint_every=args.checkpoint_every, jit=False,
-                               quiet=args.quiet, description=LABELS[name])
-        untrained = float(task.evaluate(task.initial_theta(), None, "test")["test_ratio"])
-        trainer = Trainer(task, optimizer, lr, RandomGraphs(task.draw_graph), config, run,
-                          extra_summary={"optimizer_label": LABELS[name], "mode": args.mode,
-                                         "untrained_test_ratio": untrained})
-        result = trainer.run(resume=p.resume)
-        summaries[name] = result.summary
-        rows = result.rows
-        x = [r["epoch"] for r in rows]
-        plot_curves(run.path / "utility_ratio.png",
-                    {"test": (x, [r["test_ratio"] for r in rows]), "train": (x, [r["train_ratio"] for r in rows]),
-                     "LGS": (x, [1.0] * len(x))},
-                    xlabel="mini-batch", ylabel="utility ratio GCNN-LGS / LGS",
-                    title=f"{LABELS[name]} ({args.mode}): link scheduling")
+    jobs = {name: (p, name) for name in args.optimizer}
+    summaries = run_jobs(train_job, jobs, min(args.jobs, len(jobs)), total=len(jobs) * args.mini_batches,
+                         desc="link scheduling", quiet=args.quiet)
     if parent is not None:
         atomic_write_json(parent.summary_path, summaries)
         curves = {}
@@ -347,8 +314,66 @@ def execute(p: Plan) -> dict[str, dict]:
             rows = RunDir(p.out / name, create=False).read_metrics()
             curves[LABELS[name]] = ([float(r["epoch"]) for r in rows], [float(r["test_ratio"]) for r in rows])
         plot_curves(p.out / "test_ratio.png", curves, xlabel="mini-batch", ylabel="test utility ratio",
-                    title=f"Link scheduling (Fig. 2c, {args.mode})")
+                    title=f"Link scheduling ({args.mode})")
+    raise_if_diverged(summaries, LABELS)
     return summaries
+
+
+def train_job(p: Plan, name: str, progress=None) -> dict:
+    """Train optimizer ``name`` into its run directory (resuming if asked); returns its summary.
+
+    ``progress``: a :mod:`core.parallel` progress report (None: the trainer's own progress bar).
+    """
+    from apps.common.main import approach_run, diverged_summary
+    from core.runs import RunDiverged
+
+    with approach_run(p.out, name, len(p.args.optimizer) > 1) as run:
+        plot = run.path / "utility_ratio.png"
+        if p.resume and run.finished and run.has_checkpoint() and plot.is_file():
+            return run.read_summary()  # finished: every output exists
+        try:
+            return train_optimizer(p, name, run, plot, progress)
+        except RunDiverged:
+            return diverged_summary(run)  # the others go on; the app exits with status 1 at the end
+
+
+def train_optimizer(p: Plan, name: str, run, plot: Path, progress=None) -> dict:
+    """Train the actor with optimizer ``name`` into ``run`` (resuming if asked) and draw its curve."""
+    import tensorflow as tf
+
+    from apps.common.plots import plot_curves
+    from apps.link_scheduling.authors import AuthorsTask
+    from apps.link_scheduling.task import LinkSchedulingTask
+    from core.optimizers import LearningRate
+    from core.trainer import RandomGraphs, Trainer, TrainerConfig
+
+    args, data = p.args, p.data
+    if not run.config_path.is_file():
+        run.write_config(run_config(p, name))
+    # authors: a trainer step is one mini-batch of B samples on B graphs, replayed as B updates
+    task = (AuthorsTask if args.mode == "authors" else LinkSchedulingTask)(
+        data.train_adjacency, data.test_adjacency, data.test_weights, batch_size=args.batch_size,
+        critic_lr=args.critic_lr, seed=args.seed, dtype=tf.as_dtype(args.dtype), mixing=args.mixing,
+        mixing_beta=args.mixing_beta, num_train=args.batch_size,
+        critic_warmup=getattr(args, "critic_warmup", None) or 0,
+        scale_free_critic=getattr(args, "critic_input", "authors") == "scale-free")
+    optimizer = make_actor_optimizer(name, args.mode, args.consensus_rounds, args.d_adam_variant)
+    lr = LearningRate(args.lr, args.lr_schedule, args.lr_decay_rate, args.lr_decay_steps)
+    config = TrainerConfig(epochs=args.mini_batches, batch_size=args.batch_size,
+                           seed=args.seed, checkpoint_every=args.checkpoint_every, jit=False,
+                           quiet=args.quiet or progress is not None, description=LABELS[name])
+    untrained = float(task.evaluate(task.initial_theta(), None, "test")["test_ratio"])
+    trainer = Trainer(task, optimizer, lr, RandomGraphs(task.draw_graph), config, run,
+                      extra_summary={"optimizer_label": LABELS[name], "mode": args.mode,
+                                     "untrained_test_ratio": untrained})
+    result = trainer.run(resume=p.resume, on_epoch=progress)
+    rows = result.rows
+    x = [r["epoch"] for r in rows]
+    plot_curves(plot, {"test": (x, [r["test_ratio"] for r in rows]), "train": (x, [r["train_ratio"] for r in rows]),
+                       "LGS": (x, [1.0] * len(x))},
+                xlabel="mini-batch", ylabel="utility ratio GCNN-LGS / LGS",
+                title=f"{LABELS[name]} ({args.mode}): link scheduling")
+    return result.summary
 
 
 def print_table(summaries: dict[str, dict], out: Path) -> None:

@@ -6,9 +6,9 @@ on stderr, exit status 2, nothing written), then trains each requested approach 
 the seven approaches of Fig. 2a into ``<out>/<approach>/`` and draws their test MSE against
 message-passing rounds into ``<out>/test_mse_vs_rounds.png``.
 
-Seeds: ``--seed`` is the data seed (so the in-memory data equal ``python -m datasets node-regression
---seed`` with the same flags); the student's initial parameters and the shuffling use streams derived
-from it, and are the same for every approach.
+Seeds: ``--data-seed`` is the seed of the data generated in memory (equal to ``python -m datasets
+node-regression --data-seed`` with the same flags); ``--seed`` is the training seed: the student's
+initial parameters and the shuffling use streams derived from it, the same for every approach.
 """
 
 from __future__ import annotations
@@ -26,15 +26,13 @@ from datasets.storage import DatasetError
 
 APP = "node_regression"
 PROG = "python -m apps.node_regression"
-APPROACHES = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad")
-LABELS = {"c-sgd": "C-SGD", "c-adam": "C-Adam", "d-naive": "D-naive", "d-naive-pb": "D-naive-PB",
-          "d-sgd": "D-SGD", "d-adam": "D-Adam", "d-amsgrad": "D-AMSGrad"}
+APPROACHES = common_cli.PAPER_OPTIMIZERS + common_cli.EXTRA_OPTIMIZERS
+LABELS = common_cli.LABELS
 ACTIVATIONS = ("sigmoid", "relu", "leaky_relu", "tanh", "identity")
 PRESETS = {
     "paper": {},  # the defaults are the paper's settings
     "quick": {"epochs": 60, "train_samples": 200, "batch_size": 20, "checkpoint_every": 20},
 }
-TUPLE_FLAGS = ("hidden", "teacher_hidden")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint/ and a PNG per approach.")
     data = parser.add_argument_group("data (ignored with --data, whose stored settings are used)")
     nr.add_arguments(data)
+    data.add_argument("--data-seed", type=cli.non_negative_int, default=0,
+                      help="seed of the data generated in memory (equal to `python -m datasets node-regression "
+                      "--data-seed`); a --data file keeps its own")
     data.add_argument("--data", type=Path, default=None,
                       help="read the data written by `python -m datasets node-regression` instead of "
                       "generating them in memory")
@@ -58,18 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="initial entries: init-scale * U(0, 1) (the paper's), or Glorot-uniform")
     model.add_argument("--init-scale", type=cli.positive_float, default=1.0, help="scale of the uniform init")
     train = parser.add_argument_group("training")
-    train.add_argument("--optimizer", choices=(*APPROACHES, "all"), default="all",
-                       help="approach to train; all: the seven of Fig. 2a, each into <out>/<approach>/")
+    train.add_argument("--optimizer", type=common_cli.optimizer_list(APPROACHES), default="all",
+                       help="approach(es) to train: one name, several separated by commas (each into "
+                       "<out>/<approach>/), or all: the seven of Fig. 2a (" + " ".join(common_cli.PAPER_OPTIMIZERS)
+                       + "); also " + ", ".join(common_cli.EXTRA_OPTIMIZERS) + " by name")
     train.add_argument("--lr", type=cli.positive_float, default=1e-3, help="learning rate alpha")
     common_cli.add_lr_schedule_arguments(train)
     train.add_argument("--epochs", type=cli.positive_int, default=1000, help="passes over the training set")
     train.add_argument("--batch-size", type=cli.positive_int, default=100, help="samples per mini-batch B")
     common_cli.add_consensus_arguments(train, rounds_of="D-naive and D-naive-PB")
     common_cli.add_seed_dtype_preset_arguments(
-        train, PRESETS, seed_help="data seed; the student's initial parameters and the shuffling derive from it",
+        train, PRESETS, seed_help="training seed: the student's initial parameters and the shuffling derive from it "
+        "(never the data)",
         dtype_of="data, parameters and optimizer state (float32 runs about twice as fast as float64 on a CPU; "
         "the paper authors used float64)")
-    run = common_cli.add_run_arguments(parser, APP, checkpoint_every=50, jobs_default=default_workers(len(APPROACHES)))
+    run = common_cli.add_run_arguments(parser, APP, checkpoint_every=50,
+                                       jobs_default=default_workers(len(common_cli.PAPER_OPTIMIZERS)))
     run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training epoch")
     return parser
 
@@ -84,25 +89,35 @@ class Plan:
     resume: bool
     data: nr.NodeRegressionData
     dataset: dict = field(default_factory=dict)
+    resumed_config: dict | None = None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Flags with the preset's values as defaults, or the saved flags of the run given to --resume."""
+    """Flags with the preset's values as defaults, or the saved flags of the run given to --resume (its
+    config.json is kept in ``args.resumed_config``)."""
     from apps.common.main import parse_run_flags
 
-    return parse_run_flags(build_parser(), argv, PRESETS, TUPLE_FLAGS)[0]
+    args, config = parse_run_flags(build_parser(), argv, PRESETS, APP)
+    if config is not None and "data_seed" not in config["flags"]:
+        args.data_seed = args.seed  # saved before --data-seed existed, when --seed was the data seed too
+    args.resumed_config = config
+    return args
 
 
 def load_data(args: argparse.Namespace) -> tuple[nr.NodeRegressionData, dict]:
     """The data of ``--data``, or generated in memory from the data flags; and their provenance."""
     if args.data is not None:
         try:
-            data, checksum = nr.load(args.data)
+            with nr.NodeRegressionDataset(args.data) as reader:
+                reader.verify()  # every row and the checksum: a flipped byte must not train silently
+                data, checksum = reader.load(), reader.checksum
         except DatasetError as exc:
             raise ValueError(f"--data: {exc}") from None
+        except OSError as exc:
+            raise ValueError(f"--data: {args.data}: {exc.strerror or exc}") from None
         dataset = {"path": str(args.data), "checksum": checksum}
     else:
-        data = nr.generate_arrays(nr.NodeRegressionConfig.from_dict(vars(args)))
+        data = nr.generate_arrays(nr.NodeRegressionConfig.from_dict({**vars(args), "seed": args.data_seed}))
         digest = hashlib.sha256(b"".join(a.tobytes() for a in data[:6])).hexdigest()
         dataset = {"path": None, "checksum": f"sha256:{digest}", "generated": "in memory"}
     dataset["config"] = {**vars(data.config), "teacher_hidden": list(data.config.teacher_hidden)}
@@ -111,28 +126,49 @@ def load_data(args: argparse.Namespace) -> tuple[nr.NodeRegressionData, dict]:
 
 def plan(args: argparse.Namespace) -> Plan:
     """Validate everything and load (or generate) the data; raises ValueError with a one-line message."""
-    from core.runs import RunError, check_new_run_path, default_run_path
+    from apps.common.main import check_resumed_dataset, resolve_out
 
+    out = resolve_out(args, APP)
+    check_memory(args)  # before generating the data in memory
     data, dataset = load_data(args)
+    if args.data is not None:  # the file's sizes, not the flags'
+        check_memory(argparse.Namespace(**{**vars(args), **dataset["config"]}))
+    check_resumed_dataset(args.resumed_config, dataset["checksum"], args.data or "(generated in memory)")
     num_train = data.x_train.shape[0]
     if args.batch_size > num_train:
         raise ValueError(f"--batch-size {args.batch_size} is larger than the training set ({num_train} samples)")
     if not 0 < args.lr_decay_rate <= 1:
         raise ValueError(f"--lr-decay-rate must be in (0, 1], got {args.lr_decay_rate}")
-    approaches = APPROACHES if args.optimizer == "all" else (args.optimizer,)
-    if args.resume is not None:
-        out = args.resume
-    else:
-        try:
-            out = check_new_run_path(args.out) if args.out is not None else default_run_path(APP)
-        except RunError as exc:
-            raise ValueError(f"--out: {exc}") from None
-    return Plan(args, approaches, out, args.resume is not None, data, dataset)
+    common_cli.check_mixing_beta(args, [data.adjacency])
+    return Plan(args, tuple(args.optimizer), out, args.resume is not None, data, dataset, args.resumed_config)
+
+
+
+def memory_needed(args: argparse.Namespace, jobs: int = 1) -> int:
+    """A lower bound of the bytes a run needs: the data generated in memory (float64, plus its copy in
+    --dtype), and per approach trained side by side the per-node parameter copies with their optimizer
+    state and the activations of one mini-batch."""
+    itemsize = 8 if args.dtype == "float64" else 4
+    nodes, width_in = args.nodes, args.input_dim
+    samples = args.train_samples + args.test_samples
+    data = 0 if args.data is not None else samples * nodes * (width_in + 1 + max(args.teacher_hidden)) * (8 + itemsize)
+    widths = (width_in, *args.hidden, 1)
+    params = sum(2 * a * b for a, b in zip(widths[:-1], widths[1:]))
+    per_job = nodes * params * itemsize * 5 + args.batch_size * nodes * sum(widths) * itemsize * 4
+    return data + jobs * (per_job + samples * nodes * (width_in + 1) * itemsize)
+
+
+def check_memory(args: argparse.Namespace) -> None:
+    """Refuse up front (ValueError) a run that cannot fit in memory."""
+    from datasets.resources import check_fits
+
+    jobs = min(args.jobs, len(args.optimizer))
+    check_fits(memory_needed(args, jobs), f"this run ({len(args.optimizer)} approach(es), {jobs} side by side)")
 
 
 def run_config(p: Plan, approach: str) -> dict:
     """What config.json records: every flag, the approach, the optimizer mode and the data set."""
-    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(p.args).items()}
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(p.args).items() if k != "resumed_config"}
     return {
         "app": APP, "approach": approach, "flags": flags, "seed": p.args.seed,
         "mode": {"mixing": p.args.mixing, "mixing_beta": p.args.mixing_beta if p.args.mixing == "laplacian" else None,
@@ -186,6 +222,7 @@ def make_trainer(args: argparse.Namespace, task, graphs, approach: str, run=None
 
 def execute(p: Plan) -> dict[str, dict]:
     """Train every approach of the plan (side by side in ``--jobs`` processes); their summaries by approach."""
+    from apps.common.main import raise_if_diverged
     from apps.common.plots import plot_curves
     from core.parallel import run_jobs
     from core.runs import RunDir, atomic_write_json
@@ -193,7 +230,7 @@ def execute(p: Plan) -> dict[str, dict]:
     several = len(p.approaches) > 1
     parent = RunDir(p.out) if several else None
     if parent is not None and not p.resume:
-        parent.write_config(run_config(p, "all"))
+        parent.write_config(run_config(p, ",".join(p.approaches)))
     jobs = {approach: (p, approach) for approach in p.approaches}
     summaries = run_jobs(train_approach, jobs, min(p.args.jobs, len(jobs)), total=len(jobs) * p.args.epochs,
                          desc="node regression", quiet=p.args.quiet)
@@ -201,7 +238,8 @@ def execute(p: Plan) -> dict[str, dict]:
         atomic_write_json(parent.summary_path, summaries)
         curves = {LABELS[a]: _curve(RunDir(p.out / a, create=False).read_metrics(), "test_mse") for a in p.approaches}
         plot_curves(p.out / "test_mse_vs_rounds.png", curves, xlabel="message-passing rounds", ylabel="test MSE",
-                    logx=True, logy=True, title="Node regression (Fig. 2a)")
+                    logx=True, logy=True, title="Node regression")
+    raise_if_diverged(summaries, LABELS)
     return summaries
 
 
@@ -210,21 +248,26 @@ def train_approach(p: Plan, approach: str, progress=None) -> dict:
 
     ``progress``: a :mod:`core.parallel` progress report (None: the trainer's own progress bar).
     """
+    from apps.common.main import approach_run, diverged_summary
     from apps.common.plots import plot_curves
-    from core.runs import RunDir
+    from core.runs import RunDiverged
 
-    run = RunDir(p.out / approach if len(p.approaches) > 1 else p.out)
-    if p.resume and run.finished and run.has_checkpoint():
-        return run.read_summary()
-    if not run.config_path.is_file():
-        run.write_config(run_config(p, approach))
-    task, graphs = build_task(p.args, p.data)
-    args = p.args if progress is None else argparse.Namespace(**{**vars(p.args), "quiet": True})
-    result = make_trainer(args, task, graphs, approach, run).run(resume=p.resume, on_epoch=progress)
-    curves = {name: _curve(result.rows, name) for name in ("test_mse", "train_mse")}
-    plot_curves(run.path / "learning_curve.png", curves, xlabel="message-passing rounds", ylabel="MSE", logx=True,
-             logy=True, title=f"{LABELS[approach]}: node regression")
-    return result.summary
+    with approach_run(p.out, approach, len(p.approaches) > 1) as run:
+        plot = run.path / "learning_curve.png"
+        if p.resume and run.finished and run.has_checkpoint() and plot.is_file():
+            return run.read_summary()  # finished: every output exists
+        if not run.config_path.is_file():
+            run.write_config(run_config(p, approach))
+        task, graphs = build_task(p.args, p.data)
+        args = p.args if progress is None else argparse.Namespace(**{**vars(p.args), "quiet": True})
+        try:
+            result = make_trainer(args, task, graphs, approach, run).run(resume=p.resume, on_epoch=progress)
+        except RunDiverged:
+            return diverged_summary(run)  # the other approaches go on; the app exits with status 1 at the end
+        curves = {name: _curve(result.rows, name) for name in ("test_mse", "train_mse")}
+        plot_curves(plot, curves, xlabel="message-passing rounds", ylabel="MSE", logx=True, logy=True,
+                    title=f"{LABELS[approach]}: node regression")
+        return result.summary
 
 
 def _curve(rows, name):

@@ -36,11 +36,8 @@ from datasets.storage import DatasetError
 
 APP = "power_allocation"
 PROG = "python -m apps.power_allocation"
-APPROACHES = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad", "d-gc-adam",
-              "d-gcp-adam")
-LABELS = {"c-sgd": "C-SGD", "c-adam": "C-Adam", "d-naive": "D-naive", "d-naive-pb": "D-naive-PB",
-          "d-sgd": "D-SGD", "d-adam": "D-Adam", "d-amsgrad": "D-AMSGrad", "d-gc-adam": "D-GC-Adam",
-          "d-gcp-adam": "D-GCP-Adam"}
+APPROACHES = common_cli.PAPER_OPTIMIZERS + common_cli.EXTRA_OPTIMIZERS
+LABELS = common_cli.LABELS
 DEFAULT_DATA = {"paper": cli.DEFAULT_DATA_DIR / "power_allocation.h5",
                 "quick": cli.DEFAULT_DATA_DIR / "power_allocation_quick.h5"}
 # sizes of the dataset that --generate writes; everything else is the paper preset (DESIGN section 7).
@@ -52,18 +49,6 @@ PRESETS = {
     "quick": {"epochs": 10, "checkpoint_every": 5},
 }
 TRAIN_EVAL_BATCHES = 20  # training batches on which the initial model's train_sum_rate is measured
-
-
-def approach_list(text: str) -> tuple[str, ...]:
-    """argparse type: ``all`` or a comma-separated list of approaches."""
-    if text == "all":
-        return APPROACHES
-    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    unknown = [n for n in names if n not in APPROACHES]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"must be 'all' or a comma-separated list of {', '.join(APPROACHES)}; "
-                                         f"got {text!r}")
-    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="unfolded WMMSE layers K (WMMSE-Tr runs as many iterations)")
     model.add_argument("--hidden", type=cli.positive_int, default=5, help="hidden width of each GCNN (1 -> h -> 1)")
     train = parser.add_argument_group("training")
-    train.add_argument("--optimizer", type=approach_list, default="c-adam,d-adam",
-                       help="approach(es) to train, comma-separated (each into <out>/<approach>/ when several; "
-                       "the default pair is Fig. 2b's), or all: " + " ".join(APPROACHES) + ". d-gc-adam (not in "
+    train.add_argument("--optimizer", type=common_cli.optimizer_list(APPROACHES), default="c-adam,d-adam",
+                       help="approach(es) to train: one name, several separated by commas (each into "
+                       "<out>/<approach>/ when several; the default pair is Fig. 2b's), or all: the paper's seven ("
+                       + " ".join(common_cli.PAPER_OPTIMIZERS) + "). By name only: d-gc-adam (not in "
                        "the paper's list): K gradient-consensus rounds, then local Adam, the scheme of the authors' "
                        "code; D-Adam's mean of per-node Adam steps trails C-Adam here (see apps/power_allocation/"
                        "task.py). d-gcp-adam: the same K rounds carry [theta, gradient] (2|theta| floats) and the "
@@ -137,38 +123,38 @@ class Plan:
     resume: bool
     data_path: Path
     dataset: dict = field(default_factory=dict)
+    resumed_config: dict | None = None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Flags with the preset's values as defaults, or the saved flags of the run given to --resume."""
     from apps.common.main import parse_run_flags
 
-    args, resumed = parse_run_flags(build_parser(), argv, PRESETS, ("optimizer",))
-    if resumed:
+    args, config = parse_run_flags(build_parser(), argv, PRESETS, APP)
+    if config is not None:
         args.generate = False  # the resumed run's dataset exists already
+    args.resumed_config = config
     return args
 
 
 def plan(args: argparse.Namespace) -> Plan:
     """Validate flags and dataset (generating it if asked); raises ValueError with a one-line message."""
-    from core.runs import RunError, check_new_run_path, default_run_path
+    from apps.common.main import check_resumed_dataset, resolve_out
 
     if not 0 < args.lr_decay_rate <= 1:
         raise ValueError(f"--lr-decay-rate must be in (0, 1], got {args.lr_decay_rate}")
-    if args.resume is not None:
-        out = args.resume
-    else:
-        try:
-            out = check_new_run_path(args.out) if args.out is not None else default_run_path(APP)
-        except RunError as exc:
-            raise ValueError(f"--out: {exc}") from None
+    out = resolve_out(args, APP)
     path = args.data if args.data is not None else DEFAULT_DATA[args.preset or "paper"]
     if not path.exists():
         if not args.generate:
             raise ValueError(f"--data: {path} does not exist; pass --generate to create it")
         _generate(args, path)
     dataset = check_dataset(path, args)
-    return Plan(args, tuple(args.optimizer), out, args.resume is not None, path, dataset)
+    check_memory(args, dataset)
+    check_resumed_dataset(args.resumed_config, dataset["checksum"], path)
+    # a batch's consensus graph links some of its N pairs: at most N - 1 neighbours, whatever the batch
+    common_cli.check_mixing_beta(args, (), largest_degree=dataset["pairs"] - 1)
+    return Plan(args, tuple(args.optimizer), out, args.resume is not None, path, dataset, args.resumed_config)
 
 
 def _generate(args: argparse.Namespace, path: Path) -> None:
@@ -208,9 +194,29 @@ def check_dataset(path: Path, args: argparse.Namespace) -> dict:
         raise ValueError(f"--data: {exc}") from None
 
 
+def memory_needed(args: argparse.Namespace, dataset: dict) -> int:
+    """A lower bound of the bytes one approach's training needs: per unfolded layer, the channel
+    matrices and the 8 GCNNs' activations of one mini-batch kept for the backward pass, for the
+    ``steps_per_call`` (50) mini-batches read ahead and stacked, plus the test channels (float64)."""
+    itemsize = 8 if args.dtype == "float64" else 4
+    pairs, batch = dataset["pairs"], dataset["batch_size"]
+    per_layer = batch * pairs * (pairs + 8 * (2 * args.hidden + 2)) * itemsize * 3
+    test = dataset["test_batches"] * batch * pairs * pairs * 8
+    return args.layers * per_layer + (50 + args.prefetch) * batch * pairs * pairs * itemsize + test
+
+
+def check_memory(args: argparse.Namespace, dataset: dict) -> None:
+    """Refuse up front (ValueError) a run that cannot fit in memory."""
+    from datasets.resources import check_fits
+
+    jobs = min(args.jobs, len(args.optimizer))
+    check_fits(jobs * memory_needed(args, dataset), f"--layers {args.layers} with {dataset['pairs']} pairs "
+               f"({jobs} approach(es) side by side)")
+
+
 def run_config(p: Plan, approach: str) -> dict:
     """What config.json records: every flag, the approach, the optimizer mode and the dataset."""
-    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(p.args).items()}
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(p.args).items() if k != "resumed_config"}
     flags["optimizer"] = list(p.args.optimizer)
     return {
         "app": APP, "approach": approach, "flags": flags, "seed": p.args.seed,
@@ -257,6 +263,7 @@ def execute(p: Plan) -> tuple[dict[str, dict], dict[str, float]]:
     approach and the baselines."""
     import numpy as np
 
+    from apps.common.main import raise_if_diverged
     from core.parallel import run_jobs
     from core.runs import RunDir, atomic_write_json
 
@@ -280,7 +287,8 @@ def execute(p: Plan) -> tuple[dict[str, dict], dict[str, float]]:
         atomic_write_json(parent.summary_path, summaries)
         curves = {LABELS[a]: _curve(RunDir(p.out / a, create=False).read_metrics(), "test_sum_rate")
                   for a in p.approaches}
-        _plot(p.out / "test_sum_rate.png", curves, reference, title="UWMMSE power allocation (Fig. 2b)")
+        _plot(p.out / "test_sum_rate.png", curves, reference, title="UWMMSE power allocation")
+    raise_if_diverged(summaries, LABELS)
     return summaries, reference
 
 
@@ -290,6 +298,21 @@ def train_approach(p: Plan, approach: str, reference: dict, powers: dict | None,
     ``powers``: the baselines' test powers to store beside UWMMSE's (``--save-powers``), or None;
     ``progress``: a :mod:`core.parallel` progress report (None: the trainer's own progress bar).
     """
+    from apps.common.main import approach_run, diverged_summary
+    from core.runs import RunDiverged
+
+    with approach_run(p.out, approach, len(p.approaches) > 1) as run:
+        outputs = [run.path / "sum_rate.png"] + ([run.path / "test_powers.npz"] if powers is not None else [])
+        if p.resume and run.finished and run.has_checkpoint() and all(f.is_file() for f in outputs):
+            return run.read_summary()  # finished: every output exists
+        try:
+            return _train_approach(p, approach, reference, powers, run, progress)
+        except RunDiverged:
+            return diverged_summary(run)  # the other approaches go on; the app exits with status 1 at the end
+
+
+def _train_approach(p: Plan, approach: str, reference: dict, powers: dict | None, run, progress) -> dict:
+    """Train (or finish the outputs of) one approach in its claimed run directory."""
     import numpy as np
     import tensorflow as tf
 
@@ -297,13 +320,10 @@ def train_approach(p: Plan, approach: str, reference: dict, powers: dict | None,
     from apps.power_allocation.task import PowerAllocationTask
     from apps.power_allocation.uwmmse import UWMMSE
     from core.optimizers import LearningRate, make_optimizer
-    from core.runs import RunDir, atomic_savez
+    from core.runs import atomic_savez
     from core.trainer import RandomGraphs, Trainer, TrainerConfig
 
     args, info = p.args, p.dataset
-    run = RunDir(p.out / approach if len(p.approaches) > 1 else p.out)
-    if p.resume and run.finished and run.has_checkpoint():
-        return run.read_summary()
     if not run.config_path.is_file():
         run.write_config(run_config(p, approach))
     dtype = tf.as_dtype(args.dtype)

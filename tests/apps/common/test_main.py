@@ -14,13 +14,13 @@ class Corrupt(Exception):
 
 
 def parse(argv):
-    return argparse.Namespace(quiet="-q" in argv, outcome=argv[0])
+    return argparse.Namespace(quiet="-q" in argv, outcome=argv[0], out="runs/x")
 
 
 def plan(args):
     if args.outcome == "bad":
         raise ValueError("--lr must be positive")
-    return SimpleNamespace(out="runs/x", outcome=args.outcome)
+    return SimpleNamespace(out=args.out, outcome=args.outcome, resume=False)
 
 
 def execute(p):
@@ -42,7 +42,8 @@ def execute(p):
     (["terminate"], 130, "prog: interrupted; continue with --resume runs/x\n"),
     (["corrupt"], 1, "prog: error: batch 7 has NaN; fix it and continue with --resume runs/x\n"),
 ])
-def test_exit_status_and_one_line_messages(argv, status, err, capsys):
+def test_exit_status_and_one_line_messages(argv, status, err, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the run directory runs/x is created (and locked) there
     reports = []
     before = signal.getsignal(signal.SIGTERM)
     assert run_experiment("prog", argv, parse, plan, execute, lambda r, p: reports.append((r, p.out)),
@@ -66,5 +67,5 @@ def test_resume_of_a_run_saved_before_a_flag_existed_gives_that_flag_its_default
     run = RunDir(tmp_path / "old")
     run.write_config({"flags": {"preset": None, "resume": None, "quiet": False, "lr": 0.5, "out": str(run.path),
                                 "data": None}})
-    args, resumed = parse_run_flags(parser, ["--resume", str(run.path), "-q"], {})
+    args, resumed = parse_run_flags(parser, ["--resume", str(run.path), "-q"], {}, app="test")
     assert resumed and args.lr == 0.5 and args.jobs == 2 and args.quiet and args.resume == str(run.path)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apps.node_regression.experiment import APPROACHES, main
+from apps.common.cli import PAPER_OPTIMIZERS as APPROACHES
+from apps.node_regression.experiment import main
 from core import trainer as trainer_module
 from core.runs import read_csv
 from datasets import node_regression as nr
@@ -34,13 +35,13 @@ def amsgrad_run(tmp_path_factory):
 
 def test_tiny_run_writes_every_output(amsgrad_run):
     out = amsgrad_run
-    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.csv", "summary.json", "checkpoint",
+    assert {p.name for p in out.iterdir()} == {".lock", "config.json", "metrics.csv", "summary.json", "checkpoint",
                                                "learning_curve.png"}
     assert (out / "checkpoint" / "latest.npz").is_file()
     assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = json.loads((out / "config.json").read_text())
     assert config["approach"] == "d-amsgrad" and config["seed"] == 7
-    assert config["flags"]["batch_size"] == B and config["flags"]["optimizer"] == "d-amsgrad"
+    assert config["flags"]["batch_size"] == B and config["flags"]["optimizer"] == ["d-amsgrad"]
     assert config["mode"] == {"mixing": "mh", "mixing_beta": None, "d_adam_variant": "paper"}
     assert config["dataset"]["checksum"].startswith("sha256:") and config["dataset"]["config"]["nodes"] == 12
     assert {"python", "numpy", "tensorflow-cpu"} <= set(config["library_versions"]) or "tensorflow" in config[
@@ -94,7 +95,8 @@ def test_resume_after_interruption_gives_the_uninterrupted_metrics(amsgrad_run, 
 def test_all_approaches(tmp_path):
     out = tmp_path / "all"
     assert main([*TINY, "--epochs", "2", "--optimizer", "all", "--jobs", "2", "--out", str(out)]) == 0  # in 2 workers
-    assert {p.name for p in out.iterdir()} == {*APPROACHES, "config.json", "summary.json", "test_mse_vs_rounds.png"}
+    assert {p.name for p in out.iterdir()} == {*APPROACHES, ".lock", "config.json", "summary.json",
+                                               "test_mse_vs_rounds.png"}
     summary = json.loads((out / "summary.json").read_text())
     # rounds per mini-batch, Table I with L = 2, B = 6, K = 1: LB, B(2L-1)+BK, LB+L-1+K, LB+L-1
     expected = {"c-sgd": 12, "c-adam": 12, "d-naive": 24, "d-naive-pb": 14, "d-sgd": 13, "d-adam": 13,
@@ -106,7 +108,7 @@ def test_all_approaches(tmp_path):
         assert int(rows[-1]["mp_rounds"]) == 8 * expected[approach]
     naive, pb = (read_csv(out / a / "metrics.csv") for a in ("d-naive", "d-naive-pb"))
     np.testing.assert_allclose([float(r["test_mse"]) for r in naive], [float(r["test_mse"]) for r in pb], rtol=1e-12)
-    assert json.loads((out / "config.json").read_text())["approach"] == "all"
+    assert json.loads((out / "config.json").read_text())["approach"] == ",".join(APPROACHES)
     # --resume of the parent continues only what is unfinished (here: d-sgd lost its summary)
     before = read_csv(out / "d-sgd" / "metrics.csv")
     (out / "d-sgd" / "summary.json").unlink()
@@ -121,7 +123,7 @@ def test_data_file_gives_the_in_memory_results(tmp_path):
                                      seed=3)
     path = nr.generate(config, tmp_path / "data.h5")
     flags = [*TINY, "--optimizer", "c-adam", "--epochs", "2"]
-    assert main([*flags, "--seed", "3", "--out", str(tmp_path / "memory")]) == 0
+    assert main([*flags, "--seed", "3", "--data-seed", "3", "--out", str(tmp_path / "memory")]) == 0
     assert main([*flags, "--seed", "3", "--data", str(path), "--nodes", "99", "--out", str(tmp_path / "file")]) == 0
     rows = [without_wall(read_csv(tmp_path / d / "metrics.csv")) for d in ("memory", "file")]
     assert rows[0] == rows[1]
@@ -161,14 +163,14 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, fl
 
 
 def test_output_folder_errors(tmp_path, capsys):
-    assert main([*TINY, "--out", str(tmp_path / "missing" / "run")]) == 2
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "file").write_text("x")
+    assert main([*TINY, "--out", str(busy / "file" / "run")]) == 2
     assert main([*TINY, "--out", str(busy)]) == 2
     assert main(["--resume", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and "does not exist" in err[0] and "not empty" in err[1] and "--resume" in err[2]
+    assert len(err) == 3 and "is a file" in err[0] and "not empty" in err[1] and "does not exist" in err[2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"] and [p.name for p in busy.iterdir()] == ["file"]
 
 

@@ -54,13 +54,14 @@ def both_run(dataset, tmp_path_factory):
 
 def test_two_epoch_run_writes_every_output(both_run, dataset):
     out = both_run
-    assert {p.name for p in out.iterdir()} == {"c-adam", "d-adam", "config.json", "summary.json", "test_sum_rate.png"}
+    assert {p.name for p in out.iterdir()} == {"c-adam", "d-adam", ".lock", "config.json", "summary.json",
+                                               "test_sum_rate.png"}
     assert (out / "test_sum_rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summaries = json.loads((out / "summary.json").read_text())
     for approach, rounds, floats in (("c-adam", L * B, B * FORWARD),
                                      ("d-adam", L * B + L - 1, B * (FORWARD + BACKWARD) + THETA + 1)):
         run = out / approach
-        assert {p.name for p in run.iterdir()} == {"config.json", "metrics.csv", "summary.json", "checkpoint",
+        assert {p.name for p in run.iterdir()} == {".lock", "config.json", "metrics.csv", "summary.json", "checkpoint",
                                                    "sum_rate.png", "test_powers.npz"}
         config = json.loads((run / "config.json").read_text())
         assert config["approach"] == approach and config["seed"] == 4 and config["flags"]["epochs"] == 2
@@ -165,10 +166,10 @@ def test_output_folder_errors(dataset, tmp_path, capsys):
     busy.mkdir()
     (busy / "file").write_text("x")
     assert main(["--data", str(dataset), "--out", str(busy), "-q"]) == 2
-    assert main(["--data", str(dataset), "--out", str(tmp_path / "missing" / "run"), "-q"]) == 2
+    assert main(["--data", str(dataset), "--out", str(busy / "file" / "run"), "-q"]) == 2
     assert main(["--resume", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and "not empty" in err[0] and "does not exist" in err[1] and "--resume" in err[2]
+    assert len(err) == 3 and "not empty" in err[0] and "is a file" in err[1] and "does not exist" in err[2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
 
 
