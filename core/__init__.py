@@ -10,3 +10,5 @@ training loop with counts, logs, checkpoints and exact resume), :mod:`core.runs`
 atomic writes) and :mod:`core.supervised` (a trainer task for node-level regression). ``core`` knows
 nothing of wireless, datasets or apps.
 """
+
+__version__ = "0.2.0"
