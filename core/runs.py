@@ -147,6 +147,42 @@ def _jsonable(obj):
 
 
 # ---------------------------------------------------------------------------- provenance
+CONFIG_SCHEMA_VERSION = 1
+"""Version of config.json's layout (a config without one predates it; its missing keys keep their old
+meaning)."""
+
+
+def provenance() -> dict:
+    """Where and how a run was started: ``schema_version``, the command line, the start time, the git
+    commit of the code (None outside a checkout), the machine (CPU count, memory, GPUs visible to the
+    process) and the intra-op thread count of TensorFlow (``threads``, which a resume reuses: the
+    thread count can change a result's last bits)."""
+    import subprocess
+    import sys
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=5)
+        commit = commit.stdout.strip() if commit.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    memory = None
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        pass
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return {
+        "schema_version": CONFIG_SCHEMA_VERSION,
+        "command_line": list(sys.argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_commit": commit,
+        "machine": {"cpu_count": os.cpu_count(), "memory_bytes": memory, "platform": platform.platform(),
+                    "cuda_visible_devices": gpus},
+        "threads": int(os.environ.get("TF_NUM_INTRAOP_THREADS") or os.cpu_count() or 1),
+    }
+
+
 def library_versions() -> dict[str, str]:
     """Python, platform and the installed versions of the libraries a run depends on."""
     versions = {"python": platform.python_version(), "platform": platform.platform()}
@@ -290,8 +326,8 @@ class RunDir:
         return self.path / CHECKPOINT_DIR / CHECKPOINT
 
     def write_config(self, config: Mapping) -> None:
-        """config.json: the given settings plus ``library_versions`` (added here)."""
-        atomic_write_json(self.config_path, {**config, "library_versions": library_versions()})
+        """config.json: the given settings plus ``library_versions`` and :func:`provenance` (added here)."""
+        atomic_write_json(self.config_path, {**provenance(), **config, "library_versions": library_versions()})
 
     def read_config(self) -> dict:
         if not self.config_path.is_file():

@@ -141,6 +141,7 @@ def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures:
         args = parse_args(argv)
         p = plan(args)
         lock = claim_run_dir(p.out, new=not p.resume)
+        reuse_threads(getattr(args, "resumed_config", None))
     except ValueError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -159,6 +160,16 @@ def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures:
     if not args.quiet:
         report(result, p)
     return 0
+
+
+def reuse_threads(config: Mapping | None) -> None:
+    """A resumed run keeps the TensorFlow thread count it was started with (recorded as ``threads`` in
+    its config.json), so that it ends with the same bits; TensorFlow reads it when first imported."""
+    import os
+
+    threads = config.get("threads") if isinstance(config, Mapping) else None
+    if isinstance(threads, int) and threads > 0 and "TF_NUM_INTRAOP_THREADS" not in os.environ:
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
 
 
 def _failure(exc: BaseException) -> str:

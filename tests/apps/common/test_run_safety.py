@@ -119,6 +119,9 @@ def test_out_creates_missing_parent_folders(tmp_path):
     out = tmp_path / "a" / "b" / "run"
     assert main([*TINY, "--epochs", "1", "--optimizer", "c-sgd", "--out", str(out)]) == 0
     assert (out / "summary.json").is_file()
+    config = json.loads((out / "config.json").read_text())  # and the run's provenance is recorded
+    assert config["schema_version"] == 1 and config["threads"] >= 1 and config["machine"]["cpu_count"] >= 1
+    assert {"command_line", "started", "git_commit"} <= set(config)
 
 
 def test_read_only_file_system_at_start_is_one_line(tmp_path, capsys, monkeypatch):
