@@ -8,8 +8,9 @@ Read with the kind's loader, which validates the file and streams it item by ite
         for batch in data.batches("train", shuffle=True, seed=0, epoch=0):
             ...  # batch.H: (batch_size, N, N) float32, H[s, j, i] from transmitter j to receiver i
 
-Modules: `storage` (HDF5 writing/reading, metadata, checksum, `DatasetError`), `cli` (command-line
-plumbing and the kind registry), `streaming` (item order, tf.data), and one module per kind.
+Modules: `storage` (HDF5 writing/reading, metadata, checksum, `DatasetError`, output locks), `cli`
+(command-line plumbing and the kind registry), `streaming` (item order, tf.data), `resources`
+(available memory and disk space, for refusing jobs that cannot fit), and one module per kind.
 """
 
 from datasets.conflict_graphs import ConflictGraph, ConflictGraphDataset, ConflictGraphsConfig

@@ -1,6 +1,7 @@
 """`python -m datasets <kind> [flags]`: generate a dataset file; `--help` lists the kinds.
 
-The kinds are discovered from the modules of this package (see `datasets.cli`).
+The kinds are discovered from the modules of this package, and the run follows the error policy of
+`datasets.cli` (one line on stderr per failure; exit status 2, 1 or 130).
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ from datasets import cli
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` (default sys.argv[1:]), generate the dataset, return the exit status.
 
-    Bad flags raise SystemExit(2) after one error line on stderr.
+    Refusals (bad flags, and the checks of `cli.run_kind` before anything is written) raise
+    SystemExit(2) after one error line on stderr.
     """
-    parser = cli.build_parser(cli.discover_kinds())
-    args = parser.parse_args(argv)
+    try:
+        parser = cli.build_parser(cli.discover_kinds())
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("python -m datasets: interrupted; nothing written", file=sys.stderr)
+        return 130
     return cli.run_kind(args._kind, args, args._parser)
 
 

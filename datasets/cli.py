@@ -3,11 +3,14 @@
 A dataset kind is a module of this package that defines a module-level `KIND = DatasetKind(...)`;
 `discover_kinds` finds it, so adding a kind means adding one module. The kind supplies
 
-* `add_arguments(parser)`: its own flags (the common `--seed`, `--out`, `--force`, `-q` are added here);
+* `add_arguments(parser)`: its own flags (the common `--data-seed` (alias `--seed`), `--out`, `--force`
+  and `-q` are added here);
 * `configure(args) -> config`: turns parsed flags into a config object, raising `ValueError` with a
   message that names the flag for any bad value (exit status 2, nothing written);
 * `generate(config, out_path, quiet)`: writes the file (use `storage.write_dataset` so the write is
-  atomic, and `progress_bar` for the progress display).
+  atomic, and `progress_bar` for the progress display);
+* optionally `estimate(config) -> Estimate`: the file size and peak memory of `generate`, so that a
+  dataset that cannot fit is refused before any work (see `Estimate`).
 
 A minimal kind module (e.g. `datasets/my_kind.py`)::
 
@@ -27,16 +30,33 @@ A minimal kind module (e.g. `datasets/my_kind.py`)::
             writer.create_array("train/x", (config.samples, 8))
             writer.append("train/x", np.random.default_rng(config.seed).random((config.samples, 8)))
 
-    KIND = cli.DatasetKind("my-kind", "one-line help", "description", add_arguments, configure, generate)
+    def estimate(config):
+        return cli.Estimate(storage.estimate_file_bytes(SCHEMA, {"samples": config.samples, "width": 8}),
+                            memory_bytes=2 * 8 * 8 * config.samples, driver="--samples")
+
+    KIND = cli.DatasetKind("my-kind", "one-line help", "description", add_arguments, configure, generate,
+                           estimate)
 
 and its loader subclasses `storage.DatasetReader` (see `datasets.power_allocation`).
 
 Keep a kind module light to import (heavy libraries such as TensorFlow inside functions), because the
 CLI imports every kind to list them.
 
-Error policy (`run_kind`): a bad flag prints one line `python -m datasets <kind>: error: <message>` and
-exits with status 2 before anything is written; an interruption (Ctrl-C) or a failure while writing
-leaves no file under the output name and exits with status 130 or 1.
+Error policy (`run_kind`; the exit statuses of docs/design.md, section 5): every failure is one line on
+stderr, `python -m datasets <kind>: error: <message>`, never a traceback, and never leaves a file
+under the output name or a temporary file.
+
+* Status 2, refused before anything is written: a bad flag; an output that exists (without
+  `--force`) or is a folder; a dataset whose estimated peak memory exceeds 80% of the available
+  memory, or whose file does not fit on the disk; an output that another process is writing.
+* Status 1, failed while running: an OSError while writing (disk full, read-only file system, no
+  permission) or any other error of the generator.
+* Status 130: interrupted by Ctrl-C or SIGTERM.
+
+Two runs writing the same file exclude each other with an advisory lock next to it
+(`storage.claim_output`), which the kernel releases even when its holder is killed; a run removes the
+temporaries of its output left by killed runs. Missing parent folders of `--out` are created (and
+removed again if the run fails).
 """
 
 from __future__ import annotations
@@ -44,16 +64,38 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import pkgutil
+import re
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from datasets import resources, storage
+
 DEFAULT_DATA_DIR = Path("data")
-"""Folder of the default output files; created on demand (an explicit --out folder must exist)."""
+"""Folder of the default output files; created on demand (as are the missing folders of --out)."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What generating a dataset takes, estimated from its config before any work.
+
+    `file_bytes`: size of the file (`storage.estimate_file_bytes`); `memory_bytes`: peak memory of
+    the generator, an upper estimate (refusing a dataset that would fit is worse than the rare one
+    that is let through and fails with MemoryError, which is still reported in one line);
+    `driver`: what the peak grows with, for the refusal message (e.g. "--pairs^2 x --batch-size").
+    """
+
+    file_bytes: int
+    memory_bytes: int
+    driver: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,6 +108,7 @@ class DatasetKind:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     configure: Callable[[argparse.Namespace], object]
     generate: Callable[[object, Path, bool], None]
+    estimate: Callable[[object], Estimate] | None = None
 
     @property
     def default_output(self) -> Path:
@@ -159,26 +202,36 @@ def check_choice(config, name: str, allowed: tuple[str, ...]) -> None:
 
 
 def check_seed(config) -> None:
-    """ValueError unless `config.seed` is an int >= 0 (what numpy's SeedSequence accepts)."""
+    """ValueError unless `config.seed` (the data generator's seed, flag --data-seed) is an int >= 0
+    (what numpy's SeedSequence accepts)."""
     if not isinstance(config.seed, int) or isinstance(config.seed, bool) or config.seed < 0:
-        raise ValueError(f"--seed must be a non-negative integer, got {config.seed!r}")
+        raise ValueError(f"--data-seed must be a non-negative integer, got {config.seed!r}")
+
+
+def output_path(text: str) -> Path:
+    """argparse type of --out: a file name (a trailing slash, which names a folder, is refused)."""
+    if not text or text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"must be a file name, got {text!r}")
+    return Path(text)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, kind: DatasetKind) -> None:
-    """Flags every kind shares: --seed, --out, --force, -q."""
+    """Flags every kind shares: --data-seed (alias --seed), --out, --force, -q."""
     group = parser.add_argument_group("output")
     group.add_argument(
+        "--data-seed",
         "--seed",
+        dest="seed",  # the config field, stored in the file's config as "seed"
+        metavar="SEED",
         type=non_negative_int,
         default=0,
-        help="random seed; equal seeds give identical files",
+        help="seed of the data generator; equal seeds give identical files (--seed is an alias)",
     )
     group.add_argument(
         "--out",
-        type=Path,
+        type=output_path,
         default=None,
-        help=f"output HDF5 file (default {kind.default_output}; its folder is created if missing, "
-        "while the folder of an explicit --out must exist)",
+        help=f"output HDF5 file (default {kind.default_output}); missing folders are created",
     )
     group.add_argument("--force", action="store_true", help="replace the output file if it exists")
     group.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -225,37 +278,170 @@ def build_parser(kinds: dict[str, DatasetKind]) -> OneLineErrorParser:
 
 
 def run_kind(kind: DatasetKind, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Validate, then generate; returns the exit status (see the module docstring)."""
+    """Validate, claim the output, then generate; returns the exit status (see the module docstring).
+
+    Refusals (status 2) print their line and raise SystemExit(2), as argparse does for bad flags.
+    """
+    prog = parser.prog
     try:
         config = kind.configure(args)
         out = resolve_output(args.out, kind.default_output, args.force)
+        estimate = kind.estimate(config) if kind.estimate is not None else None
+        if estimate is not None:
+            hint = f"it grows with {estimate.driver}" if estimate.driver else ""
+            resources.check_fits(estimate.memory_bytes, "generating this dataset", hint=hint)
     except ValueError as exc:
         parser.error(str(exc))
+    created: list[Path] = []
+    generated = False
     try:
-        kind.generate(config, out, args.quiet)
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; nothing written to {out}", file=sys.stderr)
+        with _terminate_as_interrupt():
+            _make_folders(out.parent, created)
+            with storage.claim_output(out):  # OutputBusyError if another run writes `out`
+                _check_claimed_output(out, args, estimate, prog)
+                try:
+                    kind.generate(config, out, args.quiet)
+                    generated = True
+                finally:
+                    storage.remove_stale_temporaries(out)  # ours, if an interrupt hit write_dataset's cleanup
+    except (_Refused, storage.OutputBusyError) as exc:
+        parser.exit(2, f"{prog}: error: {exc}\n")
+    except KeyboardInterrupt as exc:
+        outcome = f"{out} is complete" if generated else f"nothing written to {out}"  # a signal as it ended
+        print(f"{prog}: interrupted{' by SIGTERM' if isinstance(exc, Terminated) else ''}; {outcome}",
+              file=sys.stderr)
         return 130
     except OSError as exc:
-        print(f"{parser.prog}: error while writing {out}: {exc}; nothing written", file=sys.stderr)
+        print(f"{prog}: error while writing {out}: {describe_os_error(exc)}; nothing written", file=sys.stderr)
         return 1
+    except MemoryError:
+        print(f"{prog}: error: out of memory while generating {out}; nothing written (reduce the sizes)",
+              file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug of a generator: still one line, and no file left behind
+        print(f"{prog}: error while generating {out}: {type(exc).__name__}: {_one_line(str(exc))}; "
+              "nothing written", file=sys.stderr)
+        return 1
+    finally:
+        if not generated:
+            _remove_folders(created)
     if not args.quiet:
         print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
+class _Refused(Exception):
+    """A check made once the output is claimed failed: refuse (status 2), nothing was written."""
+
+
+def _check_claimed_output(out: Path, args: argparse.Namespace, estimate: Estimate | None, prog: str) -> None:
+    """The checks that need the claim on `out`: raises `_Refused`. Removes the temporaries of `out`
+    left by killed runs first, so that their space counts as free."""
+    if out.exists() and not args.force:  # again: another run may have written it since resolve_output
+        raise _Refused(f"--out: {out} exists; pass --force to replace it")
+    for stale in storage.remove_stale_temporaries(out):
+        if not args.quiet:
+            print(f"{prog}: removed {stale}, left by an interrupted run", file=sys.stderr)
+    if estimate is not None:
+        try:
+            resources.check_disk_space(out.parent, estimate.file_bytes, f"the file {out}")
+        except ValueError as exc:
+            raise _Refused(str(exc)) from None
+
+
+_NAME_ROOM = len("..4194304.0123abcd.tmp")  # what the temporary ".<name>.<pid>.<hex>.tmp" adds to a name
+
+
 def resolve_output(out: Path | None, default: Path, force: bool) -> Path:
-    """The output path, checked before any work: ValueError if its folder is missing or it exists."""
+    """The output path, checked before any work: ValueError if it is a folder or another non-regular
+    file (a device or pipe, which --force must not replace), if it exists (without `force`), if a
+    component of its folder is a file, or if its name leaves no room for the name of the temporary.
+    Nothing is created here (see `run_kind`)."""
     if out is None:
         out = default
-        out.parent.mkdir(parents=True, exist_ok=True)
-    if not out.parent.is_dir():
-        raise ValueError(f"--out: folder {out.parent} does not exist")
     if out.is_dir():
         raise ValueError(f"--out: {out} is a folder, expected a file name")
+    if out.exists() and not out.is_file():
+        raise ValueError(f"--out: {out} exists and is not a regular file")
     if out.exists() and not force:
         raise ValueError(f"--out: {out} exists; pass --force to replace it")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out: {folder} is a file, not a folder")
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(os.fsencode(out.name)) + _NAME_ROOM > limit:
+        raise ValueError(f"--out: the file name is too long ({len(os.fsencode(out.name))} bytes; at most "
+                         f"{limit - _NAME_ROOM}, leaving room for the hidden temporary file next to it)")
     return out
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM handler of `_terminate_as_interrupt`: handled exactly as Ctrl-C."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (kill, a batch scheduler's time limit) raises `Terminated` in the main
+    thread, so it unwinds like Ctrl-C and the temporary file is removed; elsewhere a no-op (signal
+    handlers can only be installed from the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError: the description of its errno ("No space left on device"), which h5py
+    buries in a long message naming the temporary file; else the message on one line."""
+    code = exc.errno
+    if code is None:
+        found = re.search(r"errno = (\d+)", str(exc))
+        code = int(found[1]) if found else None
+    if code is not None:
+        return os.strerror(code)
+    return _one_line(str(exc)) or type(exc).__name__
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _make_folders(folder: Path, created: list[Path]) -> None:
+    """Create `folder` and its missing parents, inserting each created one at the front of `created`
+    (deepest first, for `_remove_folders`), even if a later one fails."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:  # a concurrent run made it: not ours to remove
+            if not path.is_dir():
+                raise
+            continue
+        created.insert(0, path)
+
+
+def _remove_folders(created: list[Path]) -> None:
+    for path in created:  # deepest first; a folder someone else has put a file into stays
+        try:
+            path.rmdir()
+        except OSError:
+            break
 
 
 def _parse(text: str, convert, description: str):

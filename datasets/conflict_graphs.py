@@ -1,4 +1,4 @@
-"""Conflict-graph dataset for MWIS link scheduling (DESIGN.md section 9): generator, CLI kind, loader.
+"""Conflict-graph dataset for MWIS link scheduling (docs/design.md, section 9): generator, CLI kind, loader.
 
 Graphs are Erdos-Renyi G(|V|, p) with p = d / (|V| - 1), so that d is the expected mean degree. For
 training graphs d is drawn uniformly in [min_degree, max_degree]; training vertex weights are not
@@ -89,7 +89,7 @@ SCHEMA = storage.Schema(
 
 @dataclass(frozen=True)
 class ConflictGraphsConfig:
-    """Every generation parameter (DESIGN.md section 9); field names equal the CLI flags."""
+    """Every generation parameter (docs/design.md, section 9); field names equal the CLI flags."""
 
     vertices: int = 100
     min_degree: float = 2.0
@@ -110,6 +110,35 @@ class ConflictGraphsConfig:
                 f"need --min-degree <= --max-degree <= --vertices - 1 = {self.vertices - 1}, got "
                 f"{self.min_degree} and {self.max_degree}"
             )
+
+
+def dims(config: ConflictGraphsConfig) -> dict[str, int]:
+    """The size of every dimension of `SCHEMA` for `config` (file checks and size estimates)."""
+    names = ("vertices", "train_graphs", "test_graphs", "test_samples")
+    return {name: getattr(config, name) for name in names}
+
+
+# Peak-memory model of `generate` (bytes; measured with tracemalloc, rounded up): drawing one graph
+# holds 9 bytes per vertex pair (float64 uniforms, then boolean masks); each graph has a SeedSequence
+# (about 450 bytes) and a degree; one graph's test weights are drawn at a time.
+_BYTES_PER_PAIR = 9
+_BYTES_PER_GRAPH = 600
+_BASE_BYTES = 64 * 2**20  # h5py and the writer's buffers (the model is counted 10% high, too)
+
+
+def estimate(config: ConflictGraphsConfig) -> cli.Estimate:
+    """File size and peak memory of `generate`, which draws and writes one graph at a time."""
+    v = config.vertices
+    graphs = config.train_graphs + config.test_graphs
+    peak = _BYTES_PER_PAIR * v * v + 8 * config.test_samples * v + _BYTES_PER_GRAPH * graphs
+    return cli.Estimate(
+        file_bytes=storage.estimate_file_bytes(
+            SCHEMA, dims(config),
+            {"train/mean_degree": config.train_graphs, "test/mean_degree": config.test_graphs},
+        ),
+        memory_bytes=int(1.1 * peak) + _BASE_BYTES,
+        driver="--vertices^2 (a dense graph)",
+    )
 
 
 def generate(config: ConflictGraphsConfig, out: str | Path, quiet: bool = True) -> Path:
@@ -179,12 +208,13 @@ class ConflictGraphDataset(storage.DatasetReader):
     symmetric, no self-loops; weights finite in [0, 1]). `verify()` makes a full pass with checksum.
     """
 
+    config_class = ConflictGraphsConfig
+
     def __init__(self, path: str | Path):
         super().__init__(path, SCHEMA)
 
     def expected_dims(self):
-        names = ("vertices", "train_graphs", "test_graphs", "test_samples")
-        return {name: self.config[name] for name in names}
+        return dims(self.parsed_config)
 
     @property
     def num_vertices(self) -> int:
@@ -281,4 +311,5 @@ KIND = cli.DatasetKind(
     add_arguments=_add_arguments,
     configure=_configure,
     generate=generate,
+    estimate=estimate,
 )

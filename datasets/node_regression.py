@@ -1,4 +1,4 @@
-"""Synthetic node-regression data (DESIGN section 6, paper Section IV-A): generator, CLI kind, loader.
+"""Synthetic node-regression data (docs/design.md, section 6; paper Section IV-A): generator, CLI kind, loader.
 
 One graph, fixed for the whole data set: Barabasi-Albert (|V| = 100, m = 2, networkx seed 3) or
 Erdos-Renyi G(|V|, p). Node features X (|V| x g_0) per sample:
@@ -17,7 +17,7 @@ its noise. The graph has its own networkx seed. So a file is a pure function of 
 :func:`generate_arrays` gives the same arrays in memory (what ``python -m apps.node_regression`` uses
 without ``--data``).
 
-This module is NumPy-only (the layering of DESIGN section 1 keeps ``core`` out of ``datasets``): the
+This module is NumPy-only (the layering of docs/design.md, section 1 keeps ``core`` out of ``datasets``): the
 teacher's forward pass is written densely here, and a test checks it against ``core.gcnn``.
 
 File layout (HDF5, schema "node-regression" version 1; common attributes and checksum as described
@@ -115,8 +115,22 @@ class NodeRegressionConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> NodeRegressionConfig:
-        """The config of a dict that may hold other keys too (e.g. a file's stored config or app flags)."""
+        """The config of a dict that may hold other keys too (e.g. app flags); missing keys take their
+        defaults. (A file's stored config must have every key: see `NodeRegressionDataset`.)"""
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
+def dims(config: NodeRegressionConfig) -> dict[str, int]:
+    """The size of every dimension of `SCHEMA` for `config` (file checks and size estimates)."""
+    widths = config.teacher_widths
+    return {
+        "nodes": config.nodes,
+        "input_dim": config.input_dim,
+        "output_dim": 1,
+        "train_samples": config.train_samples,
+        "test_samples": config.test_samples,
+        "teacher_params": sum(2 * g_in * g_out for g_in, g_out in zip(widths[:-1], widths[1:])),
+    }
 
 
 class NodeRegressionData(NamedTuple):
@@ -145,16 +159,26 @@ def graph_adjacency(config: NodeRegressionConfig) -> np.ndarray:
 
 def dense_shift(adjacency: np.ndarray, kind: str) -> np.ndarray:
     """Dense S of a 0/1 adjacency: A, L = D - A, D^-1/2 A D^-1/2, or I - D^-1/2 A D^-1/2 (D^-1/2 := 0
-    at an isolated node), as in DESIGN section 2."""
-    a = adjacency.astype(np.float64)
-    deg = a.sum(axis=1)
+    at an isolated node), as in docs/design.md, section 2."""
+    # One float64 (nodes, nodes) array is built in place: these matrices bound the size of graph the
+    # generator can handle. The operations are those of the textbook formulas (e.g. 0.0 - x, not -x,
+    # off the diagonal of I - N), so the values are bit for bit the same.
     if kind == "adjacency":
-        return a
+        return adjacency.astype(np.float64)
+    deg = adjacency.sum(axis=1, dtype=np.float64)
     if kind == "laplacian":
-        return np.diag(deg) - a
+        shift = np.subtract(0.0, adjacency, dtype=np.float64)  # diag(deg) - A
+        np.fill_diagonal(shift, deg - np.diagonal(adjacency))
+        return shift
     inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1.0)), 0.0)
-    norm = inv_sqrt[:, None] * a * inv_sqrt[None, :]
-    return norm if kind == "normalized_adjacency" else np.eye(len(a)) - norm
+    norm = np.multiply(inv_sqrt[:, None], adjacency, dtype=np.float64)
+    norm *= inv_sqrt[None, :]
+    if kind == "normalized_adjacency":
+        return norm
+    diagonal = 1.0 - np.diagonal(norm)  # I - norm
+    np.subtract(0.0, norm, out=norm)
+    np.fill_diagonal(norm, diagonal)
+    return norm
 
 
 def node_features(kind: str, num_samples: int, nodes: int, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -228,6 +252,43 @@ def generate_arrays(config: NodeRegressionConfig) -> NodeRegressionData:
     return NodeRegressionData(adjacency, *arrays["train"], *arrays["test"], theta, config)
 
 
+# Peak-memory model of `generate` (bytes), counted from the code above and checked with tracemalloc:
+# networkx's graph and the edge lists of `to_numpy_array` cost about 350 bytes per edge and 250 per
+# node (measured, rounded up); then the uint8 adjacency and the float64 shift (9 bytes per node pair)
+# stay for the whole run, with the training arrays and the temporaries of the split being generated.
+_NX_BYTES_PER_EDGE = 500
+_NX_BYTES_PER_NODE = 300
+_BASE_BYTES = 64 * 2**20  # h5py and the writer's buffers (the model is counted 10% high, too)
+
+
+def estimate(config: NodeRegressionConfig) -> cli.Estimate:
+    """File size and peak memory of :func:`generate` (everything is generated in memory, then written)."""
+    n, g = config.nodes, config.input_dim
+    square = n * n
+    edges = config.graph_m * n if config.graph == "ba" else config.graph_p * n * (n - 1) / 2
+    graph_phase = square + _NX_BYTES_PER_EDGE * edges + _NX_BYTES_PER_NODE * n
+    # Per layer, in float64 per (sample, node): its input if it is a hidden layer (the features are
+    # counted apart), the aggregate S X (g_in), and three arrays of width g_out at a time (X Theta0,
+    # (S X) Theta1 and their sum; then the temporaries of the activation).
+    widths = config.teacher_widths
+    layer = 0
+    for index, (g_in, g_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layer = max(layer, (g_in if index > 0 else 0) + g_in + 3 * g_out)
+
+    def split(samples: int) -> int:
+        features = 2 * g + 5  # "mix": five columns, their stack, the one-hot and the result
+        forward = g + layer + 3  # the features, a layer, and the noise, the output and y
+        return 8 * samples * n * max(features, forward)  # in float64 per (sample, node)
+
+    kept_train = 8 * config.train_samples * n * (g + 1)
+    data_phase = 9 * square + max(split(config.train_samples), kept_train + split(config.test_samples))
+    return cli.Estimate(
+        file_bytes=storage.estimate_file_bytes(SCHEMA, dims(config), rows_per_chunk=256),
+        memory_bytes=int(1.1 * max(graph_phase, data_phase)) + _BASE_BYTES,
+        driver="--nodes^2 (dense graph matrices) and --nodes x --input-dim x --train-samples",
+    )
+
+
 def generate(config: NodeRegressionConfig, out: str | Path, quiet: bool = True) -> Path:
     """Write the data set of ``config`` to ``out`` atomically; returns the path."""
     out = Path(out)
@@ -258,13 +319,13 @@ class NodeRegressionDataset(storage.DatasetReader):
     adjacency to be a 0/1 symmetric matrix without self-loops.
     """
 
+    config_class = NodeRegressionConfig
+
     def __init__(self, path: str | Path):
         super().__init__(path, SCHEMA)
 
     def expected_dims(self):
-        c = self.config
-        return {"nodes": c["nodes"], "input_dim": c["input_dim"], "output_dim": 1,
-                "train_samples": c["train_samples"], "test_samples": c["test_samples"]}
+        return dims(self.parsed_config)
 
     def load(self) -> NodeRegressionData:
         adjacency = self.read("graph/adjacency", slice(None))
@@ -272,11 +333,8 @@ class NodeRegressionDataset(storage.DatasetReader):
             raise storage.DatasetError(f"{self.path}: graph/adjacency is not a 0/1 symmetric matrix without "
                                        "self-loops")
         arrays = [self.read(f"{split}/{v}", slice(None)) for split in SPLITS for v in ("x", "y")]
-        try:
-            config = NodeRegressionConfig.from_dict(self.config)
-        except (TypeError, ValueError) as exc:
-            raise storage.DatasetError(f"{self.path}: invalid stored config: {exc}") from exc
-        return NodeRegressionData(adjacency, *arrays, self.read("teacher/theta", slice(None)), config)
+        theta = self.read("teacher/theta", slice(None))
+        return NodeRegressionData(adjacency, *arrays, theta, self.parsed_config)
 
 
 def load(path: str | Path) -> tuple[NodeRegressionData, str]:
@@ -340,4 +398,5 @@ KIND = cli.DatasetKind(
     add_arguments=add_arguments,
     configure=_configure,
     generate=generate,
+    estimate=estimate,
 )

@@ -1,4 +1,4 @@
-"""Power-allocation channel dataset (DESIGN.md section 7): generator, CLI kind and streaming loader.
+"""Power-allocation channel dataset (docs/design.md, section 7): generator, CLI kind and streaming loader.
 
 Each sample is the N x N amplitude-gain matrix of N transmitter-receiver pairs,
 H[j, i] = 10^(-(PL(d_ji) + X_ji)/20) * r_ji, the gain from transmitter j to receiver i (H[i, i] is the
@@ -79,7 +79,7 @@ SCHEMA = storage.Schema(
 
 @dataclass(frozen=True)
 class PowerAllocationConfig:
-    """Every generation parameter; defaults are the paper preset (DESIGN.md section 7).
+    """Every generation parameter; defaults are the paper preset (docs/design.md, section 7).
 
     Field names equal the CLI flags (`batches_per_layout` is `--batches-per-layout`). Units: area and
     distances in m (area is the side of the square; the disc layout uses a disc of diameter `area`),
@@ -196,6 +196,46 @@ class PowerAllocationConfig:
                 f"--pair-min-distance ({self.pair_min_distance}) must not exceed --pair-max-distance "
                 f"({self.pair_max_distance})"
             )
+
+
+def dims(config: PowerAllocationConfig) -> dict[str, int]:
+    """The size of every dimension of `SCHEMA` for `config` (file checks and size estimates)."""
+    return {
+        "train_batches": config.num_batches["train"],
+        "test_batches": config.num_batches["test"],
+        "batch_size": config.batch_size,
+        "pairs": config.pairs,
+        "xy": 2,
+    }
+
+
+# Peak-memory model of `generate` (bytes; measured with tracemalloc, rounded up): a layout's path loss
+# holds up to 8 float64 (N, N) arrays at once (uma-nlos, the largest), then keeps one; a block of
+# channel gains (`_channel_block`) holds, per gain, the float32 gains (and the second component of
+# Rician fading) and the threshold's boolean mask, or 32 bytes of float64 dB values and their
+# conversion with shadowing drawn per sample.
+_LAYOUT_SQUARES = 8
+_BASE_BYTES = 64 * 2**20  # h5py and the writer's buffers (the model is counted 10% high, too)
+
+
+def estimate(config: PowerAllocationConfig) -> cli.Estimate:
+    """File size and peak memory of `generate`, which streams blocks of about `_WRITE_BYTES` of H."""
+    n, b = config.pairs, config.batch_size
+    square = n * n
+    per_layout = max(
+        min(config.batches_per_layout, config.num_batches["train"]),
+        min(config.test_batches_per_layout, config.num_batches["test"]),
+    )
+    block = min(per_layout, max(1, _WRITE_BYTES // (4 * b * square)))  # batches per block, as _write_split
+    gains = block * b * square
+    positions = 2 * 16 * n * per_layout  # tx and rx of a layout, copied per batch by `append`
+    per_gain = 1 + (32 if config.shadowing_per == "sample" else 8 if config.fading == "rician" else 4)
+    peak = max(8 * _LAYOUT_SQUARES * square, 8 * square + per_gain * gains)
+    return cli.Estimate(
+        file_bytes=storage.estimate_file_bytes(SCHEMA, dims(config)),
+        memory_bytes=int(1.1 * (peak + positions)) + _BASE_BYTES,
+        driver="--pairs^2 x --batch-size (the channel gains of a batch)",
+    )
 
 
 def generate(config: PowerAllocationConfig, out: str | Path, quiet: bool = True) -> Path:
@@ -316,18 +356,13 @@ class PowerAllocationDataset(storage.DatasetReader):
                 step(batch.H)
     """
 
+    config_class = PowerAllocationConfig
+
     def __init__(self, path: str | Path):
         super().__init__(path, SCHEMA)
 
     def expected_dims(self):
-        config = self.config
-        return {
-            "train_batches": config["layouts"] * config["batches_per_layout"],
-            "test_batches": config["test_batches"],
-            "batch_size": config["batch_size"],
-            "pairs": config["pairs"],
-            "xy": 2,
-        }
+        return dims(self.parsed_config)
 
     @property
     def noise_power_w(self) -> float:
@@ -541,4 +576,5 @@ KIND = cli.DatasetKind(
     add_arguments=_add_arguments,
     configure=_configure,
     generate=generate,
+    estimate=estimate,
 )

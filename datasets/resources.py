@@ -28,6 +28,7 @@ DISK_MARGIN_FRACTION = 0.05
 
 _UNLIMITED = 2**60  # cgroup limits at or above this mean "no limit"
 _CGROUP_ROOT = Path("/sys/fs/cgroup")  # inside a container: the container's own cgroup
+_MEMINFO = "/proc/meminfo"
 
 
 def available_memory_bytes() -> int | None:
@@ -93,7 +94,7 @@ def format_bytes(count: float) -> str:
 
 def _meminfo_available() -> int | None:
     try:
-        with open("/proc/meminfo", encoding="ascii") as file:
+        with open(_MEMINFO, encoding="ascii") as file:
             for line in file:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024  # the value is in kB (KiB, in fact)

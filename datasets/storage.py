@@ -9,11 +9,14 @@ Writing, `write_dataset(path, schema, config, generator, attrs)`: a context mana
 "row" axis: a batch, a graph, ...), hashing the bytes as they go. The file is written under a
 temporary name in the destination folder and moved to `path` with `os.replace` only after every
 array is complete and the metadata is written, so an interrupted or failed run never leaves a file
-under the final name (a killed process may leave a hidden `.<name>.*.tmp` file next to it).
+under the final name. Writers of one path exclude each other with an advisory lock (`claim_output`),
+and a writer removes the hidden temporaries (`.<name>.<pid>.<hex>.tmp`) that killed writers of the
+same path left behind (`remove_stale_temporaries`).
 
 Reading, `DatasetReader(path, schema)`: opens the file, checks the root attributes and the presence,
 dtype and shape of every array, and reads rows on demand (`read`), checking their content. A full
-pass (`verify`) also recomputes the checksum. Every problem raises `DatasetError` naming the file.
+pass (`verify`) also recomputes the checksum. Every problem raises `DatasetError` naming the file,
+whatever the file holds (never a KeyError or TypeError from a config of the wrong shape).
 
 Root attributes of every file (the names are the constants below):
 
@@ -28,10 +31,15 @@ Root attributes of every file (the names are the constants below):
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import hashlib
 import json
+import math
 import os
+import re
 import secrets
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,10 +56,17 @@ ATTR_CHECKSUM = "checksum"
 ARRAY_DIGEST_ATTR = "sha256"
 
 _VERIFY_BLOCK_BYTES = 64 * 2**20  # rows are re-read in blocks of about this size by `verify`
+_MAX_CHUNK_BYTES = 2**32 - 1  # HDF5 refuses chunks of 4 GiB or more
+_CHUNK_OVERHEAD_BYTES = 128  # HDF5's index per chunk, rounded up (about 65 bytes measured)
 
 
 class DatasetError(Exception):
     """A dataset file is missing, truncated, corrupted, of another kind or schema version."""
+
+
+class OutputBusyError(ValueError):
+    """Another writer (process or thread) holds the output path. A ValueError because it is refused
+    before anything is written, like a bad flag."""
 
 
 ContentCheck = Callable[[np.ndarray], "str | None"]
@@ -121,7 +136,7 @@ class DatasetWriter:
         spec = self._schema.spec(name)
         if len(shape) != len(spec.dims):
             raise ValueError(f"{name} has dims {spec.dims}, got shape {shape}")
-        chunks = (max(1, min(rows_per_chunk, shape[0])), *shape[1:]) if shape[0] and all(shape) else None
+        chunks = _chunk_shape(shape, rows_per_chunk, spec.numpy_dtype.itemsize) if all(shape) else None
         # track_times=False keeps the bytes of a file a pure function of its content (determinism).
         self._file.create_dataset(name, shape=shape, dtype=spec.numpy_dtype, chunks=chunks, track_times=False)
         self._filled[name] = 0
@@ -171,6 +186,9 @@ def write_dataset(
     attributes. On normal exit every array of `schema` must have been created and filled; the
     checksum is written and the file is moved to `path` (replacing an existing file). If the body
     raises (including KeyboardInterrupt), the temporary file is removed and `path` is untouched.
+
+    The path is claimed for the whole write (`claim_output`; OutputBusyError if another writer holds
+    it), and temporaries of `path` left by killed writers are removed first.
     """
     final = Path(path)
     metadata = {
@@ -180,35 +198,205 @@ def write_dataset(
         ATTR_CONFIG: json.dumps(config, sort_keys=True),
         **(attrs or {}),
     }
-    # Same folder as the destination, so that os.replace is an atomic rename on one file system.
-    temporary = final.parent / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    with claim_output(final):
+        remove_stale_temporaries(final)
+        # Same folder as the destination, so that os.replace is an atomic rename on one file system.
+        temporary = final.parent / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            with h5py.File(temporary, "x") as file:
+                writer = DatasetWriter(file, schema)
+                yield writer
+                writer._finish(metadata)
+            _fsync(temporary)
+            os.replace(temporary, final)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of output `path`: hidden, next to it (`.<name>.lock`)."""
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
+# Claims held by this process: lock-file path -> [descriptor, owning thread, nesting depth].
+_claims: dict[str, list] = {}
+_claims_guard = threading.Lock()
+
+
+@contextmanager
+def claim_output(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the advisory lock of output `path` (`fcntl.flock` on `lock_path(path)`) for the block.
+
+    Raises OutputBusyError naming the holder's pid if another process or thread holds it; nested
+    claims of the same path by one thread are allowed (the CLI claims the path before calling a
+    generator, whose `write_dataset` claims it again). The kernel drops the lock when its holder
+    dies, even by SIGKILL, so a crash never blocks the next run (it only leaves the unlocked file,
+    which the next claim reuses); the lock file is removed when the outermost claim ends. The folder
+    of `path` must exist. OSError if the lock file cannot be created (read-only file system, no
+    permission). Not an O_EXCL file: one of those would survive a killed holder and block every run.
+    """
+    key = os.path.abspath(lock_path(path))
+    me = (os.getpid(), threading.get_ident())  # the pid: a forked child must not inherit a claim
+    with _claims_guard:
+        held = _claims.get(key)
+        if held is not None and held[1] == me:
+            held[2] += 1
+        elif held is not None and held[1][0] == me[0]:
+            raise OutputBusyError(f"{path} is being written by another thread of this process")
+        else:
+            held = _claims[key] = [_lock(key, path), me, 1]
     try:
-        with h5py.File(temporary, "x") as file:
-            writer = DatasetWriter(file, schema)
-            yield writer
-            writer._finish(metadata)
-        _fsync(temporary)
-        os.replace(temporary, final)
+        yield
+    finally:
+        with _claims_guard:
+            held[2] -= 1
+            if held[2] == 0:
+                del _claims[key]
+                # Unlink while still locked: a process that opened the file meanwhile notices (see _lock).
+                Path(key).unlink(missing_ok=True)
+                os.close(held[0])
+
+
+def _lock(key: str, path) -> int:
+    """Open and flock the lock file `key`; returns the descriptor, with our pid written into the file."""
+    while True:
+        descriptor = os.open(key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(descriptor)
+            os.close(descriptor)
+            raise OutputBusyError(
+                f"{path} is being written by another process" + (f" (pid {holder})" if holder else "")
+            ) from None
+        except BaseException:
+            os.close(descriptor)
+            raise
+        # If the previous holder unlinked the file between our open and our flock, we hold a lock on
+        # a file nobody else can see: start again with the file now at that path.
+        try:
+            current = os.stat(key)
+            opened = os.fstat(descriptor)
+            if (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode())
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        Path(key).unlink(missing_ok=True)
+        os.close(descriptor)
         raise
+    return descriptor
+
+
+def _read_pid(descriptor: int) -> int | None:
+    try:
+        text = os.pread(descriptor, 32, 0).decode("ascii").strip()
+        return int(text) if text.isdigit() else None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of `path` (see `write_dataset`) whose writer is gone; returns them.
+
+    Call it while holding `claim_output(path)`: every writer of `path` holds that claim, so a
+    temporary found then is not being written, unless by a writer that does not lock (an older
+    version of this code); as a second guard, only temporaries whose pid (in the name) is this
+    process or no running process are removed.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match and entry.is_file(follow_symlinks=False) and not _is_other_live_process(int(match[1])):
+            try:
+                os.unlink(entry.path)
+            except OSError:  # gone already, or not ours to remove: never mask the caller's own error
+                continue
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _is_other_live_process(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except PermissionError:
+        return True  # it exists, and belongs to another user
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
+
+
+def estimate_file_bytes(
+    schema: Schema, dims: Mapping[str, int], rows_per_chunk: int | Mapping[str, int] = 1
+) -> int:
+    """Upper estimate of the size of a file of `schema` with dimension sizes `dims`, written with
+    `DatasetWriter.create_array(..., rows_per_chunk)` (one value for every array, or by array name,
+    1 for the arrays it omits).
+
+    HDF5 stores whole chunks (a last, partly filled chunk takes a full chunk's space), plus an index
+    entry per chunk and the metadata.
+    """
+    total = 64 * 1024  # superblock, groups, attributes
+    for spec in schema.arrays:
+        shape = tuple(int(dims[d]) for d in spec.dims)
+        if not all(shape):
+            continue
+        itemsize = spec.numpy_dtype.itemsize
+        rows = rows_per_chunk if isinstance(rows_per_chunk, int) else rows_per_chunk.get(spec.name, 1)
+        chunks = _chunk_shape(shape, rows, itemsize)
+        count = math.prod(-(-size // chunk) for size, chunk in zip(shape, chunks))
+        total += count * (itemsize * math.prod(chunks) + _CHUNK_OVERHEAD_BYTES)
+    return total
+
+
+def _chunk_shape(shape: tuple[int, ...], rows_per_chunk: int, itemsize: int) -> tuple[int, ...]:
+    """(rows_per_chunk, *shape[1:]), cut along the first axes as far as needed to stay below HDF5's
+    chunk-size limit (only huge rows are cut, so ordinary files keep one or more whole rows per chunk)."""
+    chunks = [max(1, min(rows_per_chunk, shape[0])), *shape[1:]]
+    for axis in range(len(chunks)):
+        others = itemsize * math.prod(chunks[:axis]) * math.prod(chunks[axis + 1 :])
+        if others * chunks[axis] <= _MAX_CHUNK_BYTES:
+            break
+        chunks[axis] = max(1, _MAX_CHUNK_BYTES // others)
+    return tuple(chunks)
 
 
 class DatasetReader:
     """Opens a dataset file of a given schema and validates it; base of the kind-specific loaders.
 
     On construction: the file must open as HDF5, carry the root attributes of this module with the
-    expected `schema` and `schema_version`, a `config` that parses as JSON, and every array of the
-    schema with the right dtype and number of axes; axes sharing a dimension name must agree, and
-    `expected_dims` (e.g. sizes read from the config) must match. Raises `DatasetError` otherwise.
+    expected `schema` and `schema_version`, a `config` that parses as a JSON object, and every array
+    of the schema with the right dtype and number of axes; axes sharing a dimension name must agree,
+    and `expected_dims` (e.g. sizes read from the config) must match. Raises `DatasetError` otherwise.
     Content checks run on each row read (`read`), or on all rows in `verify`.
     Use as a context manager or call `close`.
+
+    A subclass that sets `config_class` (a dataclass whose constructor validates its fields, such
+    as the kinds' configs) gets `parsed_config`, built from the stored config, which must then have
+    every field of the class and pass its validation.
     """
+
+    config_class: type | None = None
 
     def __init__(self, path: str | os.PathLike, schema: Schema):
         self.path = Path(path)
         self.schema = schema
         self._datasets: dict[str, h5py.Dataset] = {}
+        self.parsed_config = None
         if not self.path.is_file():
             raise DatasetError(f"{self.path}: no such dataset file")
         try:
@@ -220,6 +408,8 @@ class DatasetReader:
         try:
             self.attrs = self._read_attributes()
             self.config: dict = self.attrs[ATTR_CONFIG]
+            if self.config_class is not None:
+                self.parsed_config = self._parse_config(self.config_class)
             self.dims = self._check_arrays()
             self._check_expected_dims()
         except BaseException:
@@ -229,8 +419,8 @@ class DatasetReader:
     def expected_dims(self) -> Mapping[str, int]:
         """Hook for subclasses: dimension sizes fixed by the metadata (e.g. by `self.config`).
 
-        Checked against the arrays on construction; a KeyError (a config entry missing) becomes a
-        `DatasetError`.
+        Checked against the arrays on construction; a KeyError (a config entry missing), TypeError or
+        ValueError (an entry of the wrong type) becomes a `DatasetError`.
         """
         return {}
 
@@ -259,7 +449,11 @@ class DatasetReader:
             for start in range(0, dataset.shape[0], step):
                 digest.update(np.ascontiguousarray(self.read(spec.name, slice(start, start + step))))
             digests[spec.name] = digest.hexdigest()
-            if dataset.attrs.get(ARRAY_DIGEST_ATTR) != digests[spec.name]:
+            try:
+                stored = _plain(dataset.attrs.get(ARRAY_DIGEST_ATTR))
+            except (OSError, ValueError) as exc:
+                raise DatasetError(f"{self.path}: unreadable checksum of {spec.name}: {exc}") from None
+            if stored != digests[spec.name]:
                 raise DatasetError(f"{self.path}: {spec.name} does not match its checksum (corrupted data)")
         entries = [(n, self.file[n].dtype.str, self.file[n].shape, d) for n, d in digests.items()]
         metadata = {key: self.file.attrs[key] for key in self.file.attrs if key != ATTR_CHECKSUM}
@@ -308,11 +502,26 @@ class DatasetReader:
             )
         try:
             attrs[ATTR_CONFIG] = json.loads(attrs[ATTR_CONFIG])
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise DatasetError(
                 f"{self.path}: the {ATTR_CONFIG!r} attribute is not valid JSON: {exc}"
             ) from exc
+        if not isinstance(attrs[ATTR_CONFIG], dict):
+            raise DatasetError(
+                f"{self.path}: the {ATTR_CONFIG!r} attribute is a JSON {_json_type(attrs[ATTR_CONFIG])}, "
+                "expected an object of generation parameters"
+            )
         return attrs
+
+    def _parse_config(self, config_class: type):
+        fields = [f.name for f in dataclasses.fields(config_class)]
+        missing = [name for name in fields if name not in self.config]
+        if missing:
+            raise DatasetError(f"{self.path}: the {ATTR_CONFIG!r} attribute lacks the entries {missing}")
+        try:
+            return config_class(**{name: self.config[name] for name in fields})
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise DatasetError(f"{self.path}: the stored {ATTR_CONFIG!r} is invalid: {exc}") from None
 
     def _check_arrays(self) -> dict[str, int]:
         dims: dict[str, tuple[int, str]] = {}
@@ -321,6 +530,8 @@ class DatasetReader:
                 dataset = self.file[spec.name]
             except KeyError:
                 raise DatasetError(f"{self.path}: missing array {spec.name!r}") from None
+            except (OSError, ValueError) as exc:  # e.g. a dangling external link
+                raise DatasetError(f"{self.path}: cannot open array {spec.name!r}: {exc}") from None
             if not isinstance(dataset, h5py.Dataset):
                 raise DatasetError(f"{self.path}: {spec.name!r} is not an array")
             if dataset.dtype != spec.numpy_dtype:
@@ -346,6 +557,8 @@ class DatasetReader:
             expected = dict(self.expected_dims())
         except KeyError as exc:
             raise DatasetError(f"{self.path}: the {ATTR_CONFIG!r} attribute lacks the entry {exc}") from None
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise DatasetError(f"{self.path}: the stored {ATTR_CONFIG!r} is invalid: {exc}") from None
         for name, size in expected.items():
             if self.dims.get(name) != size:
                 raise DatasetError(
@@ -372,6 +585,15 @@ def _plain(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return value
+
+
+def _json_type(value) -> str:
+    """The JSON name of the type of a parsed JSON value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return {list: "array", str: "string", int: "number", float: "number"}.get(type(value), "object")
 
 
 def _format_index(index: int | slice) -> str:

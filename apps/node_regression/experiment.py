@@ -145,9 +145,10 @@ def plan(args: argparse.Namespace) -> Plan:
 
 
 def memory_needed(args: argparse.Namespace, jobs: int = 1) -> int:
-    """A lower bound of the bytes a run needs: the data generated in memory (float64, plus its copy in
-    --dtype), and per approach trained side by side the per-node parameter copies with their optimizer
-    state and the activations of one mini-batch."""
+    """A lower bound of the bytes a run needs: the graph (stored and generated as a dense |V| x |V|
+    adjacency, with a float64 shift built from it), the data generated in memory (float64, plus its copy
+    in --dtype), and per approach trained side by side the per-node parameter copies with their
+    optimizer state and the activations of one mini-batch."""
     itemsize = 8 if args.dtype == "float64" else 4
     nodes, width_in = args.nodes, args.input_dim
     samples = args.train_samples + args.test_samples
@@ -155,7 +156,8 @@ def memory_needed(args: argparse.Namespace, jobs: int = 1) -> int:
     widths = (width_in, *args.hidden, 1)
     params = sum(2 * a * b for a, b in zip(widths[:-1], widths[1:]))
     per_job = nodes * params * itemsize * 5 + args.batch_size * nodes * sum(widths) * itemsize * 4
-    return data + jobs * (per_job + samples * nodes * (width_in + 1) * itemsize)
+    dense_graph = nodes * nodes * (1 + 8)
+    return dense_graph + data + jobs * (per_job + samples * nodes * (width_in + 1) * itemsize)
 
 
 def check_memory(args: argparse.Namespace) -> None:

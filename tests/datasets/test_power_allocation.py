@@ -217,7 +217,7 @@ def test_interrupted_generation_leaves_no_file(tmp_path, monkeypatch, make):
         ({"pathloss": "uma-los", "tx_height": 1.0}, "must exceed h_E = 1 m for uma-los"),
         ({"fading": "nakagami"}, "--fading must be one of rayleigh, rician, none"),
         ({"pair_min_distance": 160.0}, "--pair-min-distance .* must not exceed --pair-max-distance"),
-        ({"seed": -1}, "--seed must be a non-negative integer"),
+        ({"seed": -1}, "--data-seed must be a non-negative integer"),
     ],
 )
 def test_config_validation(overrides, message):
