@@ -13,6 +13,9 @@ Modules: `storage` (HDF5 writing/reading, metadata, checksum, `DatasetError`, ou
 (available memory and disk space, for refusing jobs that cannot fit), and one module per kind.
 """
 
+__version__ = "0.2.0"
+"""The toolkit's version, as ``core.__version__`` (datasets does not import core; a test keeps them equal)."""
+
 from datasets.conflict_graphs import ConflictGraph, ConflictGraphDataset, ConflictGraphsConfig
 from datasets.power_allocation import PowerAllocationBatch, PowerAllocationConfig, PowerAllocationDataset
 from datasets.storage import DatasetError

@@ -77,7 +77,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from datasets import resources, storage
+from datasets import __version__, resources, storage
 
 DEFAULT_DATA_DIR = Path("data")
 """Folder of the default output files; created on demand (as are the missing folders of --out)."""
@@ -263,6 +263,7 @@ def build_parser(kinds: dict[str, DatasetKind]) -> OneLineErrorParser:
         description="Generate a dataset file (HDF5). "
         "Run `python -m datasets <kind> --help` for the flags of a kind.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s (fdtrain-gnn) {__version__}")
     subparsers = parser.add_subparsers(dest="kind", metavar="<kind>", required=True)
     for kind in kinds.values():
         sub = subparsers.add_parser(
