@@ -1,8 +1,8 @@
 """Time the two algorithmic building blocks at the paper's workload sizes, one process, after warm-up.
 
-LGS (DESIGN section 9): B = 100 weight vectors on one 100-vertex Erdos-Renyi graph with mean degree
+LGS (docs/design.md, section 9): B = 100 weight vectors on one 100-vertex Erdos-Renyi graph with mean degree
 2, 10 and 25 - the call the link-scheduling training loop makes several times per mini-batch.
-WMMSE (DESIGN section 8): B = 64 channel matrices with N = 25 pairs, 4 iterations ("WMMSE-Tr") and 100
+WMMSE (docs/design.md, section 8): B = 64 channel matrices with N = 25 pairs, 4 iterations ("WMMSE-Tr") and 100
 ("WMMSE"), XLA-compiled and as a plain graph. Prints the median time per call over repeated runs
 (the warm-up call includes tracing and XLA compilation and is not counted).
 

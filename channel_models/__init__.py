@@ -4,7 +4,7 @@
 log-normal shadow fading (`shadowing`), Rayleigh and Rician small-scale fading (`fading`), thermal
 noise, unit conversions and the control-channel threshold (`link_budget`), and transmitter-receiver
 layouts (`layout`). Units: metres, GHz for carrier frequencies, dB / dBm / W for powers. The exact
-specification is DESIGN.md section 7; each module documents how it treats out-of-range inputs.
+specification is docs/design.md, section 7; each module documents how it treats out-of-range inputs.
 """
 
 from channel_models.fading import db_to_k_factor, rayleigh_amplitude, rician_amplitude

@@ -3,7 +3,7 @@
 Rayleigh fading is the amplitude of a circularly symmetric complex Gaussian CN(0, 1); Rician fading
 adds a deterministic line-of-sight component carrying a fraction K/(K+1) of the power (K is the
 linear Rician K-factor, K = 0 gives Rayleigh). The channel amplitude of a link is then
-h = 10^(-PL/20) * r (DESIGN.md section 7). The LOS phase does not affect |r|, so it is fixed to 0.
+h = 10^(-PL/20) * r (docs/design.md, section 7). The LOS phase does not affect |r|, so it is fixed to 0.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Two layouts:
 
 * `uniform_square_layout`: transmitters and receivers placed independently and uniformly in a square
   of side `side_m` centred at the origin (x, y ~ U(-side/2, side/2)); this is the paper preset
-  (DESIGN.md section 7: 25 pairs in 1 km x 1 km).
+  (docs/design.md, section 7: 25 pairs in 1 km x 1 km).
 * `paired_disc_layout`: transmitters uniform in a disc of radius `radius_m`; each receiver uniform in
   the annulus min_distance <= r <= max_distance around its own transmitter (so direct links are short).
 
@@ -62,7 +62,7 @@ def paired_disc_layout(
 def link_distances(tx: np.ndarray, rx: np.ndarray) -> np.ndarray:
     """Horizontal distances d[..., j, i] = ||tx[..., j, :] - rx[..., i, :]|| in metres.
 
-    Index convention of DESIGN.md section 7: row j is the transmitter, column i the receiver, so the
+    Index convention of docs/design.md, section 7: row j is the transmitter, column i the receiver, so the
     diagonal holds the direct links. tx and rx have shape (..., N, 2); the result (..., N, N).
     """
     tx = np.asarray(tx, dtype=np.float64)

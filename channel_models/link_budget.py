@@ -1,6 +1,6 @@
 """Link budget: unit conversions, thermal noise k*T*B and the control-channel threshold.
 
-The power-allocation preset of DESIGN.md section 7 uses a noise power of -106.87 dBm over 5 MHz, which
+The power-allocation preset of docs/design.md, section 7 uses a noise power of -106.87 dBm over 5 MHz, which
 is k*T*B at T = 298 K (the customary 290 K gives -106.99 dBm), so the temperature is a parameter.
 A link belongs to the interference graph only if the received power clears the control-channel
 threshold: its path loss must not exceed
@@ -21,7 +21,7 @@ BOLTZMANN = 1.380649e-23
 """Boltzmann constant in J/K (exact since the 2019 SI redefinition)."""
 
 PAPER_NOISE_TEMPERATURE_K = 298.0
-"""Noise temperature that reproduces the authors' -106.87 dBm over 5 MHz (DESIGN.md section 7)."""
+"""Noise temperature that reproduces the authors' -106.87 dBm over 5 MHz (docs/design.md, section 7)."""
 
 
 def w_to_dbm(power_w) -> np.ndarray:
@@ -52,7 +52,7 @@ def thermal_noise_dbm(bandwidth_hz, temperature_k=PAPER_NOISE_TEMPERATURE_K) -> 
 
 
 def control_channel_threshold_db(tx_power_w, noise_dbm, snr_required_db=10.0, margin_db=5.0) -> np.ndarray:
-    """Largest path loss (dB) at which a link still clears the control channel (DESIGN.md section 7).
+    """Largest path loss (dB) at which a link still clears the control channel (docs/design.md, section 7).
 
     PL_max = 10 log10(P_tx / 1 mW) - N_0[dBm] - SNR_req + margin; 138.86 dB for the paper preset.
     """

@@ -1,7 +1,7 @@
 """3GPP TR 38.901 urban-macro (UMa) path loss, breakpoint distance and LOS probability.
 
 Implements Table 7.4.1-1 (path loss, UMa rows) and Table 7.4.2-1 (LOS probability, UMa row) of
-3GPP TR 38.901 (Release 16), as specified in DESIGN.md section 7. Conventions:
+3GPP TR 38.901 (Release 16), as specified in docs/design.md, section 7. Conventions:
 
 * carrier frequency `fc_ghz` in GHz, distances and heights in metres, path loss in dB;
 * every function is vectorized: distances (and heights) broadcast as NumPy arrays;

@@ -2,7 +2,7 @@
 
 TR 38.901 models shadow fading as a zero-mean Gaussian in dB whose standard deviation sigma_SF depends
 on the scenario (Table 7.4.1-1: UMa LOS 4 dB, NLOS 6 dB, NLOS optional 7.8 dB). The paper authors
-used 7.2 dB and clipped the draw at +-2 sigma (DESIGN.md section 7), so clipping is an option here.
+used 7.2 dB and clipped the draw at +-2 sigma (docs/design.md, section 7), so clipping is an option here.
 Clipping sets values beyond the bound to the bound (it does not redraw them), which lowers the
 standard deviation: see `clipped_normal_std`.
 """

@@ -16,7 +16,7 @@ Conventions: parameters are per-node flat vectors theta (|V|, |theta|) for distr
 one shared flat vector (|theta|,) for centralized ones (see :mod:`core.replicas` for flattening).
 Batches are sample-major as in the public API: x (B, |V|, g_0), y (B, |V|, g_L). The distributed
 loss of a sample is l = sum_i l_i (so node averages of local gradients equal the centralized gradient
-of the node-mean loss, DESIGN section 3); the reported loss is the node- and sample-mean of l_i.
+of the node-mean loss, docs/design.md, section 3); the reported loss is the node- and sample-mean of l_i.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Layer l maps node features X^{l-1} (g_{l-1} per node) to X^l (g_l per node):
     X_i^l = sigma_l(H_i^l)
 
 where s_i is an optional per-node self factor (1 by default; UWMMSE uses diag(H)). Node i applies its
-*own* copy Theta1^{l,i} to the aggregate of its neighbours' raw features (DESIGN section 2 explains
+*own* copy Theta1^{l,i} to the aggregate of its neighbours' raw features (docs/design.md, section 2 explains
 why this, and not eq. (10) as printed, is the form that eqs. (13b)-(14) differentiate).
 
 Parameters are a flat list ``[Theta0^1, Theta1^1, (b^1), Theta0^2, ...]`` (see :meth:`GCNN.unpack`).

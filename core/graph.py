@@ -6,10 +6,10 @@ self-loops. Everything the distributed algorithms need from it is a :class:`Spar
 by a segment sum into receivers (see :mod:`core.ops`). Entries with ``i == j`` are the node's own term
 and cost no communication.
 
-Shift operators (DESIGN section 2): adjacency A, Laplacian L = D - A, normalized adjacency
+Shift operators (docs/design.md, section 2): adjacency A, Laplacian L = D - A, normalized adjacency
 D^-1/2 A D^-1/2 and normalized Laplacian I - D^-1/2 A D^-1/2, where D is the weighted degree and
 D^-1/2 is taken as 0 for an isolated node. Consensus weights: Metropolis-Hastings (eq. 16) and the
-paper authors' Laplacian mixing I - beta (D - A) (DESIGN section 4).
+paper authors' Laplacian mixing I - beta (D - A) (docs/design.md, section 4).
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ class Graph:
     def mixing_matrix(self, rule: str = "mh", beta: float = 1e-3) -> SparseOperator:
         """Consensus weights: ``"mh"`` (eq. 16) or ``"laplacian"``: I - beta (D - A) on the raw adjacency.
 
-        The Laplacian rule is the paper authors' published variant (DESIGN section 4); it is doubly
+        The Laplacian rule is the paper authors' published variant (docs/design.md, section 4); it is doubly
         stochastic too but mixes slowly for small beta.
         """
         if rule == "mh":

@@ -1,4 +1,4 @@
-"""Centralized and distributed optimizers (DESIGN section 3) on flat parameter vectors.
+"""Centralized and distributed optimizers (docs/design.md, section 3) on flat parameter vectors.
 
 Every optimizer works on parameters flattened to one vector: shape (|theta|,) for centralized
 training (one shared model), (|V|, |theta|) for distributed training (one row per node). An optimizer
@@ -185,7 +185,7 @@ class DAdam(Optimizer):
     theta^i <- sum_j W_ij theta^j - alpha m_i / (sqrt(v^_i) + eps).
 
     ``bias_correction=True, eps=1e-7`` gives the paper authors' published variant (bias-corrected local
-    Adam with Keras' epsilon, without the max), see DESIGN section 4.
+    Adam with Keras' epsilon, without the max), see docs/design.md, section 4.
     """
 
     name = "d-adam"
@@ -213,7 +213,7 @@ class DAdam(Optimizer):
 
 
 class DAMSGrad(Optimizer):
-    """D-AMSGrad (Chen et al.): the second moment is tracked by consensus on u~ (DESIGN section 3).
+    """D-AMSGrad (Chen et al.): the second moment is tracked by consensus on u~ (docs/design.md, section 3).
 
     m_i, v_i as D-Adam; v^_i(t) = max(v^_i(t-1), v_i(t)) with v^_i(0) = eps; u~_i(1) = eps;
     u_i(t) = max(u~_i(t), eps);  theta^i(t+1) = sum_j W_ij theta^j(t) - alpha m_i(t) / sqrt(u_i(t));

@@ -39,7 +39,7 @@ def consensus_model(theta: tf.Tensor) -> tf.Tensor:
 
 
 def consensus_error(theta: tf.Tensor) -> tf.Tensor:
-    """max_i ||theta^i - theta_bar|| / ||theta_bar|| for flat per-node copies (DESIGN section 2)."""
+    """max_i ||theta^i - theta_bar|| / ||theta_bar|| for flat per-node copies (docs/design.md, section 2)."""
     mean = tf.reduce_mean(theta, axis=0, keepdims=True)
     spread = tf.reduce_max(tf.norm(theta - mean, axis=1))
     return spread / tf.maximum(tf.norm(mean), tf.constant(1e-30, theta.dtype))

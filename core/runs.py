@@ -1,4 +1,4 @@
-"""Run directories (DESIGN section 5): atomic writes, config with library versions, metrics, checkpoints.
+"""Run directories (docs/design.md, section 5): atomic writes, config with library versions, metrics, checkpoints.
 
 A run directory holds
 

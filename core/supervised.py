@@ -3,7 +3,7 @@
 The training set (X(n), y(n)), n = 1..N, lives in memory as sample-major tensors (N, |V|, g). A
 mini-batch is a set of indices into it; its local gradients come from the explicit forward pass and
 local backpropagation of :class:`core.executors.BatchedExecutor` (eqs. 10-14), with every exchange
-counted, or, for a centralized optimizer, from the gradient of sum_b mean_i l_i(b) (DESIGN section 3).
+counted, or, for a centralized optimizer, from the gradient of sum_b mean_i l_i(b) (docs/design.md, section 3).
 
 Metrics: ``train_<loss>`` and ``test_<loss>``, the node- and sample-mean of the per-node loss l_i
 (``mse`` for the squared error of eq. 6c). For per-node parameter copies every node predicts with its

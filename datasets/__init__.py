@@ -13,12 +13,12 @@ Modules: `storage` (HDF5 writing/reading, metadata, checksum, `DatasetError`, ou
 (available memory and disk space, for refusing jobs that cannot fit), and one module per kind.
 """
 
-__version__ = "0.2.0"
-"""The toolkit's version, as ``core.__version__`` (datasets does not import core; a test keeps them equal)."""
+__version__ = "0.2.0"  # the toolkit's, as core.__version__ (datasets does not import core; a test keeps them equal)
 
-from datasets.conflict_graphs import ConflictGraph, ConflictGraphDataset, ConflictGraphsConfig
-from datasets.power_allocation import PowerAllocationBatch, PowerAllocationConfig, PowerAllocationDataset
-from datasets.storage import DatasetError
+# (the imports follow __version__, which datasets.cli imports)
+from datasets.conflict_graphs import ConflictGraph, ConflictGraphDataset, ConflictGraphsConfig  # noqa: E402
+from datasets.power_allocation import PowerAllocationBatch, PowerAllocationConfig, PowerAllocationDataset  # noqa: E402
+from datasets.storage import DatasetError  # noqa: E402
 
 __all__ = [
     "ConflictGraph",

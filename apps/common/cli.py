@@ -35,7 +35,8 @@ def add_consensus_arguments(group, rounds_of: str, graph: str = "", d_adam_defau
                        "I - beta (D - A) on the raw adjacency")
     group.add_argument("--mixing-beta", type=positive_float, default=1e-3, help="beta of --mixing laplacian")
     group.add_argument("--d-adam-variant", choices=("paper", "authors"), default=d_adam_default,
-                       help="D-Adam as in DESIGN section 3 (DADAM, max-tracked second moment), or the authors' "
+                       help="D-Adam as in docs/design.md, section 3 (DADAM, max-tracked second moment), or the "
+                       "authors' "
                        f"published bias-corrected local Adam{d_adam_note}")
 
 
@@ -54,7 +55,7 @@ def add_seed_dtype_preset_arguments(group, presets: dict[str, dict], seed_help: 
 
 def add_run_arguments(parser: argparse.ArgumentParser, app: str, checkpoint_every: int, unit: str = "epochs",
                       jobs_default: int | None = None):
-    """The "run" flags every training app's main shares (DESIGN section 5): ``--out``, ``--resume``,
+    """The "run" flags every training app's main shares (docs/design.md, section 5): ``--out``, ``--resume``,
     ``--checkpoint-every`` (counted in ``unit``), ``--jobs`` when ``jobs_default`` is given, and ``-q``.
     Returns the argument group, for the app's own run flags."""
     run = parser.add_argument_group("run")

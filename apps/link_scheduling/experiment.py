@@ -3,11 +3,11 @@
 ``main(argv)`` parses and validates every flag and reads (or, with ``--generate``, writes) the
 conflict-graph dataset *before* creating a run directory: bad input prints one error line on stderr,
 exits with status 2 and writes nothing. Each optimizer is then trained by :class:`core.trainer.Trainer`
-on :class:`apps.link_scheduling.task.LinkSchedulingTask` into its run directory (DESIGN section 5).
+on :class:`apps.link_scheduling.task.LinkSchedulingTask` into its run directory (docs/design.md, section 5).
 
 Modes:
 
-- ``algorithm1`` (default): Algorithm 1 as DESIGN section 9 states it. A mini-batch is one training
+- ``algorithm1`` (default): Algorithm 1 as docs/design.md, section 9 states it. A mini-batch is one training
   graph drawn at random with B weight samples on it; one actor update and one critic update per
   mini-batch. Each trainer epoch is one mini-batch, so metrics.csv has a row per mini-batch and its
   ``epoch`` column is the mini-batch count of Fig. 2c's x-axis (``step`` counts updates).
@@ -40,8 +40,8 @@ turns into worse schedules, and the test ratio dips before it rises above 1. Wit
 and the actor at 1e-4, C-Adam dipped to 0.70 and needed ~150 mini-batches to recover; with the critic
 at 3e-3 the dip stays above 0.95 and the ratio passes 1 within ~50 mini-batches.
 
-D-Adam defaults to the authors' variant (bias-corrected local Adam, DESIGN section 4), the optimizer
-behind the distributed curve of Fig. 2c. DESIGN's DADAM has no bias correction, so its first ~100
+D-Adam defaults to the authors' variant (bias-corrected local Adam, docs/design.md, section 4), the optimizer
+behind the distributed curve of Fig. 2c. the design's DADAM has no bias correction, so its first ~100
 steps are 3-6 times an Adam step; here they push the actor, which early on follows a critic that has
 not learnt yet, into a dip (test ratio ~0.8) it had not left after 300 mini-batches, while the
 authors' variant recovered like C-Adam. ``--d-adam-variant paper`` selects DADAM.

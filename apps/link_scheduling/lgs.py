@@ -1,4 +1,4 @@
-"""Local greedy solver (LGS) for maximum weighted independent set (DESIGN section 9, paper Section IV-C).
+"""Local greedy solver (LGS) for maximum weighted independent set (docs/design.md, section 9, paper Section IV-C).
 
 The LGS of Joo & Shroff (paper ref. [24]) is the distributed link scheduler the actor GCNN feeds: given
 a conflict graph and vertex weights, every vertex repeatedly compares its priority with those of its
@@ -6,7 +6,7 @@ undecided one-hop neighbours. A vertex's priority is the pair (weight, -index): 
 ties broken in favour of the smaller index, so that priorities form a strict total order and the
 result is deterministic.
 
-One synchronous *iteration* (DESIGN section 9): every undecided vertex whose priority is the largest in
+One synchronous *iteration* (docs/design.md, section 9): every undecided vertex whose priority is the largest in
 its closed undecided neighbourhood joins the set, and the undecided neighbours of the joining vertices
 leave. This repeats until no vertex is undecided. The result is independent (two adjacent undecided
 vertices never join together: the higher-priority one blocks the other) and maximal (a vertex only
@@ -16,7 +16,7 @@ is; `sequential_greedy_mwis` is that oracle.
 
 Everything is NumPy and vectorised over a batch of B weight vectors, on one shared graph (V, V) or on
 a batch of graphs (B, V, V) with the same V; the only Python loop is over iterations (2-7 on the
-100-vertex Erdos-Renyi graphs of DESIGN section 9).
+100-vertex Erdos-Renyi graphs of docs/design.md, section 9).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def local_greedy_mwis(adjacency, weights, *, validate: bool = True) -> tuple[np.
         # above[b, r] = bit set of the vertices ranked before r (exclusive prefix OR over the order);
         # higher[b, v] = neighbours of v ranked before v. A vertex joins once none of them is
         # undecided: a decided higher-priority neighbour is necessarily "out" (had it joined, v would
-        # have left), so this is DESIGN section 9's "largest in its closed undecided neighbourhood".
+        # have left), so this is docs/design.md, section 9's "largest in its closed undecided neighbourhood".
         singletons = _pack_rows(np.eye(num_vertices, dtype=bool))
         above = np.zeros((batch, num_vertices, singletons.shape[-1]), dtype=np.uint64)
         np.bitwise_or.accumulate(singletons[order[:, :-1]], axis=1, out=above[:, 1:])

@@ -1,4 +1,4 @@
-"""Actor and critic of the GCNN-LGS link scheduler (DESIGN section 9, paper Section IV-C, ref. [8]).
+"""Actor and critic of the GCNN-LGS link scheduler (docs/design.md, section 9, paper Section IV-C, ref. [8]).
 
 The *actor* is a 3-layer GCNN (1 -> 32 -> 32 -> 1, leaky ReLU (0.2), leaky ReLU, ReLU, no bias) on the
 conflict graph with S = normalized Laplacian and input ones. Its output z >= 0 scales the vertex
@@ -7,7 +7,7 @@ the actor learns through a *critic* ("twin", Zhao et al., ref. [8]): a 5-layer G
 -> 64 -> 2, leaky ReLU, softmax, with bias) that maps the actor's output to a per-node prediction of
 its share of the utility.
 
-Choices where DESIGN section 9 leaves room (all as in the paper authors' published code):
+Choices where docs/design.md, section 9 leaves room (all as in the paper authors' published code):
 
 - Critic input: x = [1, z~] per node, normalised per sample as (x - mean) / (6 std) + 0.5 with one
   scalar mean and (population) standard deviation over all 2|V| entries of that sample's x. The
@@ -22,7 +22,7 @@ Choices where DESIGN section 9 leaves room (all as in the paper authors' publish
 - "The critic's mean output" that the actor maximises is the node mean of channel 0, the predicted
   utility share. It cannot be the mean over both channels: by the softmax that is 1/2 whatever z is.
   Per sample the actor's loss is -sum_i c_i0 for per-node copies, -mean_i c_i0 for a shared model, so
-  that node averages of local gradients equal the centralized gradient (DESIGN section 3).
+  that node averages of local gradients equal the centralized gradient (docs/design.md, section 3).
 
 Metric: the utility ratio u(LGS(z * w)) / u(LGS(w)) of a sample, u(S) = sum_{i in S} w_i, averaged
 over samples (the authors average per-sample ratios too).

@@ -1,5 +1,5 @@
 """Actor-critic link scheduling as a :class:`core.trainer.Task`: the actor is the trained model, the
-critic a second, centralized learner updated in the same step (DESIGN section 9, Algorithm 1).
+critic a second, centralized learner updated in the same step (docs/design.md, section 9, Algorithm 1).
 
 One mini-batch (one call of :meth:`LinkSchedulingTask.gradients`) on the conflict graph G(t) that the
 trainer drew (Algorithm 1, line 3), with B weight samples:
@@ -13,7 +13,7 @@ trainer drew (Algorithm 1, line 3), with B weight samples:
 4. the critic at the server: one forward pass on z~, then the gradient of its loss with respect to its
    parameters and the gradient dJ/dz~ of the actor's objective;
 5. the server sends dJ/dz~_i(b) to node i, and the actor's backward pass runs in the network
-   (GradientTape through the counting simulator; DESIGN section 2: the tape is the oracle of eqs.
+   (GradientTape through the counting simulator; docs/design.md, section 2: the tape is the oracle of eqs.
    11-14 and sends what they send, L - 1 = 2 rounds per sample);
 6. the critic's Adam step (centralized, here); the actor's step is the trainer's (Algorithm 1, line 12).
 

@@ -2,7 +2,7 @@
 
 ``main(argv)`` parses and validates every flag *before* creating anything (bad input: one error line
 on stderr, exit status 2, nothing written), then trains each requested approach with
-:class:`core.trainer.Trainer` into its run directory (DESIGN section 5). ``--optimizer all`` trains
+:class:`core.trainer.Trainer` into its run directory (docs/design.md, section 5). ``--optimizer all`` trains
 the seven approaches of Fig. 2a into ``<out>/<approach>/`` and draws their test MSE against
 message-passing rounds into ``<out>/test_mse_vs_rounds.png``.
 

@@ -1,1 +1,1 @@
-"""App B: UWMMSE power allocation and its WMMSE baselines (DESIGN section 8)."""
+"""App B: UWMMSE power allocation and its WMMSE baselines (docs/design.md, section 8)."""

@@ -2,7 +2,7 @@
 
 In App B a mini-batch *is* a graph: the B channel matrices of one file batch (one layout) are the
 per-sample shift S = H of the GCNNs, and the consensus graph of the batch comes from the same CSI
-(DESIGN section 8). :class:`TrainingBatches` is therefore the sampler of
+(docs/design.md, section 8). :class:`TrainingBatches` is therefore the sampler of
 :class:`core.trainer.RandomGraphs`: each ``draw(rng)`` returns the :class:`core.trainer.GraphOps` of the
 next file batch, with
 

@@ -1,7 +1,7 @@
 """Neighbour exchanges of App B on the complete per-sample pattern, as dense products, counted.
 
-Every operator of UWMMSE (the GCNN shift S = H, the two WMMSE sums, DESIGN section 8) has per-sample
-weights on N x N entries: cut links (below the control-channel threshold, DESIGN section 7) are zero
+Every operator of UWMMSE (the GCNN shift S = H, the two WMMSE sums, docs/design.md, section 8) has per-sample
+weights on N x N entries: cut links (below the control-channel threshold, docs/design.md, section 7) are zero
 weights, not missing entries, so shapes are fixed and nothing retraces. On that pattern the
 gather + ``unsorted_segment_sum`` of :func:`core.ops.apply_operator` equals a batched dense product,
 and XLA on CPU runs the product much faster than the scatter (a UWMMSE training step of B = 64,

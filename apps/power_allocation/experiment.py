@@ -6,7 +6,7 @@ input: one error line on stderr, exit status 2, nothing written), then
 1. computes the baselines on the test split: WMMSE with ``--wmmse-iterations`` (100) iterations and
    WMMSE-Tr, truncated to as many iterations as UWMMSE has layers (4), in float64;
 2. trains UWMMSE with each requested approach through :class:`core.trainer.Trainer`, streaming the
-   training split (:mod:`apps.power_allocation.batches`), into its run directory (DESIGN section 5):
+   training split (:mod:`apps.power_allocation.batches`), into its run directory (docs/design.md, section 5):
    config.json, metrics.csv (one row per epoch), summary.json (final/best sum-rates in bit/s/Hz and
    Mbps, the baselines on the same test split), checkpoint/, ``sum_rate.png`` and, with
    ``--save-powers``, ``test_powers.npz``. Several approaches (``--optimizer c-adam,d-adam``, the
@@ -14,7 +14,7 @@ input: one error line on stderr, exit status 2, nothing written), then
 
 The dataset comes from ``--data`` (default ``data/power_allocation.h5``, or
 ``data/power_allocation_quick.h5`` for ``--preset quick``); ``--generate`` writes it first when the file
-does not exist (the paper preset of DESIGN section 7, or the quick preset's small version).
+does not exist (the paper preset of docs/design.md, section 7, or the quick preset's small version).
 
 Seeds: ``--seed`` derives the initial parameters (the same for every approach) and the trainer's
 generator, which orders the training batches of every epoch.
@@ -40,7 +40,7 @@ APPROACHES = common_cli.PAPER_OPTIMIZERS + common_cli.EXTRA_OPTIMIZERS
 LABELS = common_cli.LABELS
 DEFAULT_DATA = {"paper": cli.DEFAULT_DATA_DIR / "power_allocation.h5",
                 "quick": cli.DEFAULT_DATA_DIR / "power_allocation_quick.h5"}
-# sizes of the dataset that --generate writes; everything else is the paper preset (DESIGN section 7).
+# sizes of the dataset that --generate writes; everything else is the paper preset (docs/design.md, section 7).
 # Quick: 10 epochs of 1 000 batches are 10 000 Adam steps, as many as one paper epoch, which UWMMSE needs
 # to move clearly above WMMSE-Tr (its GCNN weights must grow to amplify gains of ~1e-3); ~3 minutes.
 GENERATED = {"paper": {}, "quick": {"layouts": 20, "batches_per_layout": 50, "test_batches": 20}}

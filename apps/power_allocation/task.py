@@ -4,7 +4,7 @@ The trainer runs Algorithm 1; this task supplies the local gradients of a mini-b
 evaluation. The mini-batch's channels arrive as the graph G(t) (``graph.shift`` is H, see
 :mod:`apps.power_allocation.batches`), so the trainer's sample indices are not used.
 
-Objective (DESIGN section 8 with the scaling of section 3): node i's loss on sample b is
+Objective (docs/design.md, section 8 with the scaling of section 3): node i's loss on sample b is
 l_i(b) = -rate_i(b). Centralized optimizers get the gradient of sum_b (1/N) sum_i l_i(b) for the shared
 θ; distributed ones get, for every node's copy θ^i, the local gradient sum_b sum_j dl_j(b)/dθ^i
 (eq. 8c) from one GradientTape over the whole pipeline (8 GCNNs and the unfolded WMMSE steps), whose

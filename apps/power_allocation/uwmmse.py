@@ -1,4 +1,4 @@
-"""UWMMSE (Chowdhury et al., IEEE TWC 2021; paper Section IV-B; DESIGN section 8): WMMSE unfolded into
+"""UWMMSE (Chowdhury et al., IEEE TWC 2021; paper Section IV-B; docs/design.md, section 8): WMMSE unfolded into
 K layers whose MSE weights are rescaled by GCNN outputs, ŵ = a^k ⊙ w + b^k.
 
 Each unfolded layer k runs one `wmmse.wmmse_step` from v^{k-1} (v^0 = √Pmax) with a^k and b^k from two
@@ -8,7 +8,7 @@ Each unfolded layer k runs one `wmmse.wmmse_step` from v^{k-1} (v^0 = √Pmax) w
 
 Parameters: one flat vector, the 2K GCNNs' parameter lists flattened in the order a1, b1, a2, b2, ...,
 shape (|θ|,) shared or (N, |θ|) per-node copies (distributed training: node i runs every GCNN with its
-own copy, DESIGN section 2).
+own copy, docs/design.md, section 2).
 
 The 2K GCNNs have the same architecture, input and shift, so they run as *one* core GCNN on P = 2K
 stacked copies of the node set (virtual node p*N + i is node i running GCNN p, with node i's copy of
@@ -119,7 +119,7 @@ def unfold(H, sigma2, pmax, coefficients, channel: Channel | None = None, exchan
     """
     H = tf.convert_to_tensor(H)
     pmax = in_dtype(pmax, H.dtype)  # built in H's dtype, never through float32
-    v = tf.ones_like(H[..., 0]) * tf.sqrt(pmax)  # v^0 = √Pmax (DESIGN section 8)
+    v = tf.ones_like(H[..., 0]) * tf.sqrt(pmax)  # v^0 = √Pmax (docs/design.md, section 8)
     for k, (a, b) in enumerate(coefficients, start=1):
         if exchange is None:
             sums = ChannelSums(H)
@@ -155,7 +155,7 @@ class UWMMSE:
         return 2 + 2 * self.num_layers
 
     def init_theta(self, seed: int, dtype=tf.float32) -> tf.Tensor:
-        """Shared initial θ: every GCNN Glorot-uniform with biases 0.1 (DESIGN section 8), one seed each."""
+        """Shared initial θ: every GCNN Glorot-uniform with biases 0.1 (docs/design.md, section 8), one seed each."""
         seeds = np.random.SeedSequence(int(seed)).generate_state(len(self.parts))
         return tf.concat([flatten(self.gcnn.init_params(int(s), "glorot", dtype, bias_init=0.1)) for s in seeds], 0)
 

@@ -1,10 +1,10 @@
-"""WMMSE power allocation for sum-rate maximisation, batched in TensorFlow (DESIGN section 8).
+"""WMMSE power allocation for sum-rate maximisation, batched in TensorFlow (docs/design.md, section 8).
 
 This is the baseline of paper Section IV-B ("WMMSE", 100 iterations, and "WMMSE-Tr", 4) and the
 building block of the unfolded UWMMSE: `wmmse_step` takes optional per-node multipliers a, b so that
 the learned version runs exactly the same update with ŵ = a ⊙ w + b.
 
-Channel convention (DESIGN section 7): H has shape (..., N, N) and H[..., j, i] is the amplitude gain
+Channel convention (docs/design.md, section 7): H has shape (..., N, N) and H[..., j, i] is the amplitude gain
 from transmitter j to receiver i; H[..., i, i] is the direct link of pair i. Transmit amplitudes v
 (..., N), powers p = v², noise power σ², power budget Pmax per transmitter.
 
@@ -23,7 +23,7 @@ by block-coordinate descent; each block update is an exact minimiser:
 clipped to [0, √Pmax]. The v-subproblem separates over transmitters into 1-D convex quadratics, so the
 clip is the exact constrained minimiser and the objective never increases (Shi et al.); at
 the optimal (u, w) for a given v it equals N − ln 2 · Σ_i rate_i, so the sum-rate never decreases.
-These are DESIGN section 8's formulas and the updates unfolded by Chowdhury et al. (UWMMSE, IEEE TWC
+These are docs/design.md, section 8's formulas and the updates unfolded by Chowdhury et al. (UWMMSE, IEEE TWC
 2021); the paper authors' code uses the same index pattern (Hᵀ-product for u, H-product for v).
 
 Neighbour sums: a WMMSE step needs two sums over other pairs, the interference Σ_{j≠i} H_ji² v_j² heard
@@ -35,7 +35,7 @@ same two methods, so that a distributed implementation can make each sum a count
 Numerics: w_i is evaluated as (σ² + Σ_j H_ji² v_j²) / (σ² + Σ_{j≠i} H_ji² v_j²), algebraically equal
 to 1 / (1 − u_i H_ii v_i) for the MMSE u_i but free of the cancellation in 1 − u_i H_ii v_i = 1/(1 + SINR_i):
 in float32 that difference has relative error ~6e-8 · SINR and rounds to 0 (w = inf) beyond SINR ~3e7,
-and short links under the DESIGN section 7 channel model reach SNR ~1e8 (61.5 dB path loss at 10 m,
+and short links under the docs/design.md, section 7 channel model reach SNR ~1e8 (61.5 dB path loss at 10 m,
 Pmax = 5 W, σ² ≈ 2e-14 W). Rates likewise use the off-diagonal sum rather than a difference.
 """
 
@@ -92,7 +92,7 @@ class ChannelSums:
 def mmse_receiver(H, v, sigma2, sums=None):
     """MMSE receive coefficients u and MSE weights w for transmit amplitudes v.
 
-    u_i = H_ii v_i / (σ² + Σ_j H_ji² v_j²) and w_i = 1 / (1 − u_i H_ii v_i) (DESIGN section 8), w in
+    u_i = H_ii v_i / (σ² + Σ_j H_ji² v_j²) and w_i = 1 / (1 − u_i H_ii v_i) (docs/design.md, section 8), w in
     the cancellation-free form of the module docstring. H (..., N, N), v (..., N) -> (u, w) (..., N).
     `sums` computes the interference sum (default `ChannelSums(H)`).
     """
@@ -106,7 +106,7 @@ def mmse_receiver(H, v, sigma2, sums=None):
 
 
 def transmitter_update(H, u, w_hat, pmax, sums=None):
-    """v_i = H_ii u_i ŵ_i / Σ_j H_ij² u_j² ŵ_j, clipped to [0, √Pmax] (DESIGN section 8).
+    """v_i = H_ii u_i ŵ_i / Σ_j H_ij² u_j² ŵ_j, clipped to [0, √Pmax] (docs/design.md, section 8).
 
     The denominator runs over receivers j (row i of H²): the interference transmitter i causes at
     receiver j, priced by that receiver's u_j² ŵ_j. A zero denominator implies a zero numerator
@@ -128,7 +128,7 @@ def transmitter_update(H, u, w_hat, pmax, sums=None):
 
 
 def wmmse_step(H, v, sigma2, pmax, a=None, b=None, sums=None):
-    """One WMMSE iteration v -> v' (one UWMMSE layer when a, b are given); DESIGN section 8.
+    """One WMMSE iteration v -> v' (one UWMMSE layer when a, b are given); docs/design.md, section 8.
 
     u, w = mmse_receiver(H, v, σ²); ŵ = a ⊙ w + b (a = 1 and b = 0 when omitted: plain WMMSE);
     v' = transmitter_update(H, u, ŵ, Pmax).
@@ -160,7 +160,7 @@ def _wmmse_loop(H, sigma2, pmax, num_iterations):
     # A tensor-valued loop condition makes AutoGraph emit one tf.while_loop whose trip count is a
     # runtime value: 4 and 100 iterations share one trace and, under XLA, one compilation (a
     # tf.range bound would be a compile-time constant to XLA and recompile for every count).
-    v = tf.ones_like(H[..., 0]) * tf.sqrt(pmax)  # v_i initialised to √Pmax (DESIGN section 8)
+    v = tf.ones_like(H[..., 0]) * tf.sqrt(pmax)  # v_i initialised to √Pmax (docs/design.md, section 8)
     iteration = tf.constant(0, tf.int32)
     while iteration < num_iterations:
         v = wmmse_step(H, v, sigma2, pmax)

@@ -1,4 +1,4 @@
-"""Thermal noise, unit conversions and the control-channel threshold of DESIGN.md section 7."""
+"""Thermal noise, unit conversions and the control-channel threshold of docs/design.md, section 7."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
 """UMa path loss, breakpoint and LOS probability against hand-computed TR 38.901 values.
 
-Reference numbers: DESIGN.md section 7 (f_c 3.5 GHz, h_BS 25 m, h_UT 1.5 m) plus values computed by
+Reference numbers: docs/design.md, section 7 (f_c 3.5 GHz, h_BS 25 m, h_UT 1.5 m) plus values computed by
 hand from Tables 7.4.1-1 / 7.4.2-1 with d3D = sqrt(d2D^2 + 23.5^2) on both sides of the 560 m
 breakpoint and of the 18 m LOS limit.
 """

@@ -1,4 +1,4 @@
-"""Optimizer identities of DESIGN section 3, NumPy re-computations of the adaptive recursions, lr schedules.
+"""Optimizer identities of docs/design.md, section 3, NumPy re-computations of the adaptive recursions, lr schedules.
 
 Everything in float64 with fixed seeds. The GCNN steps run eagerly through the batched executor (the
 executor tests prove it equal to the literal protocol).
@@ -186,7 +186,7 @@ def test_dadam_authors_variant_is_bias_corrected_local_adam():
 
 
 def test_damsgrad_matches_numpy_recursion():
-    """DESIGN section 3: v^(0) = u~(1) = eps; u = max(u~, eps); theta <- W theta - a m / sqrt(u);
+    """docs/design.md, section 3: v^(0) = u~(1) = eps; u = max(u~, eps); theta <- W theta - a m / sqrt(u);
     u~ <- W u~ - v^(t-1) + v^(t); no bias correction, so the first step is ~ a * g / sqrt(eps) large."""
     graph, rng = ba_graph(), np.random.default_rng(13)
     w, mix = numpy_w(graph), to_operator(graph.metropolis_hastings(), DT)

@@ -62,7 +62,7 @@ def test_actor_gradient_through_critic_is_the_local_backprop_of_eqs_11_to_14(tas
 
 
 def test_equal_copies_average_to_the_centralized_gradient(task):
-    """DESIGN section 3: with equal copies the node average of the local gradients is the centralized
+    """docs/design.md, section 3: with equal copies the node average of the local gradients is the centralized
     gradient of the node-mean objective, for the same draws."""
     graph, counter = task.graph_ops(2), tf.constant(3, tf.int64)
     shared = task.initial_theta()

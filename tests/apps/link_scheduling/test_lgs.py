@@ -1,4 +1,4 @@
-"""Tests of the local greedy MWIS solver (apps/link_scheduling/lgs.py, DESIGN section 9).
+"""Tests of the local greedy MWIS solver (apps/link_scheduling/lgs.py, docs/design.md, section 9).
 
 Oracles written here, independent of the module: a brute-force MWIS over all subsets (V <= 12) and a
 vertex-by-vertex simulation of the one-exchange-per-round message-passing protocol that the round
@@ -211,7 +211,7 @@ def test_batch_equals_per_sample_on_shared_and_per_sample_graphs():
 
 @pytest.mark.parametrize("mean_degree", [2, 10, 25])
 def test_training_scale_graph_matches_sequential_greedy(mean_degree):
-    # The workload of DESIGN section 9: B = 100 samples on a 100-vertex ER graph.
+    # The workload of docs/design.md, section 9: B = 100 samples on a 100-vertex ER graph.
     rng = np.random.default_rng(mean_degree)
     adjacency = random_graph(rng, 100, mean_degree / 99)
     weights = rng.random((100, 100))

@@ -1,7 +1,7 @@
 """UWMMSE (apps/power_allocation/uwmmse.py, exchange.py): WMMSE-Tr as a special case, per-node copies
 against an independent per-GCNN reference, distributed vs centralized gradients, and the counts.
 
-Channels come from the project's generator (DESIGN section 7 scales: gains ~1e-7..1e-3, σ² ~ 2e-14 W),
+Channels come from the project's generator (docs/design.md, section 7 scales: gains ~1e-7..1e-3, σ² ~ 2e-14 W),
 on 6 pairs so that everything runs eagerly in float64 in a few seconds.
 """
 

@@ -1,7 +1,7 @@
-"""Tests of the WMMSE power-allocation baseline (apps/power_allocation/wmmse.py, DESIGN section 8).
+"""Tests of the WMMSE power-allocation baseline (apps/power_allocation/wmmse.py, docs/design.md, section 8).
 
-The reference below is a deliberately plain loop over samples and links that follows the DESIGN
-section 8 formulas literally (including w = 1 / (1 − u H v)), written independently of the module.
+The reference below is a deliberately plain loop over samples and links that follows the design's
+(docs/design.md, section 8) formulas literally (including w = 1 / (1 − u H v)), written independently of the module.
 """
 
 import math
@@ -200,7 +200,7 @@ def test_gradients_flow_into_multipliers():
 
 
 def test_float32_is_stable_at_realistic_snr():
-    # DESIGN section 7 scales: amplitudes 10^(-PL/20) × Rayleigh, σ² = -106.87 dBm, Pmax = 5 W, cross
+    # docs/design.md, section 7 scales: amplitudes 10^(-PL/20) × Rayleigh, σ² = -106.87 dBm, Pmax = 5 W, cross
     # links beyond 138.86 dB path loss zeroed by the control-channel threshold. Receivers 0-4 hear no
     # other transmitter (isolated pairs), so their short links have SINR up to ~1e8, where
     # 1 − u H v cancels to 0 in float32 (w = inf, then NaN powers).
