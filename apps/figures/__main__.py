@@ -1,26 +1,39 @@
 """``python -m apps.figures``: draw Fig. 2a-c and Table I, optionally running the experiments first.
 
 Without ``--reproduce``/``--quick`` it only reads the run directories under ``--runs`` (see
-:mod:`apps.figures.plots` for the layout) and writes into ``--out``: ``fig2a_node_regression``,
-``fig2b_power_allocation`` and ``fig2c_link_scheduling`` as PNG and PDF, and ``table1.md`` /
-``table1.csv``. Runs that are missing are named on stderr; the figures that can be drawn still are
-(exit status 1 if any is missing).
+:mod:`apps.figures.plots` for the layout) and writes into ``--out`` (created with its missing
+parents): ``fig2a_node_regression``, ``fig2b_power_allocation`` and ``fig2c_link_scheduling`` as PNG
+and PDF, and ``table1.md`` / ``table1.csv``. The figures that can be drawn are; runs that are missing,
+and runs skipped for a bad file (one line each naming the file and the problem), are named on stderr
+and give exit status 1. When nothing at all can be drawn it says so, writes nothing (no Table I
+either) and exits with status 1. Bad flags (``--out`` naming a file, a negative ``--seed``, ...) give
+one error line and exit status 2 before anything is written.
 
 ``--reproduce`` first runs every experiment the figures need at paper scale, ``--quick`` the same at
 small scale (a few minutes), each app as its own process with its progress bar. Both are resumable:
 an app whose folder already holds a run is continued with ``--resume`` (finished approaches are kept).
+An app never outlives this process, however it ends (even by SIGKILL: the kernel sends the app SIGTERM,
+on which it checkpoints). Ctrl-C reaches the app as well, and SIGTERM is passed on to it; either way
+this process waits for the app to checkpoint, says how to continue and exits with status 130.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+from apps.common.cli import add_version_argument
+from datasets.cli import HelpFormatter, OneLineErrorParser, non_negative_int
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PROG = "python -m apps.figures"
 
 # (app folder, module, optimizers by preset, extra flags) of the runs each figure needs; App B's paper run
 # adds D-GCP-Adam (K = 5), the distributed Adam that keeps up with C-Adam there (apps/power_allocation/task.py)
@@ -32,83 +45,204 @@ EXPERIMENTS = (
 )
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m apps.figures", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class Interrupted(Exception):
+    """The experiments were stopped (Ctrl-C or SIGTERM) while ``module`` ran into ``target``."""
+
+    def __init__(self, module: str, target: Path):
+        super().__init__(module, target)
+        self.module, self.target = module, target
+
+
+def parse_args(argv=None):
+    parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--runs", type=Path, default=None,
                         help="folder with the apps' run directories (default runs/paper, or runs/demo with --quick)")
-    parser.add_argument("--out", type=Path, default=None, help="where the figures and the table go "
-                        "(default <runs>/figures)")
+    parser.add_argument("--out", type=Path, default=None, help="folder the figures and the table go to, created if "
+                        "missing (default <runs>/figures)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--reproduce", action="store_true",
                       help="first run every experiment the figures need at paper scale (resumable)")
     mode.add_argument("--quick", action="store_true",
                       help="first run every experiment at small scale (a few minutes)")
-    parser.add_argument("--seed", type=int, default=0, help="seed passed to every experiment")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed passed to every experiment")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_version_argument(parser)
     args = parser.parse_args(argv)
     if args.runs is None:
         args.runs = Path("runs/demo" if args.quick else "runs/paper")
     if args.out is None:
         args.out = args.runs / "figures"
-    if not (args.reproduce or args.quick) and not args.runs.is_dir():
-        parser.exit(2, f"{parser.prog}: error: runs folder {args.runs} does not exist "
-                       "(run with --quick or --reproduce to create it)\n")
-    if args.seed < 0:
-        parser.exit(2, f"{parser.prog}: error: --seed must be >= 0, got {args.seed}\n")
+    running = args.reproduce or args.quick
+    if not running and not args.runs.exists():
+        parser.error(f"runs folder {args.runs} does not exist (run with --quick or --reproduce to create it)")
+    for flag, folder in (("--runs", args.runs), ("--out", args.out)):
+        if running or flag == "--out":  # folders this run may create
+            problem = _cannot_create(folder)
+        else:
+            problem = None if folder.is_dir() else f"{folder} is a file, not a folder"
+        if problem:
+            parser.error(f"{flag}: {problem}")
     return args
 
 
+def _cannot_create(folder: Path) -> str | None:
+    """Why ``folder`` cannot be used or created as a folder (a file in the way, no permission), or None."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == folder:
+            return f"{folder} is a file, not a folder"
+        return f"cannot create {folder}: {existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write into {existing} (permission denied)"
+    return None
+
+
+def experiment_command(runs: Path, folder: str, module: str, optimizers: dict, extra: list, preset: str,
+                       seed: int, quiet: bool) -> list[str]:
+    """The command line of one app's experiment: a new run into ``runs/<folder>``, or its ``--resume``."""
+    target = runs / folder
+    if (target / "config.json").is_file():
+        command = [sys.executable, "-m", module, "--resume", str(target)]
+    else:
+        command = [sys.executable, "-m", module, "--preset", preset, "--optimizer", optimizers[preset],
+                   "--seed", str(seed), "--out", str(target), *extra]
+    return [*command, "-q"] if quiet else command
+
+
 def run_experiments(runs: Path, preset: str, seed: int, quiet: bool) -> None:
-    """Run (or continue) each app's experiment into ``runs/<app>`` as a subprocess."""
+    """Run (or continue) each app's experiment into ``runs/<app>`` as a subprocess; raises
+    :class:`Interrupted` once the running app has stopped if this process was told to stop."""
     runs.mkdir(parents=True, exist_ok=True)
-    for folder, module, optimizers, extra in EXPERIMENTS:
-        target = runs / folder
-        if (target / "config.json").is_file():
-            command = [sys.executable, "-m", module, "--resume", str(target)]
-        else:
-            command = [sys.executable, "-m", module, "--preset", preset, "--optimizer", optimizers[preset],
-                       "--seed", str(seed), "--out", str(target), *extra]
-        if quiet:
-            command.append("-q")
-        print(f"== {module} ({preset}) -> {target}", flush=True)
-        start = time.perf_counter()
-        done = subprocess.run(command, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"apps.figures: {module} failed with exit status {done.returncode}; "
-                             f"rerun the same command to continue it")
-        print(f"   done in {time.perf_counter() - start:.0f} s", flush=True)
+    with _stop_requests() as stop:
+        for folder, module, optimizers, extra in EXPERIMENTS:
+            target = runs / folder
+            try:
+                if stop.requested:
+                    raise KeyboardInterrupt
+                print(f"== {module} ({preset}) -> {target}", flush=True)
+                start = time.perf_counter()
+                status = run_app(experiment_command(runs, folder, module, optimizers, extra, preset, seed, quiet),
+                                 stop)
+                if stop.requested:
+                    raise KeyboardInterrupt
+                if status != 0:
+                    raise SystemExit(f"{PROG}: {module} failed with exit status {status}; "
+                                     f"rerun the same command to continue it")
+                print(f"   done in {time.perf_counter() - start:.0f} s", flush=True)
+            except KeyboardInterrupt:
+                raise Interrupted(module, target) from None
 
 
-def draw(runs: Path, out: Path, widths=(10, 10, 1), batch_size: int = 100, consensus_rounds: int = 1):
-    """Every figure and Table I (measured for ``widths``, ``batch_size`` and K = ``consensus_rounds``, the
-    App A setting by default); returns the files written and the missing runs."""
-    from apps.figures import plots, table
-    from core.runs import atomic_write_csv, atomic_write_text
+class _StopRequest:
+    """Whether this process was told to stop (SIGTERM or Ctrl-C) while it runs the experiments."""
 
-    out.mkdir(parents=True, exist_ok=True)
+    requested = False
+
+
+@contextmanager
+def _stop_requests():
+    """Within the block SIGTERM only records a stop request (:func:`run_app` passes it on to the running
+    app); elsewhere than in the main thread, where no handler can be installed, SIGTERM stays fatal."""
+    stop = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request(signum, frame):
+        stop.requested = True
+
+    previous = signal.signal(signal.SIGTERM, request)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_app(command: list[str], stop: _StopRequest) -> int:
+    """Run ``command`` to its end as a child process that cannot outlive this one; its exit status.
+
+    The child asks the kernel for SIGTERM when this process ends, however it ends (``preexec_fn``:
+    :func:`core.parallel.end_with_parent`; this thread waits for the child, so it outlives it as the
+    death signal needs). A stop request (SIGTERM here) is passed on to the child once; Ctrl-C reaches it
+    directly, being in this process group. Either way the child checkpoints, and it is waited for:
+    a second signal would cut its checkpoint short, and killing it would lose it.
+    """
+    from core.parallel import parent_death_preexec
+
+    child = subprocess.Popen(command, preexec_fn=parent_death_preexec(signal.SIGTERM))
+    forwarded = False
+    while True:
+        try:
+            if stop.requested and not forwarded:
+                forwarded = True
+                child.send_signal(signal.SIGTERM)
+            return child.wait(timeout=0.2)  # polled, so that a stop request is passed on within 0.2 s
+        except subprocess.TimeoutExpired:
+            pass
+        except KeyboardInterrupt:
+            stop.requested = forwarded = True  # the child had the Ctrl-C too: wait for its checkpoint
+
+
+def draw(runs: Path, out: Path, widths=(10, 10, 1), batch_size: int = 100, consensus_rounds: int = 1,
+         problems: list[str] | None = None):
+    """Every figure that can be drawn and, if any can, Table I (measured for ``widths``, ``batch_size`` and
+    K = ``consensus_rounds``, the App A setting by default); returns the files written and the missing runs.
+
+    ``out`` is created only when there is something to write. Runs skipped for a bad file count as
+    missing; ``problems`` (if given) receives one line per such file ("<file>: <problem>").
+    """
+    from apps.figures import plots
+
+    bad: list[str] = []
     written, missing = [], []
     for figure in (plots.fig2a, plots.fig2b, plots.fig2c):
-        paths, absent = figure(runs, out)
+        paths, absent = figure(runs, out, bad)
         written += paths
         missing += absent
-    rows = table.table_one(widths, batch_size, consensus_rounds, rounds_in_runs=plots.rounds_in_runs(runs))
-    atomic_write_csv(out / "table1.csv", table.COLUMNS, rows)
-    atomic_write_text(out / "table1.md", table.to_markdown(rows, widths, batch_size, consensus_rounds))
-    written += [out / "table1.csv", out / "table1.md"]
+    if written:
+        from apps.figures import table
+        from core.runs import atomic_write_csv, atomic_write_text
+
+        rows = table.table_one(widths, batch_size, consensus_rounds, rounds_in_runs=plots.rounds_in_runs(runs))
+        atomic_write_csv(out / "table1.csv", table.COLUMNS, rows)
+        atomic_write_text(out / "table1.md", table.to_markdown(rows, widths, batch_size, consensus_rounds))
+        written += [out / "table1.csv", out / "table1.md"]
+    if problems is not None:
+        problems.extend(dict.fromkeys(bad))  # a file two figures read is named once
     return written, missing
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.reproduce or args.quick:
-        run_experiments(args.runs, "quick" if args.quick else "paper", args.seed, args.quiet)
-    written, missing = draw(args.runs, args.out)
+    try:
+        if args.reproduce or args.quick:
+            run_experiments(args.runs, "quick" if args.quick else "paper", args.seed, args.quiet)
+        problems: list[str] = []
+        written, missing = draw(args.runs, args.out, problems=problems)
+    except Interrupted as stop:
+        print(f"{PROG}: interrupted during {stop.module}; rerun the same command to continue "
+              f"(it continues {stop.target} with --resume)", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; rerun the same command to draw the figures", file=sys.stderr)
+        return 130
+    except OSError as exc:  # a folder or file that cannot be written (disk full, ...), an app that cannot start
+        reason = " ".join((exc.strerror or str(exc) or type(exc).__name__).split())
+        print(f"{PROG}: error: {exc.filename}: {reason}" if exc.filename else f"{PROG}: error: {reason}",
+              file=sys.stderr)
+        return 1
+    for problem in problems:
+        print(f"{PROG}: skipped {problem}", file=sys.stderr)
+    if not written:
+        print(f"{PROG}: nothing to draw: no usable run under {args.runs} (expected <app>/<approach>/metrics.csv; "
+              "create them with --quick or --reproduce); no figure or table written", file=sys.stderr)
+        return 1
     for path in written:
         print(f"wrote {path}")
     if missing:
-        print("apps.figures: missing runs (their curves are left out): " + ", ".join(missing), file=sys.stderr)
+        print(f"{PROG}: missing runs (their curves are left out): " + ", ".join(missing), file=sys.stderr)
         return 1
     print(f"figures and Table I are in {args.out}")
     return 0

@@ -70,3 +70,132 @@ def _dispatch(kind, progress=None):
         time.sleep(1.0)  # let the slow job start
         return fail_in_worker(1)
     return slow_job_until_stopped(0, progress)
+
+
+# ---------------------------------------------------------------------------- workers never outlive the parent
+def stoppable_job(folder, kind, progress=None):
+    """A job for the process tests (no TensorFlow, so workers start fast). It records ``<kind>.<pid>.pid``
+    in ``folder``, then by ``kind``: "quick" returns; "loop" reports epochs until a KeyboardInterrupt,
+    which it records as ``<kind>.<pid>.interrupted`` (where the trainer checkpoints); "deaf" ignores
+    KeyboardInterrupt for good; "dies" SIGKILLs its own worker once a "loop" job runs."""
+    import signal
+    import time
+    from pathlib import Path
+
+    folder = Path(folder)
+    (folder / f"{kind}.{os.getpid()}.pid").write_text("")
+    if kind == "quick":
+        return kind
+    if kind == "dies":
+        _wait_for(lambda: list(folder.glob("loop.*.pid")), 10)
+        os.kill(os.getpid(), signal.SIGKILL)
+    try:
+        for epoch in range(1, 10**6):
+            try:
+                time.sleep(0.05)
+            except KeyboardInterrupt:
+                if kind == "deaf":
+                    continue
+                raise
+            progress(epoch)
+    except KeyboardInterrupt:
+        (folder / f"{kind}.{os.getpid()}.interrupted").write_text("")
+        raise
+
+
+def _wait_for(condition, seconds):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not (found := condition()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def _alive(pid):
+    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped by its new parent, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _children(pid):
+    """The pids whose parent is ``pid``."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
+            pass
+    return found
+
+
+linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+
+
+@linux_only
+def test_workers_end_soon_after_their_parent_is_killed(tmp_path):
+    """kill -9 of the parent: a working worker stops its job as on Ctrl-C (its trainer would checkpoint), an
+    idle one ends at once, one deaf to KeyboardInterrupt ends when TERMINATE_GRACE_S (1.5 s here) is up."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = (
+        "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+        "import core.parallel as parallel, test_parallel as t\n"
+        "parallel.TERMINATE_GRACE_S = 1.5\n"
+        "jobs = {kind: (sys.argv[3], kind) for kind in ('quick', 'loop', 'deaf')}\n"
+        "parallel.run_jobs(t.stoppable_job, jobs, 3, total=3, quiet=True)\n")
+    root = Path(__file__).resolve().parents[2]
+    parent = subprocess.Popen([sys.executable, "-c", script, str(root), str(Path(__file__).parent), str(tmp_path)],
+                              stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: len(list(tmp_path.glob("*.pid"))) == 3, 30), "the jobs did not start"
+        processes = _wait_for(lambda: c if len(c := _children(parent.pid)) >= 4 else [], 10)
+        assert len(processes) >= 4  # three workers and multiprocessing's resource tracker
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    killed = time.monotonic()
+    gone = _wait_for(lambda: not any(_alive(p) for p in processes), 10)
+    assert gone, f"still running 10 s after the parent was killed: {[p for p in processes if _alive(p)]}"
+    assert time.monotonic() - killed < 10
+    assert len(list(tmp_path.glob("loop.*.interrupted"))) == 1  # stopped through KeyboardInterrupt
+
+
+@linux_only
+def test_end_with_parent_requests_the_death_signal_and_ends_a_process_already_orphaned():
+    """The race where the parent dies before the request: a process whose parent pid is not the recorded
+    one ends at once, with SIGTERM's status, and runs nothing more."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys; from core.parallel import end_with_parent; print(end_with_parent(int(sys.argv[1])))"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    kept = subprocess.run([sys.executable, "-c", code, str(os.getpid())], capture_output=True, text=True, env=env)
+    assert (kept.returncode, kept.stdout) == (0, "True\n")  # the parent is this process: requested, goes on
+    orphan = subprocess.run([sys.executable, "-c", code, str(os.getpid() + 10**6)], capture_output=True, text=True,
+                            env=env)
+    assert (orphan.returncode, orphan.stdout) == (143, "")
+
+
+def test_a_worker_killed_mid_job_fails_the_pool_and_the_others_stop_through_their_checkpoint(tmp_path):
+    """One worker dies (SIGKILL, as the out-of-memory killer would): run_jobs raises BrokenProcessPool soon,
+    rather than waiting forever, and the other job stops as on Ctrl-C (through its checkpoint) first."""
+    import time
+    from concurrent.futures.process import BrokenProcessPool
+
+    start = time.monotonic()
+    with pytest.raises(BrokenProcessPool):
+        run_jobs(stoppable_job, {"loop": (str(tmp_path), "loop"), "dies": (str(tmp_path), "dies")}, workers=2,
+                 total=2, quiet=True)
+    assert time.monotonic() - start < 15
+    assert len(list(tmp_path.glob("loop.*.interrupted"))) == 1
