@@ -3,7 +3,7 @@
 A run directory holds
 
 - ``config.json``: every flag of the run, the seed, library versions, dataset path and checksum;
-- ``metrics.csv``: one row per logged step (``epoch, step, mp_rounds, floats_sent, ...``);
+- ``metrics.csv``: one row per logged step (``epoch, step, mp_rounds, floats_sent_per_node, ...``);
 - ``summary.json``: final and best metrics;
 - ``checkpoint/latest.npz``: everything needed to resume (see :mod:`core.trainer`);
 - a PNG plot of the learning curve.

@@ -33,14 +33,15 @@ back to the end of epoch k - 1, checkpoints it, writes summary.json with ``"dive
 "reason": ...}`` and raises :class:`core.runs.RunDiverged`; such a run cannot be resumed.
 
 Logs: one row per epoch (``log_every_step=False``; epoch 0 is the initial model) or per mini-batch,
-with columns ``epoch, step, mp_rounds`` (rounds so far), ``floats_sent`` (floats so far that one
-node with neighbours broadcast), ``lr`` (alpha_t of the last update), the task's training metrics (the mean over
-the epoch's mini-batches of the value measured before each update; at epoch 0, the task's evaluation
-on the training set), the task's test metrics, ``consensus_error`` (0 for a centralized model) and
-``wall_s`` (training wall-clock seconds, compilation included). Rows, the parameters, the optimizer
-state, the generator state and the counts are checkpointed every ``checkpoint_every`` epochs and at
-the end (with the task's own :meth:`Task.state_arrays`, if any), so that a resumed run ends with
-exactly the metrics of an uninterrupted one.
+with columns ``epoch, step, mp_rounds`` (rounds so far, cumulative), ``floats_sent_per_node`` (floats
+so far that one node with neighbours broadcast, cumulative), ``lr`` (alpha_t of the last update), the
+task's training metrics (the mean over the epoch's mini-batches of the value measured before each
+update; at epoch 0, the task's evaluation on the training set), the task's test metrics,
+``consensus_error`` (0 for a centralized model) and ``wall_s`` (training wall-clock seconds,
+compilation included). Rows, the parameters, the optimizer state, the generator state and the counts
+are checkpointed every ``checkpoint_every`` epochs and at the end (with the task's own
+:meth:`Task.state_arrays`, if any), so that a resumed run ends with exactly the metrics of an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ from core.optimizers import LearningRate, Optimizer
 from core.runs import RunDir, RunDiverged, RunError
 
 NO_COST = CommCost(rounds=0, floats_per_node=0, largest_message=0)
-BASE_COLUMNS = ("epoch", "step", "mp_rounds", "floats_sent", "lr")
+BASE_COLUMNS = ("epoch", "step", "mp_rounds", "floats_sent_per_node", "lr")
+RENAMED_COLUMNS = {"floats_sent": "floats_sent_per_node", "lgs_rounds": "lgs_rounds_per_batch"}
+"""Columns of metrics rows saved before version 0.2, by their new names (checkpoints of older runs resume)."""
 # What a checkpoint's meta must hold for Trainer.restore ("cost" is optional: None before a step was traced).
 META_FIELDS = ("epoch", "step", "mp_rounds", "floats_sent", "wall_s", "rng_state", "rows", "optimizer", "dtype")
 
@@ -193,6 +196,11 @@ class Task:
         """State the task itself changes during training (e.g. a centrally trained critic), as arrays;
         checkpointed with the trainer's state. None by default."""
         return {}
+
+    def upgrade_row(self, row: dict) -> dict:
+        """A metrics row of a checkpoint saved by an older version, with the columns this task logs now
+        (e.g. a column derived from another); the row itself by default."""
+        return row
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Restore what :meth:`state_arrays` returned (from a checkpoint or an epoch-start snapshot)."""
@@ -409,6 +417,8 @@ class Trainer:
         if not isinstance(meta["wall_s"], int | float) or not math.isfinite(meta["wall_s"]):
             raise bad(f"has wall_s = {meta['wall_s']!r}, not a number of seconds")
         rows = meta["rows"]
+        if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
+            rows = [self.task.upgrade_row({RENAMED_COLUMNS.get(k, k): v for k, v in r.items()}) for r in rows]
         if not isinstance(rows, list) or not all(isinstance(r, dict) and all(c in r for c in self.columns)
                                                  for r in rows):
             raise bad(f"has rows that are not a list of rows with the columns {', '.join(self.columns)}")
@@ -683,7 +693,7 @@ class Trainer:
         self._log(metrics)
 
     def _log(self, metrics: Mapping):
-        row = {"epoch": self.epoch, "step": self.step, "mp_rounds": self.rounds, "floats_sent": self.floats,
+        row = {"epoch": self.epoch, "step": self.step, "mp_rounds": self.rounds, "floats_sent_per_node": self.floats,
                "lr": self.lr.value(max(self.step - 1, 0))}  # alpha_t of the last update
         row.update({k: float(metrics[k]) for k in (*self.task.train_metrics, *self.task.test_metrics,
                                                    "consensus_error")})
@@ -693,9 +703,10 @@ class Trainer:
     # ------------------------------------------------------------------ results
     def summary(self) -> dict:
         """Final and best value of every metric (``final_<m>``, ``best_<m>``), the epoch of the best
-        primary metric, the counts per mini-batch and in total, and the wall time."""
+        primary metric, the counts per mini-batch (``..._per_batch``) and in total, the wall time, and
+        ``extra_summary`` (whose ``optimizer`` and ``label``, the app's names, come last)."""
         rows, task = self.rows, self.task
-        out = dict(self.extra_summary)
+        out = {}
         for k in (*task.train_metrics, *task.test_metrics, "consensus_error"):
             values = [r[k] for r in rows]
             out[f"final_{k}"] = values[-1]
@@ -709,9 +720,10 @@ class Trainer:
         cost = self.cost or NO_COST
         out.update({
             "best_epoch": best_row["epoch"], "best_step": best_row["step"], "best_mp_rounds": best_row["mp_rounds"],
-            "epochs": self.epoch, "steps": self.step, "mp_rounds": self.rounds, "floats_sent": self.floats,
-            "rounds_per_step": cost.rounds, "floats_per_step": cost.floats_per_node,
+            "epochs": self.epoch, "steps": self.step, "mp_rounds": self.rounds, "floats_sent_per_node": self.floats,
+            "mp_rounds_per_batch": cost.rounds, "floats_sent_per_node_per_batch": cost.floats_per_node,
             "largest_message": cost.largest_message, "wall_s": self.wall, "optimizer": self.optimizer.name,
             "consensus_rounds": self.optimizer.consensus_rounds,
         })
+        out.update(self.extra_summary)
         return out

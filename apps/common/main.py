@@ -50,7 +50,7 @@ def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], app: str,
     if config.get("app", app) != app:
         raise ValueError(f"--resume: {args.resume} is a run of {config['app']}, not of {app}")
     saved = {(renamed or {}).get(k, k): v for k, v in config["flags"].items()}
-    single = config.get("approach", config.get("optimizer"))
+    single = config.get("optimizer", config.get("approach"))  # "approach": runs saved before 0.2
     if isinstance(single, str) and single != "all" and "," not in single and "optimizer" in saved:
         saved["optimizer"] = single  # the folder of one approach: resume it, not the whole group inside it
     try:

@@ -50,7 +50,10 @@ NODE_REGRESSION_COLUMNS = ("step", "mp_rounds", "test_mse")
 POWER_ALLOCATION_COLUMNS = ("epoch", "test_sum_rate")
 LINK_SCHEDULING_COLUMNS = ("epoch", "test_ratio", "train_ratio")
 _COUNTERS = {"epoch", "step", "mp_rounds"}  # columns that must be finite (the others are metrics)
-NODE_REGRESSION_SUMMARY = {"rounds_per_step": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+# summary.json keys renamed in version 0.2 (runs of older versions are read under the new names)
+RENAMED_SUMMARY_KEYS = {"rounds_per_step": "mp_rounds_per_batch", "floats_per_step": "floats_sent_per_node_per_batch",
+                        "floats_sent": "floats_sent_per_node", "optimizer_label": "label"}
+NODE_REGRESSION_SUMMARY = {"mp_rounds_per_batch": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                                                "an integer >= 0")}
 POWER_ALLOCATION_SUMMARY = {"bandwidth_hz": (lambda v: _number(v) and v > 0, "a positive number"),
                             "wmmse_test_sum_rate": (_number, "a finite number"),
@@ -123,6 +126,8 @@ def _load(app_dir: Path, approaches: Sequence[str], columns: Sequence[str], prob
         try:
             rows = _read_metrics(metrics, columns)
             document = _read_json(summary) if summary.is_file() else {}
+            if isinstance(document, dict):
+                document = {RENAMED_SUMMARY_KEYS.get(k, k): v for k, v in document.items()}
             _check_entries(summary, document, summary_checks or {})
         except BadRun as exc:
             if problems is not None:
@@ -262,4 +267,5 @@ def rounds_in_runs(runs: Path) -> dict[str, int]:
     skips are left out, silently: fig2a reports them)."""
     found, _ = _load(runs / "node_regression", NODE_REGRESSION, NODE_REGRESSION_COLUMNS, None, NODE_REGRESSION_SUMMARY,
                      need_summary=True)
-    return {name: summary["rounds_per_step"] for name, (_, summary) in found.items() if "rounds_per_step" in summary}
+    return {name: summary["mp_rounds_per_batch"] for name, (_, summary) in found.items()
+            if "mp_rounds_per_batch" in summary}

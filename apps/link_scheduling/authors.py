@@ -299,7 +299,7 @@ class AuthorsTask(LinkSchedulingTask):
             variable.assign(value)
         self.counter.assign_add(1)
         metrics = {"train_ratio": tf.reshape(ratio, []),
-                   "critic_loss": tf.reduce_mean(per_sample) + reg, "lgs_rounds": tf.reshape(rounds, [])}
+                   "critic_loss": tf.reduce_mean(per_sample) + reg, "lgs_rounds_per_batch": tf.reshape(rounds, [])}
         return ReplayBatch((actor_grads, mixing, self._order(counter, 10))), metrics
 
     def _record_consensus(self, exchange: CommSimulator, inner: Optimizer, num_params: int) -> None:

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the GCNN actor of GCNN-LGS link scheduling (MWIS on conflict graphs) with a "
         "centralized twin critic, the actor centrally or fully distributed with per-node parameter copies "
         "(paper Section IV-C, Fig. 2c). Writes config.json, metrics.csv (a row per mini-batch), "
-        "summary.json, checkpoint/ and utility_ratio.png per optimizer.")
+        "summary.json, checkpoint/ and learning_curve.png per optimizer.")
     data = parser.add_argument_group("data")
     data.add_argument("--data", type=Path, default=PRESETS["paper"]["data"],
                       help="conflict-graph dataset written by `python -m datasets conflict-graphs`")
@@ -250,7 +250,8 @@ def run_config(p: Plan, optimizer: str) -> dict:
     """What config.json records: every flag, the optimizer and mode, and the data set."""
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(p.args).items() if k != "resumed_config"}
     return {
-        "app": APP, "optimizer": optimizer, "flags": flags, "seed": p.args.seed, "mode": p.args.mode,
+        "app": APP, "optimizer": optimizer, "label": LABELS.get(optimizer, optimizer), "flags": flags,
+        "seed": p.args.seed, "mode": p.args.mode,
         "optimizer_mode": {"mixing": p.args.mixing,
                            "mixing_beta": p.args.mixing_beta if p.args.mixing == "laplacian" else None,
                            "d_adam_variant": p.args.d_adam_variant},
@@ -313,7 +314,7 @@ def execute(p: Plan) -> dict[str, dict]:
         for name in args.optimizer:
             rows = RunDir(p.out / name, create=False).read_metrics()
             curves[LABELS[name]] = ([float(r["epoch"]) for r in rows], [float(r["test_ratio"]) for r in rows])
-        plot_curves(p.out / "test_ratio.png", curves, xlabel="mini-batch", ylabel="test utility ratio",
+        plot_curves(p.out / "test_ratio_vs_minibatch.png", curves, xlabel="mini-batch", ylabel="test utility ratio",
                     title=f"Link scheduling ({args.mode})")
     raise_if_diverged(summaries, LABELS)
     return summaries
@@ -328,7 +329,7 @@ def train_job(p: Plan, name: str, progress=None) -> dict:
     from core.runs import RunDiverged
 
     with approach_run(p.out, name, len(p.args.optimizer) > 1) as run:
-        plot = run.path / "utility_ratio.png"
+        plot = run.path / "learning_curve.png"
         if p.resume and run.finished and run.has_checkpoint() and plot.is_file():
             return run.read_summary()  # finished: every output exists
         try:
@@ -364,7 +365,7 @@ def train_optimizer(p: Plan, name: str, run, plot: Path, progress=None) -> dict:
                            quiet=args.quiet or progress is not None, description=LABELS[name])
     untrained = float(task.evaluate(task.initial_theta(), None, "test")["test_ratio"])
     trainer = Trainer(task, optimizer, lr, RandomGraphs(task.draw_graph), config, run,
-                      extra_summary={"optimizer_label": LABELS[name], "mode": args.mode,
+                      extra_summary={"optimizer": name, "label": LABELS[name], "mode": args.mode,
                                      "untrained_test_ratio": untrained})
     result = trainer.run(resume=p.resume, on_epoch=progress)
     rows = result.rows
@@ -382,7 +383,7 @@ def print_table(summaries: dict[str, dict], out: Path) -> None:
     for name, s in summaries.items():
         per_batch = s["wall_s"] / max(s["epochs"], 1)
         print(f"{LABELS[name]:<11}{s['untrained_test_ratio']:>10.4f}{s['final_test_ratio']:>12.4f}"
-              f"{s['best_test_ratio']:>11.4f}{s['best_epoch']:>9}{s['rounds_per_step']:>13}{per_batch:>14.3f}")
+              f"{s['best_test_ratio']:>11.4f}{s['best_epoch']:>9}{s['mp_rounds_per_batch']:>13}{per_batch:>14.3f}")
     print(f"run directory: {out}")
 
 

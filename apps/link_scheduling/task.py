@@ -17,13 +17,14 @@ trainer drew (Algorithm 1, line 3), with B weight samples:
    11-14 and sends what they send, L - 1 = 2 rounds per sample);
 6. the critic's Adam step (centralized, here); the actor's step is the trainer's (Algorithm 1, line 12).
 
-Communication accounting (``mp_rounds``/``floats_sent``): neighbour message passing of the actor only:
+Communication accounting (``mp_rounds``/``floats_sent_per_node``): neighbour message passing of the actor only:
 3 forward rounds per sample, for distributed optimizers also 2 backward rounds per sample and the
 consensus payload of the optimizer, exactly as Table I counts a GCNN. The critic is centralized: a
 server that knows the graph evaluates and trains it, so it sends nothing between neighbours. What it
 costs the network instead is node-to-server traffic, 2 floats per node and sample (z~_i up, dJ/dz~_i
 down), and the LGS runs that produce its targets; both are outside the GCNN training schedule of
-Table I, so they are not added to ``mp_rounds``; the LGS rounds are reported as ``lgs_rounds``.
+Table I, so they are not added to ``mp_rounds``; the LGS rounds of a mini-batch are reported as
+``lgs_rounds_per_batch``.
 
 Randomness: every draw of step t is a stateless function of (seed, t), with t a counter that is part
 of the task's state, so a resumed run draws exactly what an uninterrupted one draws. The task's state
@@ -73,7 +74,7 @@ class LinkSchedulingTask(Task):
         scale_free_critic: the critic sees z~ divided by its node mean (:func:`model.critic_input`).
     """
 
-    train_metrics = ("train_ratio", "critic_loss", "lgs_rounds")
+    train_metrics = ("train_ratio", "critic_loss", "lgs_rounds_per_batch")
     test_metrics = ("test_ratio",)
     primary = "test_ratio"
     maximize = frozenset({"train_ratio", "test_ratio"})
@@ -237,7 +238,7 @@ class LinkSchedulingTask(Task):
         # the sum of the B samples' backward passes is one backward pass of the summed gradient
         actor_grad = actor_tape.gradient(z_node, theta, output_gradients=tf.reduce_sum(dz, axis=1))
         return {"train_ratio": tf.reshape(ratio, []), "critic_loss": critic_loss,
-                "lgs_rounds": tf.reshape(rounds, []), "critic_grad": critic_grad, "actor_grad": actor_grad}
+                "lgs_rounds_per_batch": tf.reshape(rounds, []), "critic_grad": critic_grad, "actor_grad": actor_grad}
 
     def _adjacency(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         adjacency = np.zeros((self.num_nodes, self.num_nodes), dtype=bool)

@@ -172,7 +172,7 @@ def run_config(p: Plan, approach: str) -> dict:
     """What config.json records: every flag, the approach, the optimizer mode and the data set."""
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(p.args).items() if k != "resumed_config"}
     return {
-        "app": APP, "approach": approach, "flags": flags, "seed": p.args.seed,
+        "app": APP, "optimizer": approach, "label": LABELS.get(approach, approach), "flags": flags, "seed": p.args.seed,
         "mode": {"mixing": p.args.mixing, "mixing_beta": p.args.mixing_beta if p.args.mixing == "laplacian" else None,
                  "d_adam_variant": p.args.d_adam_variant},
         "dataset": p.dataset,
@@ -219,7 +219,7 @@ def make_trainer(args: argparse.Namespace, task, graphs, approach: str, run=None
                            checkpoint_every=args.checkpoint_every, jit=not args.no_jit, quiet=args.quiet,
                            description=LABELS[approach])
     return Trainer(task, optimizer, lr, graphs, config, run,
-                   extra_summary={"approach": approach, "label": LABELS[approach]})
+                   extra_summary={"optimizer": approach, "label": LABELS[approach]})
 
 
 def execute(p: Plan) -> dict[str, dict]:
@@ -281,7 +281,7 @@ def print_table(summaries: dict[str, dict], out: Path) -> None:
           f"{'wall s':>9}")
     for approach, s in summaries.items():
         print(f"{LABELS[approach]:<12}{s['final_test_mse']:>16.5f}{s['best_test_mse']:>15.5f}{s['best_epoch']:>12}"
-              f"{s['rounds_per_step']:>14}{s['wall_s']:>9.1f}")
+              f"{s['mp_rounds_per_batch']:>14}{s['wall_s']:>9.1f}")
     print(f"run directory: {out}")
 
 

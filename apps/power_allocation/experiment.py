@@ -8,9 +8,9 @@ input: one error line on stderr, exit status 2, nothing written), then
 2. trains UWMMSE with each requested approach through :class:`core.trainer.Trainer`, streaming the
    training split (:mod:`apps.power_allocation.batches`), into its run directory (docs/design.md, section 5):
    config.json, metrics.csv (one row per epoch), summary.json (final/best sum-rates in bit/s/Hz and
-   Mbps, the baselines on the same test split), checkpoint/, ``sum_rate.png`` and, with
+   Mbps, the baselines on the same test split), checkpoint/, ``learning_curve.png`` and, with
    ``--save-powers``, ``test_powers.npz``. Several approaches (``--optimizer c-adam,d-adam``, the
-   default, or ``all``) go into ``<out>/<approach>/`` with a combined plot ``test_sum_rate.png``.
+   default, or ``all``) go into ``<out>/<approach>/`` with a combined plot ``test_sum_rate_vs_epoch.png``.
 
 The dataset comes from ``--data`` (default ``data/power_allocation.h5``, or
 ``data/power_allocation_quick.h5`` for ``--preset quick``); ``--generate`` writes it first when the file
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train UWMMSE power allocation (4 unfolded WMMSE layers whose weights are rescaled by "
         "8 GCNNs) centrally or fully distributed, and compare it with WMMSE and truncated WMMSE on the same "
         "test set (paper Section IV-B, Fig. 2b). Defaults are the paper's settings. Writes config.json, "
-        "metrics.csv (one row per epoch), summary.json, checkpoint/ and sum_rate.png per approach.")
+        "metrics.csv (one row per epoch), summary.json, checkpoint/ and learning_curve.png per approach.")
     data = parser.add_argument_group("data")
     data.add_argument("--data", type=Path, default=None,
                       help="HDF5 file of `python -m datasets power-allocation` (default "
@@ -219,7 +219,7 @@ def run_config(p: Plan, approach: str) -> dict:
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(p.args).items() if k != "resumed_config"}
     flags["optimizer"] = list(p.args.optimizer)
     return {
-        "app": APP, "approach": approach, "flags": flags, "seed": p.args.seed,
+        "app": APP, "optimizer": approach, "label": LABELS.get(approach, approach), "flags": flags, "seed": p.args.seed,
         "mode": {"mixing": p.args.mixing, "mixing_beta": p.args.mixing_beta if p.args.mixing == "laplacian" else None,
                  "d_adam_variant": p.args.d_adam_variant,
                  "consensus_graph": "links up in both directions in every sample of the mini-batch"},
@@ -287,7 +287,7 @@ def execute(p: Plan) -> tuple[dict[str, dict], dict[str, float]]:
         atomic_write_json(parent.summary_path, summaries)
         curves = {LABELS[a]: _curve(RunDir(p.out / a, create=False).read_metrics(), "test_sum_rate")
                   for a in p.approaches}
-        _plot(p.out / "test_sum_rate.png", curves, reference, title="UWMMSE power allocation")
+        _plot(p.out / "test_sum_rate_vs_epoch.png", curves, reference, title="UWMMSE power allocation")
     raise_if_diverged(summaries, LABELS)
     return summaries, reference
 
@@ -302,7 +302,7 @@ def train_approach(p: Plan, approach: str, reference: dict, powers: dict | None,
     from core.runs import RunDiverged
 
     with approach_run(p.out, approach, len(p.approaches) > 1) as run:
-        outputs = [run.path / "sum_rate.png"] + ([run.path / "test_powers.npz"] if powers is not None else [])
+        outputs = [run.path / "learning_curve.png"] + ([run.path / "test_powers.npz"] if powers is not None else [])
         if p.resume and run.finished and run.has_checkpoint() and all(f.is_file() for f in outputs):
             return run.read_summary()  # finished: every output exists
         try:
@@ -335,7 +335,8 @@ def _train_approach(p: Plan, approach: str, reference: dict, powers: dict | None
         train_eval_H = np.stack([data.batch("train", int(k)).H for k in picks])
         model = UWMMSE(args.layers, args.hidden)
         task = PowerAllocationTask(model, model.init_theta(init_seed, dtype), num_train, data.batch_size,
-                                   info["noise_power_w"], info["pmax_w"], test_H, train_eval_H, dtype)
+                                   info["noise_power_w"], info["pmax_w"], test_H, train_eval_H, dtype,
+                                   info["bandwidth_hz"])
         optimizer = make_optimizer(approach, args.consensus_rounds, authors_variant=args.d_adam_variant == "authors")
         lr = LearningRate(args.lr, args.lr_schedule, args.lr_decay_rate, args.lr_decay_steps)
         config = TrainerConfig(epochs=args.epochs, batch_size=data.batch_size, seed=trainer_seed,
@@ -344,12 +345,12 @@ def _train_approach(p: Plan, approach: str, reference: dict, powers: dict | None
         mixing = None if optimizer.centralized else args.mixing
         with TrainingBatches(data, dtype, mixing, args.mixing_beta, args.prefetch) as batches:
             trainer = Trainer(task, optimizer, lr, RandomGraphs(batches.draw, same_shapes=True), config, run,
-                              extra_summary={"approach": approach, "label": LABELS[approach], **reference})
+                              extra_summary={"optimizer": approach, "label": LABELS[approach], **reference})
             result = trainer.run(resume=p.resume, on_epoch=progress)
     summary = with_mbps({**result.summary, "initial_test_sum_rate": result.rows[0]["test_sum_rate"]},
                         info["bandwidth_hz"])
     run.write_summary(summary)
-    _plot(run.path / "sum_rate.png", {f"{LABELS[approach]} test": _curve(result.rows, "test_sum_rate"),
+    _plot(run.path / "learning_curve.png", {f"{LABELS[approach]} test": _curve(result.rows, "test_sum_rate"),
                                       f"{LABELS[approach]} train": _curve(result.rows, "train_sum_rate")},
           reference, title=f"{LABELS[approach]}: UWMMSE power allocation")
     if powers is not None:
@@ -381,7 +382,7 @@ def print_table(summaries: dict[str, dict], reference: dict, out: Path) -> None:
           "   (sum-rate in bit/s/Hz)")
     for approach, s in summaries.items():
         print(f"{LABELS[approach]:<12}{s['final_test_sum_rate']:>12.3f}{s['best_test_sum_rate']:>11.3f}"
-              f"{s['best_epoch']:>12}{s['rounds_per_step']:>14}{s['wall_s']:>9.1f}")
+              f"{s['best_epoch']:>12}{s['mp_rounds_per_batch']:>14}{s['wall_s']:>9.1f}")
     for name, label in (("wmmse", "WMMSE"), ("wmmse_tr", "WMMSE-Tr")):
         rate = reference[f"{name}_test_sum_rate"]
         print(f"{label:<12}{rate:>12.3f}   ({rate * scale:.2f} Mbps, {reference[f'{name}_iterations']} iterations)")

@@ -70,26 +70,36 @@ class PowerAllocationTask(Task):
         train_eval_H: training batches (T', B, N, N) for the evaluation of the initial model on the
             training split (the training split itself streams and is not held in memory).
         dtype: float dtype of parameters and data.
+        bandwidth_hz: the channel bandwidth, for the sum-rates in Mbps (bit/s/Hz x bandwidth) beside
+            those in bit/s/Hz.
     """
 
-    train_metrics = ("train_sum_rate",)
-    test_metrics = ("test_sum_rate",)
+    train_metrics = ("train_sum_rate", "train_sum_rate_mbps")
+    test_metrics = ("test_sum_rate", "test_sum_rate_mbps")
     primary = "test_sum_rate"
-    maximize = frozenset({"train_sum_rate", "test_sum_rate"})
+    maximize = frozenset({"train_sum_rate", "test_sum_rate", "train_sum_rate_mbps", "test_sum_rate_mbps"})
 
     def __init__(self, model: UWMMSE, theta0, num_train_batches: int, batch_size: int, sigma2: float, pmax: float,
-                 test_H: np.ndarray, train_eval_H: np.ndarray, dtype=tf.float32):
+                 test_H: np.ndarray, train_eval_H: np.ndarray, dtype=tf.float32, bandwidth_hz: float = 20e6):
         self.model, self.dtype = model, tf.as_dtype(dtype)
         self.theta0 = tf.convert_to_tensor(theta0, self.dtype)
         self.batch_size = int(batch_size)
         self.num_train = int(num_train_batches) * self.batch_size  # one mini-batch per file batch and epoch
         self.num_nodes = int(test_H.shape[-1])
         self.sigma2, self.pmax = float(sigma2), float(pmax)
+        self.mbps_per_bit_s_hz = float(bandwidth_hz) / 1e6
         # variables, not constants: the compiled evaluation reads them instead of embedding megabytes
         self._eval_data = {
             "test": tf.Variable(np.asarray(test_H, self.dtype.as_numpy_dtype), trainable=False),
             "train": tf.Variable(np.asarray(train_eval_H, self.dtype.as_numpy_dtype), trainable=False),
         }
+
+    def upgrade_row(self, row: dict) -> dict:
+        """Rows saved before the Mbps columns existed get them (bit/s/Hz x bandwidth)."""
+        for split in ("train", "test"):
+            if f"{split}_sum_rate_mbps" not in row and f"{split}_sum_rate" in row:
+                row[f"{split}_sum_rate_mbps"] = row[f"{split}_sum_rate"] * self.mbps_per_bit_s_hz
+        return row
 
     def initial_theta(self) -> tf.Tensor:
         return self.theta0
@@ -112,7 +122,8 @@ class PowerAllocationTask(Task):
             else:
                 objective = -tf.reduce_sum(tf.reduce_mean(rates, axis=1))  # sum_b (1/N) sum_i l_i(b)
         grad = tape.gradient(objective, theta)
-        return grad, {"train_sum_rate": tf.reduce_mean(tf.reduce_sum(rates, axis=1))}
+        rate = tf.reduce_mean(tf.reduce_sum(rates, axis=1))
+        return grad, {"train_sum_rate": rate, "train_sum_rate_mbps": rate * self.mbps_per_bit_s_hz}
 
     def evaluate(self, theta, graph: GraphOps | None, split: str) -> dict[str, tf.Tensor]:
         del graph  # evaluation uses the stored batches of the split
@@ -125,7 +136,7 @@ class PowerAllocationTask(Task):
 
         _, total = tf.while_loop(lambda k, _: k < num_batches, body, (tf.constant(0), tf.zeros([], self.dtype)))
         mean = total / tf.cast(num_batches * data.shape[1], self.dtype)
-        return {f"{split}_sum_rate": mean}
+        return {f"{split}_sum_rate": mean, f"{split}_sum_rate_mbps": mean * self.mbps_per_bit_s_hz}
 
     def powers(self, theta, split: str = "test") -> np.ndarray:
         """Allocated powers p (T, B, N) in W of theta on the stored batches of ``split``."""

@@ -103,19 +103,19 @@ def test_rows_counts_and_summary(problem, tmp_path):
     for r in result.rows:
         assert r["step"] == r["epoch"] * steps_per_epoch
         assert r["mp_rounds"] == r["step"] * trainer.cost.rounds
-        assert r["floats_sent"] == r["step"] * floats
+        assert r["floats_sent_per_node"] == r["step"] * floats
         assert r["lr"] == 0.05 and r["wall_s"] >= 0
         assert all(math.isfinite(r[k]) and r[k] >= 0 for k in ("train_mse", "test_mse", "consensus_error"))
     assert result.rows[0]["consensus_error"] < 1e-15 < result.rows[-1]["consensus_error"]
     assert result.rows[-1]["test_mse"] < result.rows[0]["test_mse"]
     header = run.metrics_path.read_text().splitlines()[0].split(",")
-    assert header == ["epoch", "step", "mp_rounds", "floats_sent", "lr", "train_mse", "test_mse",
+    assert header == ["epoch", "step", "mp_rounds", "floats_sent_per_node", "lr", "train_mse", "test_mse",
                       "consensus_error", "wall_s"]
     s = run.read_summary()
     assert s["final_test_mse"] == result.rows[-1]["test_mse"]
     assert s["best_test_mse"] == min(r["test_mse"] for r in result.rows)
     assert result.rows[s["best_epoch"]]["test_mse"] == s["best_test_mse"]
-    assert (s["rounds_per_step"], s["floats_per_step"]) == (trainer.cost.rounds, floats)
+    assert (s["mp_rounds_per_batch"], s["floats_sent_per_node_per_batch"]) == (trainer.cost.rounds, floats)
     assert s["steps"] == 3 * steps_per_epoch
     assert run.has_checkpoint()
 

@@ -237,3 +237,33 @@ def test_graph_sizes_are_accepted_where_they_fit():
     # App A's graph is a dense |V| x |V| adjacency: a million nodes need ~9 TB, refused with the amount
     with pytest.raises(ValueError, match="needs about 9.0. TB of memory"):
         check_fits(needed(1_000_000), "a million nodes", available=24 * 2**30)
+
+
+def test_a_run_saved_by_version_0_1_resumes_to_the_same_numbers(tmp_path):
+    """Old layout: config "approach" instead of "optimizer", no --data-seed (--seed was the data seed),
+    metrics column floats_sent; the resumed run ends with the numbers of an uninterrupted one."""
+    from core.runs import RunDir, read_csv
+
+    flags = [*TINY, "--epochs", "3", "--checkpoint-every", "1", "--optimizer", "d-sgd", "--seed", "5",
+             "--data-seed", "5"]
+    assert main([*flags, "--out", str(tmp_path / "full")]) == 0
+    old = tmp_path / "old"
+    assert main([*flags, "--epochs", "1", "--out", str(old)]) == 0
+    run = RunDir(old, create=False)
+    config = json.loads(run.config_path.read_text())
+    config["approach"] = config.pop("optimizer")
+    del config["flags"]["data_seed"]
+    config["flags"]["epochs"] = 3
+    config["flags"]["optimizer"] = "d-sgd"
+    run.config_path.write_text(json.dumps(config))
+    arrays, meta = run.load_checkpoint()
+    meta["rows"] = [{("floats_sent" if k == "floats_sent_per_node" else k): v for k, v in r.items()}
+                    for r in meta["rows"]]
+    run.save_checkpoint(arrays, meta)
+    run.summary_path.unlink()
+    assert main(["--resume", str(old), "-q"]) == 0
+
+    def numbers(path):
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in read_csv(path / "metrics.csv")]
+
+    assert numbers(old) == numbers(tmp_path / "full")

@@ -21,7 +21,7 @@ def runs(tmp_path):
     for k, name in enumerate(plots.NODE_REGRESSION):
         rows = [{"epoch": e, "step": 10 * e, "mp_rounds": 2010 * e, "test_mse": 0.2 / (1 + e + k)} for e in range(30)]
         write_run(root / "node_regression" / name, ("epoch", "step", "mp_rounds", "test_mse"), rows,
-                  {"rounds_per_step": 201 if name.startswith("d-") else 200})
+                  {"mp_rounds_per_batch": 201 if name.startswith("d-") else 200})
     for name in (*plots.POWER_ALLOCATION, *plots.POWER_ALLOCATION_EXTRA):
         rows = [{"epoch": e, "test_sum_rate": 16 + np.log1p(e)} for e in range(5)]
         write_run(root / "power_allocation" / name, ("epoch", "test_sum_rate"), rows,

@@ -45,7 +45,7 @@ def test_bad_flags_are_one_line_with_status_2_and_nothing_written(runs, tmp_path
 def test_bad_run_files_are_skipped_one_line_each_and_counted_as_missing(runs, tmp_path, capsys):
     nr, pa, ls = runs / "node_regression", runs / "power_allocation", runs / "link_scheduling"
     (nr / "c-sgd" / "summary.json").write_text("{not json")
-    (nr / "c-adam" / "summary.json").write_text(json.dumps({"rounds_per_step": "200"}))
+    (nr / "c-adam" / "summary.json").write_text(json.dumps({"mp_rounds_per_batch": "200"}))
     (nr / "d-sgd" / "metrics.csv").write_text("epoch,step,mp_rounds\n0,0,0\n")
     (nr / "d-adam" / "metrics.csv").write_bytes(b"\xff\xfe\x00\x01")
     (pa / "c-adam" / "summary.json").write_text("[1, 2]")
@@ -66,7 +66,7 @@ def test_bad_run_files_are_skipped_one_line_each_and_counted_as_missing(runs, tm
     assert problems == [
         f"{nr}/c-sgd/summary.json: not valid JSON (Expecting property name enclosed in double quotes: line 1 "
         "column 2 (char 1))",
-        f'{nr}/c-adam/summary.json: rounds_per_step must be an integer >= 0, got "200"',
+        f'{nr}/c-adam/summary.json: mp_rounds_per_batch must be an integer >= 0, got "200"',
         f"{nr}/d-sgd/metrics.csv: no column test_mse in the header",
         f"{nr}/d-adam/metrics.csv: not a readable CSV file ('utf-8' codec can't decode byte 0xff in position 0: "
         "invalid start byte)",

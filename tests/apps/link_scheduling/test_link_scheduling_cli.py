@@ -48,30 +48,30 @@ def tiny_runs(data, tmp_path_factory):
 
 def test_tiny_runs_write_every_output_with_sane_values(tiny_runs):
     out = tiny_runs
-    assert (out / "test_ratio.png").stat().st_size > 0
+    assert (out / "test_ratio_vs_minibatch.png").stat().st_size > 0
     assert set(json.loads((out / "summary.json").read_text())) == {"c-adam", "d-adam"}
     for name, rounds in (("c-adam", 3 * B), ("d-adam", 3 * B + 2)):  # Table I: LB, and LB + L - 1
         run_dir = out / name
         rows = metrics(run_dir)
         assert list(read_csv(run_dir / "metrics.csv")[0]) == [
-            "epoch", "step", "mp_rounds", "floats_sent", "lr", "train_ratio", "critic_loss", "lgs_rounds",
-            "test_ratio", "consensus_error", "wall_s"]
+            "epoch", "step", "mp_rounds", "floats_sent_per_node", "lr", "train_ratio", "critic_loss",
+            "lgs_rounds_per_batch", "test_ratio", "consensus_error", "wall_s"]
         assert [r["step"] for r in rows] == [0, 1, 2, 3] and [r["epoch"] for r in rows] == [0, 1, 2, 3]
         assert [r["mp_rounds"] for r in rows] == [0, rounds, 2 * rounds, 3 * rounds]
         for r in rows:
             assert 0.3 < r["train_ratio"] < 1.7 and 0.3 < r["test_ratio"] < 1.7
-            assert 0 < r["critic_loss"] < 1.5 and 1 <= r["lgs_rounds"] <= 2 * TINY.vertices
+            assert 0 < r["critic_loss"] < 1.5 and 1 <= r["lgs_rounds_per_batch"] <= 2 * TINY.vertices
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["untrained_test_ratio"] == pytest.approx(rows[0]["test_ratio"])
         assert summary["final_test_ratio"] == rows[-1]["test_ratio"]
         assert summary["best_test_ratio"] == max(r["test_ratio"] for r in rows)
-        assert summary["rounds_per_step"] == rounds and summary["mode"] == "algorithm1"
+        assert summary["mp_rounds_per_batch"] == rounds and summary["mode"] == "algorithm1"
         config = json.loads((run_dir / "config.json").read_text())
         assert config["dataset"]["checksum"].startswith("sha256:") and config["flags"]["batch_size"] == B
-        assert (run_dir / "utility_ratio.png").stat().st_size > 0
+        assert (run_dir / "learning_curve.png").stat().st_size > 0
     distributed = metrics(out / "d-adam")
     assert distributed[-1]["consensus_error"] > 0  # the copies drift apart on different local gradients
-    assert distributed[-1]["floats_sent"] == 3 * (B * (1 + 32 + 32 + 32 + 32) + ACTOR_PARAMS + 1)
+    assert distributed[-1]["floats_sent_per_node"] == 3 * (B * (1 + 32 + 32 + 32 + 32) + ACTOR_PARAMS + 1)
     assert all(r["consensus_error"] == 0 for r in metrics(out / "c-adam"))
 
 

@@ -40,14 +40,14 @@ def test_tiny_run_writes_every_output(amsgrad_run):
     assert (out / "checkpoint" / "latest.npz").is_file()
     assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = json.loads((out / "config.json").read_text())
-    assert config["approach"] == "d-amsgrad" and config["seed"] == 7
+    assert config["optimizer"] == "d-amsgrad" and config["seed"] == 7
     assert config["flags"]["batch_size"] == B and config["flags"]["optimizer"] == ["d-amsgrad"]
     assert config["mode"] == {"mixing": "mh", "mixing_beta": None, "d_adam_variant": "paper"}
     assert config["dataset"]["checksum"].startswith("sha256:") and config["dataset"]["config"]["nodes"] == 12
     assert {"python", "numpy", "tensorflow-cpu"} <= set(config["library_versions"]) or "tensorflow" in config[
         "library_versions"]
     rows = read_csv(out / "metrics.csv")
-    assert list(rows[0])[:8] == ["epoch", "step", "mp_rounds", "floats_sent", "lr", "train_mse", "test_mse",
+    assert list(rows[0])[:8] == ["epoch", "step", "mp_rounds", "floats_sent_per_node", "lr", "train_mse", "test_mse",
                                  "consensus_error"]
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     rounds = 2 * B + 1  # LB + L - 1 (Table I, eq. 17 row)
@@ -60,7 +60,7 @@ def test_tiny_run_writes_every_output(amsgrad_run):
     assert summary["final_test_mse"] == float(rows[-1]["test_mse"])
     assert summary["best_test_mse"] == min(float(r["test_mse"]) for r in rows)
     assert float(rows[summary["best_epoch"]]["test_mse"]) == summary["best_test_mse"]
-    assert summary["rounds_per_step"] == rounds and summary["epochs"] == 3
+    assert summary["mp_rounds_per_batch"] == rounds and summary["epochs"] == 3
 
 
 def test_same_seed_gives_identical_metrics(amsgrad_run, tmp_path):
@@ -101,19 +101,19 @@ def test_all_approaches(tmp_path):
     # rounds per mini-batch, Table I with L = 2, B = 6, K = 1: LB, B(2L-1)+BK, LB+L-1+K, LB+L-1
     expected = {"c-sgd": 12, "c-adam": 12, "d-naive": 24, "d-naive-pb": 14, "d-sgd": 13, "d-adam": 13,
                 "d-amsgrad": 13}
-    assert {a: s["rounds_per_step"] for a, s in summary.items()} == expected
+    assert {a: s["mp_rounds_per_batch"] for a, s in summary.items()} == expected
     for approach in APPROACHES:
         rows = read_csv(out / approach / "metrics.csv")
         assert len(rows) == 3 and 0 < float(rows[-1]["test_mse"]) < 1
         assert int(rows[-1]["mp_rounds"]) == 8 * expected[approach]
     naive, pb = (read_csv(out / a / "metrics.csv") for a in ("d-naive", "d-naive-pb"))
     np.testing.assert_allclose([float(r["test_mse"]) for r in naive], [float(r["test_mse"]) for r in pb], rtol=1e-12)
-    assert json.loads((out / "config.json").read_text())["approach"] == ",".join(APPROACHES)
+    assert json.loads((out / "config.json").read_text())["optimizer"] == ",".join(APPROACHES)
     # --resume of the parent continues only what is unfinished (here: d-sgd lost its summary)
     before = read_csv(out / "d-sgd" / "metrics.csv")
     (out / "d-sgd" / "summary.json").unlink()
     assert main(["--resume", str(out), "-q"]) == 0
-    assert json.loads((out / "d-sgd" / "summary.json").read_text())["rounds_per_step"] == 13
+    assert json.loads((out / "d-sgd" / "summary.json").read_text())["mp_rounds_per_batch"] == 13
     assert read_csv(out / "d-sgd" / "metrics.csv") == before
     assert set(json.loads((out / "summary.json").read_text())) == set(APPROACHES)
 

@@ -55,29 +55,33 @@ def both_run(dataset, tmp_path_factory):
 def test_two_epoch_run_writes_every_output(both_run, dataset):
     out = both_run
     assert {p.name for p in out.iterdir()} == {"c-adam", "d-adam", ".lock", "config.json", "summary.json",
-                                               "test_sum_rate.png"}
-    assert (out / "test_sum_rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+                                               "test_sum_rate_vs_epoch.png"}
+    assert (out / "test_sum_rate_vs_epoch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summaries = json.loads((out / "summary.json").read_text())
     for approach, rounds, floats in (("c-adam", L * B, B * FORWARD),
                                      ("d-adam", L * B + L - 1, B * (FORWARD + BACKWARD) + THETA + 1)):
         run = out / approach
         assert {p.name for p in run.iterdir()} == {".lock", "config.json", "metrics.csv", "summary.json", "checkpoint",
-                                                   "sum_rate.png", "test_powers.npz"}
+                                                   "learning_curve.png", "test_powers.npz"}
         config = json.loads((run / "config.json").read_text())
-        assert config["approach"] == approach and config["seed"] == 4 and config["flags"]["epochs"] == 2
+        assert config["optimizer"] == approach and config["seed"] == 4 and config["flags"]["epochs"] == 2
         assert config["dataset"]["path"] == str(dataset) and config["dataset"]["checksum"].startswith("sha256:")
         assert config["mode"]["mixing"] == "mh" and "every sample" in config["mode"]["consensus_graph"]
         rows = read_csv(run / "metrics.csv")
-        assert list(rows[0]) == ["epoch", "step", "mp_rounds", "floats_sent", "lr", "train_sum_rate", "test_sum_rate",
-                                 "consensus_error", "wall_s"]
+        assert list(rows[0]) == ["epoch", "step", "mp_rounds", "floats_sent_per_node", "lr", "train_sum_rate",
+                                 "train_sum_rate_mbps", "test_sum_rate", "test_sum_rate_mbps", "consensus_error",
+                                 "wall_s"]
         assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
         for r in rows:  # one mini-batch per file batch and epoch
             assert int(r["step"]) == int(r["epoch"]) * TRAIN_BATCHES
-            assert int(r["mp_rounds"]) == int(r["step"]) * rounds and int(r["floats_sent"]) == int(r["step"]) * floats
+            assert int(r["mp_rounds"]) == int(r["step"]) * rounds
+            assert int(r["floats_sent_per_node"]) == int(r["step"]) * floats
+            mbps = float(r["test_sum_rate"]) * summaries[approach]["bandwidth_hz"] / 1e6
+            assert float(r["test_sum_rate_mbps"]) == pytest.approx(mbps, rel=1e-6)
             assert 0 < float(r["test_sum_rate"]) < 100 and 0 < float(r["train_sum_rate"]) < 100
         summary = json.loads((run / "summary.json").read_text())
         assert summary == summaries[approach]
-        assert summary["rounds_per_step"] == rounds and summary["floats_per_step"] == floats
+        assert summary["mp_rounds_per_batch"] == rounds and summary["floats_sent_per_node_per_batch"] == floats
         assert summary["final_test_sum_rate"] == float(rows[-1]["test_sum_rate"])
         assert summary["best_test_sum_rate"] == max(float(r["test_sum_rate"]) for r in rows)
         assert summary["initial_test_sum_rate"] == float(rows[0]["test_sum_rate"])
@@ -205,8 +209,8 @@ def test_gradient_consensus_adam_runs_with_d_naive_pb_counts(dataset, tmp_path):
     assert main(flags(dataset, "--optimizer", "d-gc-adam", "--consensus-rounds", str(rounds_k), "--out", str(out))) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["label"] == "D-GC-Adam" and summary["consensus_rounds"] == rounds_k
-    assert summary["rounds_per_step"] == L * B + L - 1 + rounds_k
-    assert summary["floats_per_step"] == B * (FORWARD + BACKWARD) + rounds_k * THETA
+    assert summary["mp_rounds_per_batch"] == L * B + L - 1 + rounds_k
+    assert summary["floats_sent_per_node_per_batch"] == B * (FORWARD + BACKWARD) + rounds_k * THETA
     rows = read_csv(out / "metrics.csv")
     assert 0 < float(rows[-1]["consensus_error"]) < 1 and 0 < float(rows[-1]["test_sum_rate"]) < 100
 
@@ -218,7 +222,7 @@ def test_gradient_and_parameter_consensus_adam_counts_theta_in_every_consensus_r
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["label"] == "D-GCP-Adam" and summary["consensus_rounds"] == rounds_k
-    assert summary["rounds_per_step"] == L * B + L - 1 + rounds_k
-    assert summary["floats_per_step"] == B * (FORWARD + BACKWARD) + rounds_k * 2 * THETA
+    assert summary["mp_rounds_per_batch"] == L * B + L - 1 + rounds_k
+    assert summary["floats_sent_per_node_per_batch"] == B * (FORWARD + BACKWARD) + rounds_k * 2 * THETA
     rows = read_csv(out / "metrics.csv")
     assert 0 < float(rows[-1]["consensus_error"]) < 1 and 0 < float(rows[-1]["test_sum_rate"]) < 100
