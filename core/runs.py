@@ -40,6 +40,26 @@ LOCK = ".lock"
 _LIBRARIES = ("tensorflow-cpu", "tensorflow", "numpy", "scipy", "networkx", "h5py", "matplotlib", "tqdm")
 
 
+_STOP_REQUESTED = False
+
+
+def request_stop() -> None:
+    """Record that the process was asked to stop (Ctrl-C, SIGTERM). The signal handler also raises
+    KeyboardInterrupt, but an exception raised inside a finaliser (``__del__``) is only printed and
+    dropped, so the trainer checks this flag at every epoch boundary too (:func:`stop_requested`)."""
+    global _STOP_REQUESTED
+    _STOP_REQUESTED = True
+
+
+def stop_requested() -> bool:
+    return _STOP_REQUESTED
+
+
+def clear_stop_request() -> None:
+    global _STOP_REQUESTED
+    _STOP_REQUESTED = False
+
+
 class RunError(ValueError):
     """A run directory cannot be created or resumed (bad path, existing run, missing checkpoint)."""
 

@@ -62,7 +62,7 @@ from core.executors import consensus_update
 from core.gcnn import NO_COUNT
 from core.ops import Operator
 from core.optimizers import LearningRate, Optimizer
-from core.runs import RunDir, RunDiverged, RunError
+from core.runs import RunDir, RunDiverged, RunError, stop_requested
 
 NO_COST = CommCost(rounds=0, floats_per_node=0, largest_message=0)
 BASE_COLUMNS = ("epoch", "step", "mp_rounds", "floats_sent_per_node", "lr")
@@ -544,6 +544,9 @@ class Trainer:
                 self._check_finite(metrics, all_finite(self.theta, self.state), self.step)
                 self._log(metrics)
             while self.epoch < last:
+                if stop_requested():  # a Ctrl-C/SIGTERM whose KeyboardInterrupt was swallowed (e.g. in a __del__)
+                    snapshot = None  # the state is that of the last completed epoch: checkpoint it as it is
+                    raise KeyboardInterrupt
                 snapshot = self._snapshot()
                 start = time.perf_counter()
                 batches = self.batches.draw(self.rng)

@@ -135,7 +135,7 @@ def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures:
     Unless ``-q``, ``report(result, plan)`` prints the final table. SIGTERM (``kill``, a batch
     scheduler's time limit) is handled as Ctrl-C: the run checkpoints its last completed epoch first.
     """
-    from core.runs import RunDiverged, claim_run_dir
+    from core.runs import RunDiverged, claim_run_dir, clear_stop_request, stop_requested
 
     try:
         args = parse_args(argv)
@@ -146,6 +146,7 @@ def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     try:
+        clear_stop_request()
         with lock, _terminate_as_interrupt():
             result = execute(p)
     except KeyboardInterrupt:
@@ -154,7 +155,13 @@ def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures:
     except RunDiverged as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
-    except (OSError, *failures) as exc:
+    except Exception as exc:
+        if stop_requested() or isinstance(exc.__context__, KeyboardInterrupt):
+            # e.g. an import that the interrupt broke half-way (ImportError from KeyboardInterrupt)
+            print(f"{prog}: interrupted; continue with --resume {p.out}", file=sys.stderr)
+            return 130
+        if not isinstance(exc, (OSError, *failures)):
+            raise
         print(f"{prog}: error: {_failure(exc)}; fix it and continue with --resume {p.out}", file=sys.stderr)
         return 1
     if not args.quiet:
@@ -202,6 +209,16 @@ def check_resumed_dataset(config: Mapping | None, checksum: str, path) -> None:
                          f"differs from the recorded {recorded}); restore that file or start a new run")
 
 
+def is_grouped(args: argparse.Namespace, names) -> bool:
+    """Whether a run keeps each approach in ``<out>/<approach>/``: with several approaches, or when no
+    --out was given (the default layout ``runs/<app>/<timestamp>/<approach>/``, which apps.figures
+    reads); a resumed run keeps the layout it was started with (its config.json says ``grouped``)."""
+    config = getattr(args, "resumed_config", None)
+    if config is not None:
+        return bool(config.get("grouped", len(names) > 1))
+    return len(names) > 1 or args.out is None
+
+
 @contextmanager
 def approach_run(out: Path, approach: str, several: bool):
     """The RunDir of one approach: ``out`` itself for a single approach (claimed by
@@ -219,19 +236,24 @@ def approach_run(out: Path, approach: str, several: bool):
 
 @contextmanager
 def _terminate_as_interrupt():
-    """Within the block, SIGTERM raises KeyboardInterrupt in the main thread (as Ctrl-C does)."""
+    """Within the block, SIGTERM and Ctrl-C record a stop request (:func:`core.runs.request_stop`, which
+    the trainer checks at every epoch boundary) and raise KeyboardInterrupt in the main thread."""
+    from core.runs import request_stop
+
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
 
     def interrupt(signum, frame):
+        request_stop()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def diverged_summary(run) -> dict:

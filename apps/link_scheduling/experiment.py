@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "authors: the paper authors' loop, a graph per sample and one update per sample "
                        "(B updates per mini-batch)")
     train.add_argument("--optimizer", type=common_cli.optimizer_list(OPTIMIZERS), default="c-adam,d-adam",
-                       help="actor optimizer(s), comma-separated, or all; several run into <out>/<optimizer>/ (the "
+                       help="actor optimizer(s), comma-separated, or all; "
+                       "several (or any without --out) run into <out>/<optimizer>/ (the "
                        "default gives the two curves of Fig. 2c)")
     train.add_argument("--lr", type=cli.positive_float, default=None,
                        help=f"actor step size alpha (default {ALGORITHM1['lr']:g} with --mode algorithm1, the "
@@ -165,6 +166,7 @@ class Plan:
     resume: bool
     data: Data
     resumed_config: dict | None = None
+    grouped: bool = True  # each optimizer in <out>/<optimizer>/ (apps.common.main.is_grouped)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -197,7 +199,7 @@ def load_data(path: Path) -> Data:
 
 def plan(args: argparse.Namespace) -> Plan:
     """Validate everything and load (or generate) the data; raises ValueError with a one-line message."""
-    from apps.common.main import check_resumed_dataset, resolve_out
+    from apps.common.main import check_resumed_dataset, is_grouped, resolve_out
 
     if not 0 < args.lr_decay_rate <= 1:
         raise ValueError(f"--lr-decay-rate must be in (0, 1], got {args.lr_decay_rate}")
@@ -225,7 +227,7 @@ def plan(args: argparse.Namespace) -> Plan:
                          "another --data")
     check_resumed_dataset(args.resumed_config, data.checksum, path)
     common_cli.check_mixing_beta(args, (data.train_adjacency, data.test_adjacency))
-    return Plan(args, out, args.resume is not None, data, args.resumed_config)
+    return Plan(args, out, args.resume is not None, data, args.resumed_config, is_grouped(args, args.optimizer))
 
 
 def memory_needed(args: argparse.Namespace) -> int:
@@ -301,10 +303,9 @@ def execute(p: Plan) -> dict[str, dict]:
     from core.runs import RunDir, atomic_write_json
 
     args = p.args
-    several = len(args.optimizer) > 1
-    parent = RunDir(p.out) if several else None
+    parent = RunDir(p.out) if p.grouped else None
     if parent is not None and not p.resume:
-        parent.write_config(run_config(p, ",".join(args.optimizer)))
+        parent.write_config({**run_config(p, ",".join(args.optimizer)), "grouped": True})
     jobs = {name: (p, name) for name in args.optimizer}
     summaries = run_jobs(train_job, jobs, min(args.jobs, len(jobs)), total=len(jobs) * args.mini_batches,
                          desc="link scheduling", quiet=args.quiet)
@@ -328,7 +329,7 @@ def train_job(p: Plan, name: str, progress=None) -> dict:
     from apps.common.main import approach_run, diverged_summary
     from core.runs import RunDiverged
 
-    with approach_run(p.out, name, len(p.args.optimizer) > 1) as run:
+    with approach_run(p.out, name, p.grouped) as run:
         plot = run.path / "learning_curve.png"
         if p.resume and run.finished and run.has_checkpoint() and plot.is_file():
             return run.read_summary()  # finished: every output exists

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = parser.add_argument_group("training")
     train.add_argument("--optimizer", type=common_cli.optimizer_list(APPROACHES), default="all",
                        help="approach(es) to train: one name, several separated by commas (each into "
-                       "<out>/<approach>/), or all: the seven of Fig. 2a (" + " ".join(common_cli.PAPER_OPTIMIZERS)
+                       "<out>/<approach>/, as is one without --out), or all: the seven of Fig. 2a ("
+                       + " ".join(common_cli.PAPER_OPTIMIZERS)
                        + "); also " + ", ".join(common_cli.EXTRA_OPTIMIZERS) + " by name")
     train.add_argument("--lr", type=cli.positive_float, default=1e-3, help="learning rate alpha")
     common_cli.add_lr_schedule_arguments(train)
@@ -90,6 +91,7 @@ class Plan:
     data: nr.NodeRegressionData
     dataset: dict = field(default_factory=dict)
     resumed_config: dict | None = None
+    grouped: bool = True  # each approach in <out>/<approach>/ (apps.common.main.is_grouped)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -126,7 +128,7 @@ def load_data(args: argparse.Namespace) -> tuple[nr.NodeRegressionData, dict]:
 
 def plan(args: argparse.Namespace) -> Plan:
     """Validate everything and load (or generate) the data; raises ValueError with a one-line message."""
-    from apps.common.main import check_resumed_dataset, resolve_out
+    from apps.common.main import check_resumed_dataset, is_grouped, resolve_out
 
     out = resolve_out(args, APP)
     check_memory(args)  # before generating the data in memory
@@ -140,7 +142,8 @@ def plan(args: argparse.Namespace) -> Plan:
     if not 0 < args.lr_decay_rate <= 1:
         raise ValueError(f"--lr-decay-rate must be in (0, 1], got {args.lr_decay_rate}")
     common_cli.check_mixing_beta(args, [data.adjacency])
-    return Plan(args, tuple(args.optimizer), out, args.resume is not None, data, dataset, args.resumed_config)
+    return Plan(args, tuple(args.optimizer), out, args.resume is not None, data, dataset, args.resumed_config,
+                is_grouped(args, args.optimizer))
 
 
 
@@ -229,10 +232,9 @@ def execute(p: Plan) -> dict[str, dict]:
     from core.parallel import run_jobs
     from core.runs import RunDir, atomic_write_json
 
-    several = len(p.approaches) > 1
-    parent = RunDir(p.out) if several else None
+    parent = RunDir(p.out) if p.grouped else None
     if parent is not None and not p.resume:
-        parent.write_config(run_config(p, ",".join(p.approaches)))
+        parent.write_config({**run_config(p, ",".join(p.approaches)), "grouped": True})
     jobs = {approach: (p, approach) for approach in p.approaches}
     summaries = run_jobs(train_approach, jobs, min(p.args.jobs, len(jobs)), total=len(jobs) * p.args.epochs,
                          desc="node regression", quiet=p.args.quiet)
@@ -254,7 +256,7 @@ def train_approach(p: Plan, approach: str, progress=None) -> dict:
     from apps.common.plots import plot_curves
     from core.runs import RunDiverged
 
-    with approach_run(p.out, approach, len(p.approaches) > 1) as run:
+    with approach_run(p.out, approach, p.grouped) as run:
         plot = run.path / "learning_curve.png"
         if p.resume and run.finished and run.has_checkpoint() and plot.is_file():
             return run.read_summary()  # finished: every output exists

@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = parser.add_argument_group("training")
     train.add_argument("--optimizer", type=common_cli.optimizer_list(APPROACHES), default="c-adam,d-adam",
                        help="approach(es) to train: one name, several separated by commas (each into "
-                       "<out>/<approach>/ when several; the default pair is Fig. 2b's), or all: the paper's seven ("
+                       "<out>/<approach>/ when several or without --out; the default pair is Fig. 2b's), or all: the "
+                       "paper's seven ("
                        + " ".join(common_cli.PAPER_OPTIMIZERS) + "). By name only: d-gc-adam (not in "
                        "the paper's list): K gradient-consensus rounds, then local Adam, the scheme of the authors' "
                        "code; D-Adam's mean of per-node Adam steps trails C-Adam here (see apps/power_allocation/"
@@ -124,6 +125,7 @@ class Plan:
     data_path: Path
     dataset: dict = field(default_factory=dict)
     resumed_config: dict | None = None
+    grouped: bool = True  # each approach in <out>/<approach>/ (apps.common.main.is_grouped)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -139,7 +141,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def plan(args: argparse.Namespace) -> Plan:
     """Validate flags and dataset (generating it if asked); raises ValueError with a one-line message."""
-    from apps.common.main import check_resumed_dataset, resolve_out
+    from apps.common.main import check_resumed_dataset, is_grouped, resolve_out
 
     if not 0 < args.lr_decay_rate <= 1:
         raise ValueError(f"--lr-decay-rate must be in (0, 1], got {args.lr_decay_rate}")
@@ -154,7 +156,8 @@ def plan(args: argparse.Namespace) -> Plan:
     check_resumed_dataset(args.resumed_config, dataset["checksum"], path)
     # a batch's consensus graph links some of its N pairs: at most N - 1 neighbours, whatever the batch
     common_cli.check_mixing_beta(args, (), largest_degree=dataset["pairs"] - 1)
-    return Plan(args, tuple(args.optimizer), out, args.resume is not None, path, dataset, args.resumed_config)
+    return Plan(args, tuple(args.optimizer), out, args.resume is not None, path, dataset, args.resumed_config,
+                is_grouped(args, args.optimizer))
 
 
 def _generate(args: argparse.Namespace, path: Path) -> None:
@@ -275,10 +278,9 @@ def execute(p: Plan) -> tuple[dict[str, dict], dict[str, float]]:
     reference = {"wmmse_test_sum_rate": baselines["wmmse"][0], "wmmse_tr_test_sum_rate": baselines["wmmse_tr"][0],
                  "wmmse_iterations": args.wmmse_iterations, "wmmse_tr_iterations": args.layers,
                  "bandwidth_hz": info["bandwidth_hz"]}
-    several = len(p.approaches) > 1
-    parent = RunDir(p.out) if several else None
+    parent = RunDir(p.out) if p.grouped else None
     if parent is not None and not p.resume:
-        parent.write_config(run_config(p, ",".join(p.approaches)))
+        parent.write_config({**run_config(p, ",".join(p.approaches)), "grouped": True})
     powers = {name: baseline[1] for name, baseline in baselines.items()} if args.save_powers else None
     jobs = {approach: (p, approach, reference, powers) for approach in p.approaches}
     summaries = run_jobs(train_approach, jobs, min(args.jobs, len(jobs)), total=len(jobs) * args.epochs,
@@ -301,7 +303,7 @@ def train_approach(p: Plan, approach: str, reference: dict, powers: dict | None,
     from apps.common.main import approach_run, diverged_summary
     from core.runs import RunDiverged
 
-    with approach_run(p.out, approach, len(p.approaches) > 1) as run:
+    with approach_run(p.out, approach, p.grouped) as run:
         outputs = [run.path / "learning_curve.png"] + ([run.path / "test_powers.npz"] if powers is not None else [])
         if p.resume and run.finished and run.has_checkpoint() and all(f.is_file() for f in outputs):
             return run.read_summary()  # finished: every output exists

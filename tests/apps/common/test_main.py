@@ -69,3 +69,16 @@ def test_resume_of_a_run_saved_before_a_flag_existed_gives_that_flag_its_default
                                 "data": None}})
     args, resumed = parse_run_flags(parser, ["--resume", str(run.path), "-q"], {}, app="test")
     assert resumed and args.lr == 0.5 and args.jobs == 2 and args.quiet and args.resume == str(run.path)
+
+
+def test_an_import_broken_by_the_interrupt_counts_as_an_interruption(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def broken(p):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ImportError("initialization failed") from None
+
+    assert run_experiment("prog", ["ok"], parse, plan, broken, lambda r, p: None) == 130
+    assert capsys.readouterr().err == "prog: interrupted; continue with --resume runs/x\n"

@@ -267,3 +267,26 @@ def test_a_run_saved_by_version_0_1_resumes_to_the_same_numbers(tmp_path):
         return [{k: v for k, v in r.items() if k != "wall_s"} for r in read_csv(path / "metrics.csv")]
 
     assert numbers(old) == numbers(tmp_path / "full")
+
+
+def test_a_stop_request_whose_interrupt_was_swallowed_stops_at_the_next_epoch(tmp_path, capsys, monkeypatch):
+    """A KeyboardInterrupt raised inside a finaliser (__del__) is only printed; the recorded request
+    still stops the trainer at its next epoch boundary, checkpointed, and the resume ends as usual."""
+    import core.trainer
+    from core.runs import read_csv
+
+    flags = [*TINY, "--epochs", "3", "--optimizer", "d-sgd"]
+    assert main([*flags, "--out", str(tmp_path / "full")]) == 0
+    checks = iter([False, True])  # asked to stop during the first epoch
+    monkeypatch.setattr(core.trainer, "stop_requested", lambda: next(checks, True))
+    out = tmp_path / "stopped"
+    assert main([*flags, "--out", str(out)]) == 130
+    assert f"--resume {out}" in one_error_line(capsys)
+    assert [r["epoch"] for r in read_csv(out / "metrics.csv")] == ["0", "1"]
+    monkeypatch.setattr(core.trainer, "stop_requested", lambda: False)
+    assert main(["--resume", str(out), "-q"]) == 0
+
+    def numbers(path):
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in read_csv(path / "metrics.csv")]
+
+    assert numbers(out) == numbers(tmp_path / "full")
