@@ -290,3 +290,30 @@ def test_a_stop_request_whose_interrupt_was_swallowed_stops_at_the_next_epoch(tm
         return [{k: v for k, v in r.items() if k != "wall_s"} for r in read_csv(path / "metrics.csv")]
 
     assert numbers(out) == numbers(tmp_path / "full")
+
+
+def test_load_run_gives_config_metrics_and_a_model_ready_for_forward(group_run):
+    import numpy as np
+    import tensorflow as tf
+
+    from apps.common.results import load_run
+    from core.graph import Graph
+    from core.ops import to_operator
+    from core.runs import RunError
+
+    with pytest.raises(RunError, match="load one of its approaches: c-sgd, d-sgd"):
+        load_run(group_run)
+    config = json.loads((group_run / "c-sgd" / "config.json").read_text())
+    data = nr.generate_arrays(nr.NodeRegressionConfig.from_dict({**config["dataset"]["config"]}))
+    shift = to_operator(Graph.from_dense(data.adjacency).shift_operator(data.config.shift), tf.float32)
+    central = load_run(group_run / "c-sgd")
+    assert central.theta_per_node is None and central.metrics[-1]["epoch"] == 2
+    y, _ = central.model.forward(central.params(), tf.constant(data.x_test, tf.float32), shift, sample_major=True)
+    mse = float(np.mean((y.numpy() - data.y_test) ** 2))
+    assert mse == pytest.approx(central.summary["final_test_mse"], rel=1e-5)
+    distributed = load_run(group_run / "d-sgd")
+    assert distributed.theta_per_node.shape == (12, distributed.theta.size)
+    np.testing.assert_allclose(distributed.theta, distributed.theta_per_node.mean(axis=0))
+    x = tf.constant(data.x_test, tf.float32)
+    y3, _ = distributed.model.forward(distributed.params(node=3), x, shift, sample_major=True)
+    assert y3.shape == data.y_test.shape
