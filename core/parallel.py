@@ -68,7 +68,7 @@ def default_workers(num_jobs: int) -> int:
 
 
 def run_jobs(target: Callable, jobs: Mapping[str, tuple], workers: int, *, total: int, desc: str = "",
-             quiet: bool = False) -> dict:
+             quiet: bool = False, unit: str = "epoch") -> dict:
     """Run ``target(*args, progress=...)`` for every ``name: args`` of ``jobs``; return results by name.
 
     Args:
@@ -78,13 +78,14 @@ def run_jobs(target: Callable, jobs: Mapping[str, tuple], workers: int, *, total
         total: epochs of all jobs together (the length of the shared progress bar).
         desc: label of the progress bar.
         quiet: no progress bar.
+        unit: what the bar counts (what the targets' progress reports count: epochs, or mini-batches).
     """
     if workers <= 1 or len(jobs) <= 1:
         return {name: target(*args, progress=None) for name, args in jobs.items()}
     context = mp.get_context("spawn")
     progress_queue, stop = context.Queue(), context.Event()
     threads = max(1, (os.cpu_count() or 1) // workers)
-    bar = tqdm(total=total, desc=desc, unit="epoch", disable=quiet, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, unit=unit, disable=quiet, dynamic_ncols=True)
     done = dict.fromkeys(jobs, 0)
     results = {}
     # The kernel's parent-death signal fires when the *thread* that started a worker ends. That is this

@@ -287,7 +287,8 @@ class EpochBatches:
 class TrainerConfig:
     """Loop settings. ``checkpoint_every`` counts epochs (0: only at the end); ``steps_per_call`` is the
     number of mini-batches per compiled call when graphs are drawn per mini-batch with equal shapes
-    (:class:`RandomGraphs`)."""
+    (:class:`RandomGraphs`); ``unit`` names what an epoch is in the progress bar (an app whose epoch is one
+    mini-batch says "mini-batch")."""
 
     epochs: int
     batch_size: int
@@ -298,6 +299,7 @@ class TrainerConfig:
     jit: bool = True
     quiet: bool = False
     description: str = ""
+    unit: str = "epoch"
 
     def __post_init__(self):
         if (self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 0 or self.seed < 0
@@ -531,7 +533,7 @@ class Trainer:
         last = self.config.epochs if until_epoch is None else min(until_epoch, self.config.epochs)
         fixed, per_epoch = self.graphs.fixed, not self.config.log_every_step
         bar = tqdm(total=self.config.epochs, initial=self.epoch, desc=self.config.description or self.optimizer.name,
-                   unit="epoch", disable=self.config.quiet, dynamic_ncols=True, leave=False)
+                   unit=self.config.unit, disable=self.config.quiet, dynamic_ncols=True, leave=False)
         snapshot = None
         try:
             if not self.rows:

@@ -126,10 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
                        f"mean first (default {ALGORITHM1['critic_input']} with --mode algorithm1, "
                        f"{AUTHORS['critic_input']} with --mode authors; see apps/link_scheduling/model.py)")
     common_cli.add_lr_schedule_arguments(train, subject="actor alpha_t", step_unit="updates")
-    train.add_argument("--mini-batches", "--epochs", dest="mini_batches", type=cli.positive_int, default=None,
-                       help=f"mini-batches to train, the x-axis of Fig. 2c (default {ALGORITHM1['mini_batches']} "
-                       f"with --mode algorithm1, the paper's {AUTHORS['mini_batches']} with --mode authors); "
-                       "--epochs is an alias: an epoch of this app is one mini-batch")
+    train.add_argument("--mini-batches", type=cli.positive_int, default=None,
+                       help=f"actor updates to train, the x-axis of Fig. 2c (default {ALGORITHM1['mini_batches']} "
+                       f"with --mode algorithm1, the paper's {AUTHORS['mini_batches']} with --mode authors)")
+    train.add_argument("--epochs", type=cli.positive_int, default=None,
+                       help="passes over the training graphs instead: E x (training graphs) / (graphs per "
+                       "mini-batch: 1 with --mode algorithm1, B with --mode authors) mini-batches, rounded up "
+                       "(with --mini-batches too, both must agree)")
     train.add_argument("--batch-size", type=cli.positive_int, default=100,
                        help="weight samples B per mini-batch (all on one graph with --mode algorithm1, each on its "
                        "own graph with --mode authors)")
@@ -178,9 +181,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if config is not None:
         return args
     for name, value in (AUTHORS if args.mode == "authors" else ALGORITHM1).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+        if getattr(args, name) is None and not (name == "mini_batches" and args.epochs is not None):
+            setattr(args, name, value)  # (mini-batches given as --epochs are derived once the data are read)
     return args
+
+
+def derive_mini_batches(args: argparse.Namespace, num_train_graphs: int) -> None:
+    """``--epochs`` -> ``args.mini_batches`` (passes over the training graphs; ValueError if
+    ``--mini-batches`` says otherwise). Both are saved, so a resume replays them consistently."""
+    import math
+
+    per_mini_batch = args.batch_size if args.mode == "authors" else 1
+    if args.epochs is not None:
+        derived = math.ceil(args.epochs * num_train_graphs / per_mini_batch)
+        if args.mini_batches is not None and args.mini_batches != derived:
+            raise ValueError(f"--epochs {args.epochs} is {derived} mini-batches on {num_train_graphs} training graphs, "
+                             f"not --mini-batches {args.mini_batches}; give one of the two")
+        args.mini_batches = derived
 
 
 def dataset_config(args: argparse.Namespace) -> ConflictGraphsConfig:
@@ -227,6 +244,8 @@ def plan(args: argparse.Namespace) -> Plan:
                          "another --data")
     check_resumed_dataset(args.resumed_config, data.checksum, path)
     common_cli.check_mixing_beta(args, (data.train_adjacency, data.test_adjacency))
+    if args.resumed_config is None:
+        derive_mini_batches(args, data.train_adjacency.shape[0])
     return Plan(args, out, args.resume is not None, data, args.resumed_config, is_grouped(args, args.optimizer))
 
 
@@ -308,7 +327,7 @@ def execute(p: Plan) -> dict[str, dict]:
         parent.write_config({**run_config(p, ",".join(args.optimizer)), "grouped": True})
     jobs = {name: (p, name) for name in args.optimizer}
     summaries = run_jobs(train_job, jobs, min(args.jobs, len(jobs)), total=len(jobs) * args.mini_batches,
-                         desc="link scheduling", quiet=args.quiet)
+                         desc="link scheduling", quiet=args.quiet, unit="mini-batch")
     if parent is not None:
         atomic_write_json(parent.summary_path, summaries)
         curves = {}
@@ -363,7 +382,7 @@ def train_optimizer(p: Plan, name: str, run, plot: Path, progress=None) -> dict:
     lr = LearningRate(args.lr, args.lr_schedule, args.lr_decay_rate, args.lr_decay_steps)
     config = TrainerConfig(epochs=args.mini_batches, batch_size=args.batch_size,
                            seed=args.seed, checkpoint_every=args.checkpoint_every, jit=False,
-                           quiet=args.quiet or progress is not None, description=LABELS[name])
+                           quiet=args.quiet or progress is not None, description=LABELS[name], unit="mini-batch")
     untrained = float(task.evaluate(task.initial_theta(), None, "test")["test_ratio"])
     trainer = Trainer(task, optimizer, lr, RandomGraphs(task.draw_graph), config, run,
                       extra_summary={"optimizer": name, "label": LABELS[name], "mode": args.mode,

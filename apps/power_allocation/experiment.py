@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "for the paper dataset) before training")
     model = parser.add_argument_group("UWMMSE")
     model.add_argument("--layers", type=cli.positive_int, default=4,
-                       help="unfolded WMMSE layers K (WMMSE-Tr runs as many iterations)")
+                       help="unfolded WMMSE layers (WMMSE-Tr runs as many iterations)")
     model.add_argument("--hidden", type=cli.positive_int, default=5, help="hidden width of each GCNN (1 -> h -> 1)")
     train = parser.add_argument_group("training")
     train.add_argument("--optimizer", type=common_cli.optimizer_list(APPROACHES), default="c-adam,d-adam",

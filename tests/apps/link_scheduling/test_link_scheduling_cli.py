@@ -179,3 +179,19 @@ def test_generate_writes_the_dataset_once_and_refuses_other_settings(tmp_path, c
     assert path.stat().st_mtime_ns == modified  # same settings: the file is reused, not rewritten
     status, err = run([*flags, "--test-samples", 4, "--out", tmp_path / "c"], capsys)
     assert status == 2 and "other settings" in err and not (tmp_path / "c").exists()
+
+
+def test_epochs_are_passes_over_the_training_graphs(tmp_path, capsys):
+    from apps.link_scheduling.experiment import build_parser, derive_mini_batches
+
+    args = build_parser().parse_args(["--epochs", "3", "--batch-size", "10"])
+    args.mini_batches = None
+    derive_mini_batches(args, num_train_graphs=40)
+    assert args.mini_batches == 120  # algorithm1: one training graph per mini-batch
+    args = build_parser().parse_args(["--epochs", "3", "--batch-size", "10", "--mode", "authors"])
+    args.mini_batches = None
+    derive_mini_batches(args, num_train_graphs=40)
+    assert args.mini_batches == 12  # authors: B graphs per mini-batch
+    args = build_parser().parse_args(["--epochs", "3", "--mini-batches", "7"])
+    with pytest.raises(ValueError, match="give one of the two"):
+        derive_mini_batches(args, num_train_graphs=40)
