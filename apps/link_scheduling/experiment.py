@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--optimizer", type=common_cli.optimizer_list(OPTIMIZERS), default="c-adam,d-adam",
                        help="actor optimizer(s), comma-separated, or all; "
                        "several (or any without --out) run into <out>/<optimizer>/ (the "
-                       "default gives the two curves of Fig. 2c)")
+                       "two curves of Fig. 2c are c-adam,d-adam)")
     train.add_argument("--lr", type=cli.positive_float, default=None,
                        help=f"actor step size alpha (default {ALGORITHM1['lr']:g} with --mode algorithm1, the "
                        f"paper's {AUTHORS['lr']:g} with --mode authors)")

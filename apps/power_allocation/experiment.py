@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = parser.add_argument_group("training")
     train.add_argument("--optimizer", type=common_cli.optimizer_list(APPROACHES), default="c-adam,d-adam",
                        help="approach(es) to train: one name, several separated by commas (each into "
-                       "<out>/<approach>/ when several or without --out; the default pair is Fig. 2b's), or all: the "
+                       "<out>/<approach>/ when several or without --out; Fig. 2b's pair is c-adam,d-adam), or all: the "
                        "paper's seven ("
                        + " ".join(common_cli.PAPER_OPTIMIZERS) + "). By name only: d-gc-adam (not in "
                        "the paper's list): K gradient-consensus rounds, then local Adam, the scheme of the authors' "
