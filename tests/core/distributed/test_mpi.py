@@ -1,0 +1,98 @@
+"""The MPI backend under real ``mpiexec``: two launches (P = 2 and P = 3) of mpi_cases.py, side by side.
+
+Each launch pays P TensorFlow start-ups, so all cases run inside one script per launch (see mpi_cases.py
+for what they check against the in-process :func:`core.ops.apply_operator`, in float64 to rtol 1e-12).
+The P = 3 launch ends with a deliberate exception on its last rank while the other ranks wait for it in
+an exchange: the whole job must end within 30 s of the fault (the excepthook of
+:mod:`core.distributed.faults` calls MPI_Abort). Assertions are on the script's own lines, not on
+mpiexec's banners. Each launch runs in a session of its own, with a timeout, and its process group is
+killed in ``finally`` whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mpi4py", reason="the MPI backend needs mpi4py (requirements.txt)")
+
+from core.distributed.launch import find_mpiexec, mpi_environment, mpiexec_command  # noqa: E402
+
+SCRIPT = Path(__file__).with_name("mpi_cases.py")
+REPO = Path(__file__).resolve().parents[3]
+CASES = ("ba_isolated_shift", "ba_isolated_mixing", "per_sample", "per_sample_localize", "gcnn_forward_gradient",
+         "counters_reductions", "no_boundary_rank", "debug_operator_mismatch", "debug_sequence_mismatch")
+TIMEOUT_S = 90  # per launch; a hang fails the test instead of blocking the suite
+FAULT_BOUND_S = 30
+
+
+def _launch(num_ranks: int, out_dir: Path, *args) -> tuple[subprocess.Popen, Path]:
+    log = out_dir / f"mpi_n{num_ranks}.log"
+    with open(log, "wb") as out:  # a file, not a pipe: a full pipe would block the ranks
+        proc = subprocess.Popen(mpiexec_command(num_ranks, SCRIPT, *args), cwd=REPO, env=mpi_environment(),
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    return proc, log
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and the ranks it started share its session/group
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        pass
+
+
+def _check_cases(text: str, num_ranks: int) -> None:
+    for case in CASES:
+        for rank in range(num_ranks):
+            assert f"CASE {case} rank={rank} OK" in text, f"P={num_ranks}: case {case} failed on rank {rank}:\n{text}"
+    for rank in range(num_ranks):
+        assert f"DONE rank={rank}" in text, f"P={num_ranks}: rank {rank} did not finish:\n{text}"
+
+
+def test_mpi_exchanges_gradients_debug_mode_and_fault_stop(tmp_path):
+    try:
+        find_mpiexec()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    procs, ended = {}, {}
+    try:
+        procs[2] = _launch(2, tmp_path)
+        procs[3] = _launch(3, tmp_path, "--fault")
+        deadline = time.time() + TIMEOUT_S
+        while len(ended) < len(procs) and time.time() < deadline:
+            for n, (proc, _) in procs.items():
+                if n not in ended and proc.poll() is not None:
+                    ended[n] = time.time()
+            time.sleep(0.05)
+        texts = {n: log.read_text(errors="replace") for n, (_, log) in procs.items()}
+        for n in procs:
+            assert n in ended, f"mpiexec -n {n} did not end within {TIMEOUT_S} s:\n{texts[n]}"
+
+        assert procs[2][0].returncode == 0, f"mpiexec -n 2 exited with {procs[2][0].returncode}:\n{texts[2]}"
+        _check_cases(texts[2], 2)
+
+        text = texts[3]
+        _check_cases(text, 3)
+        fault = re.search(r"^FAULT rank=2 t=([0-9.]+)$", text, flags=re.M)
+        assert fault, f"the fault case did not start:\n{text}"
+        assert re.search(r"^fdtrain-mpi: rank 2 of 3 failed: RuntimeError: deliberate failure on rank 2; "
+                         r"aborting all ranks$", text, flags=re.M), text
+        assert "WAITING rank=0" in text and "WAITING rank=1" in text, text
+        assert "UNREACHABLE" not in text, text
+        assert procs[3][0].returncode != 0, text
+        stop_s = ended[3] - float(fault.group(1))
+        assert stop_s < FAULT_BOUND_S, f"the job took {stop_s:.1f} s to end after rank 2 failed"
+    finally:
+        for proc, _ in procs.values():
+            _kill_group(proc)
