@@ -62,7 +62,9 @@ def consensus_update(optimizer: Optimizer, theta, state, grad, mixing: Operator 
     ``grad`` holds the local gradients summed over the mini-batch ((|V|, |theta|), or (|theta|,) for a
     centralized optimizer, which mixes nothing). Gradient consensus runs K rounds x <- W x (eq. 15) on the
     optimizer's :meth:`~core.optimizers.Optimizer.consensus_payload` (g, or [theta, g] for D-GCP-Adam);
-    parameter consensus mixes the optimizer's payload once (eq. 17). Every round goes through
+    parameter consensus mixes the optimizer's payload once (eq. 17: theta, [theta, u~] for D-AMSGrad,
+    [theta, y] for D-GT and D-GT-Adam, all known when the mini-batch starts, so that the schedule can
+    piece them over the forward rounds). Every round goes through
     ``exchange`` (a :class:`core.comm.CommSimulator` counts it). Shared by :class:`BatchedExecutor` and
     :mod:`core.trainer` (whose apps may compute ``grad`` in their own way).
     """

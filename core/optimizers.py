@@ -9,8 +9,9 @@ rounds through the communication simulator, then hands the mixed values to :meth
 - ``consensus = "gradient"`` (D-naive, D-naive-PB, D-GC-Adam, D-GCP-Adam): K rounds x <- W x (eq. 15) on
   :meth:`Optimizer.consensus_payload` (the local gradients g, or [theta, g] for D-GCP-Adam), ``mixed`` is
   W^K of it;
-- ``consensus = "parameter"`` (D-SGD, D-Adam, D-AMSGrad, eq. 17): one round on :meth:`payload`
-  (theta, and u~ for D-AMSGrad), ``mixed`` is W times the payload.
+- ``consensus = "parameter"`` (D-SGD, D-Adam, D-AMSGrad, eq. 17; D-GT, D-GT-Adam): one round on
+  :meth:`payload` (theta; [theta, u~] for D-AMSGrad; [theta, y] for the gradient-tracking optimizers),
+  ``mixed`` is W times the payload.
 
 State is a tuple of tensors so that steps compile into ``tf.function`` / XLA programs.
 
@@ -27,7 +28,7 @@ import tensorflow as tf
 
 OPTIMIZERS = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad")
 # Distributed optimizers beyond the paper's list (not part of ``OPTIMIZERS``, so no app's "all" changes).
-EXTRA_OPTIMIZERS = ("d-gc-adam", "d-gcp-adam")
+EXTRA_OPTIMIZERS = ("d-gc-adam", "d-gcp-adam", "d-gt", "d-gt-adam")
 LR_SCHEDULES = ("constant", "exponential")
 
 
@@ -303,9 +304,81 @@ class GradientConsensusAdam(GradientConsensus):
         return theta - lr * m_hat / (tf.sqrt(v_hat) + self.eps), (m, v, t)
 
 
+class GradientTracking(Optimizer):
+    """D-GT (DIGing, Nedic-Olshevsky-Shi 2017; GT-DSGD, Xin-Khan-Kar 2021) and D-GT-Adam (GTAdam,
+    Carnevale et al. 2022): each node tracks the network-average gradient with y^i (docs/design.md, section 13).
+
+        theta^i(t+1) = sum_j W_ij theta^j(t) - alpha d^i(t),
+        y^i(t)       = sum_j W_ij y^j(t-1) + g_i(t) - g_i(t-1),     y^i(-1) = g_i(-1) = 0,
+
+    with d^i(t) = y^i(t) for D-GT, and for D-GT-Adam the bias-corrected local Adam direction of moments
+    driven by the tracker: m_i <- b1 m_i + (1-b1) y^i(t); v_i <- b2 v_i + (1-b2) y^i(t)^2;
+    d^i(t) = m^_i / (sqrt(v^_i) + eps) with C-Adam's bias correction and constants (GTAdam without its clip
+    of v). g_i(t) is node i's local gradient of mini-batch t (summed over its B samples, eq. 8c) at theta(t).
+
+    How the recursion y(t+1) = W y(t) + g(t+1) - g(t), y(0) = g(0), fits Algorithm 1: mini-batch t only
+    knows g(t) after its backward pass, so it completes y(t) = W y(t-1) + g(t) - g(t-1) and then steps
+    theta(t+1) = W theta(t) - alpha y(t). Both W theta(t) and W y(t-1) mix values that exist when
+    mini-batch t starts, so [theta^i(t), y^i(t-1)] rides in the eq. (17) payload, pieced over the forward
+    rounds (schedule ``dopt``): LB + L - 1 rounds, 2|theta| + 1 floats (with the degree d_i) on top of the
+    forward and backward messages, as D-AMSGrad's [theta, u~]. The iterates are DIGing's; only the
+    labelling of rounds shifts (DIGing's iteration k sends x(k) and y(k); here theta(k) travels in
+    mini-batch k and y(k) in mini-batch k + 1).
+
+    State ``(y, g_prev)`` holds (y(t-1), g(t-1)) when mini-batch t starts, both zero before the first one,
+    so y(0) = W 0 + (g(0) - 0) = g(0) exactly and the first update is D-SGD's (the zero tracker of the first
+    payload is sent and counted anyway: every mini-batch has the same schedule). D-GT-Adam appends
+    ``(m, v, t)``. Nothing else marks the first step, so checkpoints and exact resume need nothing new.
+
+    Tracking: with W(t) doubly stochastic (the MH and Laplacian weights, also when G(t) changes per
+    mini-batch), mean_i y^i(t) = mean_i y^i(t-1) + mean_i g_i(t) - mean_i g_i(t-1), hence by induction from
+    0 = 0, mean_i y^i(t) = mean_i g_i(t) at every step. A consensual fixed point (theta^i = theta*,
+    y^i = y*) has y* = mean_i g_i(theta*) = 0: a stationary point of sum_i f_i, so a constant step has no
+    error floor from heterogeneous local gradients (D-SGD's fixed points have sum_i g_i(theta^i) = 0 with
+    disagreeing copies, at a distance O(alpha) that grows with the spread of the g_i).
+    """
+
+    consensus = "parameter"
+    schedule = "dopt"
+
+    def __init__(self, adam: bool = False, beta1=0.9, beta2=0.999, eps=1e-8):
+        super().__init__()
+        self.adam = bool(adam)
+        self.name = "d-gt-adam" if self.adam else "d-gt"
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+
+    def payload_size(self, num_params):
+        return 2 * num_params  # [theta, y]
+
+    def init_state(self, theta):
+        zeros = tf.zeros_like(theta)
+        state = (zeros, zeros)  # y(-1), g(-1): y(0) = g(0) follows (class docstring)
+        if self.adam:
+            state += (tf.zeros_like(theta), tf.zeros_like(theta), tf.zeros([], theta.dtype))  # m, v, t
+        return state
+
+    def payload(self, theta, state):
+        return tf.concat([theta, state[0]], axis=-1)
+
+    def step(self, theta, grad, mixed, state, lr):
+        y, g_prev = state[0], state[1]
+        mixed_theta, mixed_y = tf.split(mixed, 2, axis=-1)  # W theta(t), W y(t-1)
+        y = mixed_y + (grad - g_prev)  # y(t)
+        if not self.adam:
+            return mixed_theta - lr * y, (y, grad)
+        m, v, t = state[2:]
+        t = t + 1
+        m = self.beta1 * m + (1 - self.beta1) * y
+        v = self.beta2 * v + (1 - self.beta2) * y * y
+        m_hat = m / (1 - self.beta1**t)
+        v_hat = v / (1 - self.beta2**t)
+        return mixed_theta - lr * m_hat / (tf.sqrt(v_hat) + self.eps), (y, grad, m, v, t)
+
+
 def make_optimizer(name: str, consensus_rounds: int = 1, authors_variant: bool = False) -> Optimizer:
     """Build one of :data:`OPTIMIZERS` or :data:`EXTRA_OPTIMIZERS` by name (``authors_variant`` selects
-    the published D-Adam)."""
+    the published D-Adam; ``consensus_rounds`` K is used by the gradient-consensus optimizers only: the
+    eq. (17) ones, D-GT and D-GT-Adam included, mix once per mini-batch)."""
     if name == "c-sgd":
         return CentralizedSGD()
     if name == "c-adam":
@@ -324,4 +397,8 @@ def make_optimizer(name: str, consensus_rounds: int = 1, authors_variant: bool =
         return GradientConsensusAdam(consensus_rounds)
     if name == "d-gcp-adam":
         return GradientConsensusAdam(consensus_rounds, mix_parameters=True)
+    if name == "d-gt":
+        return GradientTracking()
+    if name == "d-gt-adam":
+        return GradientTracking(adam=True)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS + EXTRA_OPTIMIZERS)}")

@@ -71,8 +71,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, app: str, checkpoint_ever
     if jobs_default is not None:
         run.add_argument("--jobs", type=positive_int, default=jobs_default,
                          help="approaches trained side by side in worker processes, with cores/jobs TensorFlow "
-                         "threads each (default: one per CPU core); the thread count can change the last bits of a "
-                         "result")
+                         "threads each (one per CPU core here, at most one per approach); the thread count can "
+                         "change the last bits of a result, so a resume keeps it")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
     add_version_argument(parser)
     return run
@@ -89,10 +89,11 @@ def add_version_argument(parser: argparse.ArgumentParser) -> None:
 # validated before it is imported; a test checks that the two lists agree).
 PAPER_OPTIMIZERS = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad")
 """The seven approaches of the paper: what ``--optimizer all`` means in every app (docs/design.md, section 3)."""
-EXTRA_OPTIMIZERS = ("d-gc-adam", "d-gcp-adam")
+EXTRA_OPTIMIZERS = ("d-gc-adam", "d-gcp-adam", "d-gt", "d-gt-adam")
 """Distributed optimizers beyond the paper's list: only by name, never part of ``all``."""
 LABELS = {"c-sgd": "C-SGD", "c-adam": "C-Adam", "d-naive": "D-naive", "d-naive-pb": "D-naive-PB", "d-sgd": "D-SGD",
-          "d-adam": "D-Adam", "d-amsgrad": "D-AMSGrad", "d-gc-adam": "D-GC-Adam", "d-gcp-adam": "D-GCP-Adam"}
+          "d-adam": "D-Adam", "d-amsgrad": "D-AMSGrad", "d-gc-adam": "D-GC-Adam", "d-gcp-adam": "D-GCP-Adam",
+          "d-gt": "D-GT", "d-gt-adam": "D-GT-Adam"}
 """How figures, tables and legends name each optimizer."""
 
 

@@ -62,7 +62,7 @@ from datasets.storage import DatasetError
 
 APP = "link_scheduling"
 PROG = "python -m apps.link_scheduling"
-OPTIMIZERS = common_cli.PAPER_OPTIMIZERS
+OPTIMIZERS = common_cli.PAPER_OPTIMIZERS + common_cli.EXTRA_OPTIMIZERS
 LABELS = common_cli.LABELS
 MODES = ("algorithm1", "authors")
 # Mode defaults for the flags left unset: actor alpha, critic alpha, mini-batches.
