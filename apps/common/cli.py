@@ -60,8 +60,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, app: str, checkpoint_ever
     Returns the argument group, for the app's own run flags."""
     run = parser.add_argument_group("run")
     run.add_argument("--out", type=Path, default=None,
-                     help=f"run directory (default runs/{app}/<timestamp>/ with a folder per approach; missing parents are created); it "
-                     "must be new or empty, and is locked while the run goes on")
+                     help=f"run directory (default runs/{app}/<timestamp>/ with a folder per approach; missing "
+                     "parents are created); it must be new or empty, and is locked while the run goes on")
     run.add_argument("--resume", type=Path, default=None,
                      help="continue the interrupted run in this directory with its saved settings, validated as on the "
                      "command line (other flags but -q are ignored); the folder of one approach of a group run "
