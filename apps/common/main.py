@@ -261,6 +261,23 @@ def diverged_summary(run) -> dict:
     return run.read_summary()
 
 
+def train_in_run(p, name: str, outputs, train) -> dict:
+    """Train approach ``name`` of plan ``p`` in its claimed run directory (:func:`approach_run`) with
+    ``train(run) -> summary``; returns its summary. A resumed approach that finished with every file of
+    ``outputs`` present is not trained again (finished means every output exists: a run killed before
+    its plot redraws it); one that diverges gives the summary the trainer wrote with the reason, so that
+    the other approaches of a group go on (:func:`raise_if_diverged` then ends the app with status 1)."""
+    from core.runs import RunDiverged
+
+    with approach_run(p.out, name, p.grouped) as run:
+        if p.resume and run.finished and run.has_checkpoint() and all((run.path / f).is_file() for f in outputs):
+            return run.read_summary()
+        try:
+            return train(run)
+        except RunDiverged:
+            return diverged_summary(run)
+
+
 def raise_if_diverged(summaries: Mapping[str, Mapping], labels: Mapping[str, str]) -> None:
     """After every approach of a group has run: :class:`core.runs.RunDiverged` naming those that diverged."""
     from core.runs import RunDiverged

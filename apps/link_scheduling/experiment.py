@@ -345,17 +345,10 @@ def train_job(p: Plan, name: str, progress=None) -> dict:
 
     ``progress``: a :mod:`core.parallel` progress report (None: the trainer's own progress bar).
     """
-    from apps.common.main import approach_run, diverged_summary
-    from core.runs import RunDiverged
+    from apps.common.main import train_in_run
 
-    with approach_run(p.out, name, p.grouped) as run:
-        plot = run.path / "learning_curve.png"
-        if p.resume and run.finished and run.has_checkpoint() and plot.is_file():
-            return run.read_summary()  # finished: every output exists
-        try:
-            return train_optimizer(p, name, run, plot, progress)
-        except RunDiverged:
-            return diverged_summary(run)  # the others go on; the app exits with status 1 at the end
+    return train_in_run(p, name, ["learning_curve.png"],
+                        lambda run: train_optimizer(p, name, run, run.path / "learning_curve.png", progress))
 
 
 def train_optimizer(p: Plan, name: str, run, plot: Path, progress=None) -> dict:

@@ -300,17 +300,11 @@ def train_approach(p: Plan, approach: str, reference: dict, powers: dict | None,
     ``powers``: the baselines' test powers to store beside UWMMSE's (``--save-powers``), or None;
     ``progress``: a :mod:`core.parallel` progress report (None: the trainer's own progress bar).
     """
-    from apps.common.main import approach_run, diverged_summary
-    from core.runs import RunDiverged
+    from apps.common.main import train_in_run
 
-    with approach_run(p.out, approach, p.grouped) as run:
-        outputs = [run.path / "learning_curve.png"] + ([run.path / "test_powers.npz"] if powers is not None else [])
-        if p.resume and run.finished and run.has_checkpoint() and all(f.is_file() for f in outputs):
-            return run.read_summary()  # finished: every output exists
-        try:
-            return _train_approach(p, approach, reference, powers, run, progress)
-        except RunDiverged:
-            return diverged_summary(run)  # the other approaches go on; the app exits with status 1 at the end
+    outputs = ["learning_curve.png"] + (["test_powers.npz"] if powers is not None else [])
+    return train_in_run(p, approach, outputs,
+                        lambda run: _train_approach(p, approach, reference, powers, run, progress))
 
 
 def _train_approach(p: Plan, approach: str, reference: dict, powers: dict | None, run, progress) -> dict:
