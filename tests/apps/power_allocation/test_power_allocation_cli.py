@@ -226,3 +226,11 @@ def test_gradient_and_parameter_consensus_adam_counts_theta_in_every_consensus_r
     assert summary["floats_sent_per_node_per_batch"] == B * (FORWARD + BACKWARD) + rounds_k * 2 * THETA
     rows = read_csv(out / "metrics.csv")
     assert 0 < float(rows[-1]["consensus_error"]) < 1 and 0 < float(rows[-1]["test_sum_rate"]) < 100
+
+
+def test_a_model_that_cannot_fit_is_refused_up_front(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--data", str(dataset), "--layers", "100000000", "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--layers 100000000" in err[0] and "of memory" in err[0]
+    assert not out.exists()
