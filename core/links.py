@@ -1,0 +1,745 @@
+"""Imperfect links: packet erasures, Gilbert-Elliott bursts, link failures and what receivers do about them.
+
+Pure core (docs/design.md, section 12): this module knows graphs and operators, not wireless or apps.
+It decides *which packets are lost* and computes *what a receiver does with the rest*; the exchange layer
+(:mod:`core.comm`, the executors, the MPI exchange) calls it.
+
+**Packets.** A packet is one round's broadcast from a sender j to one receiver i, i.e. one directed link
+j -> i in one round. Every payload bundled into that round's message (e.g. the forward payload of one
+sample and the piggybacked backward payload of another) travels in the same packet and is lost with it.
+A piece of theta that rides on a round (the ``param`` pieces of the ``dopt`` schedule) is its own packet:
+its draws use ``packet=1`` instead of ``packet=0``. A node's own (diagonal) term is never a packet and
+is never lost.
+
+**Loss models** (:class:`LinkModel`):
+
+- independent erasures: each packet is lost with probability p (``--loss-prob``);
+- a Gilbert-Elliott chain per directed link (:class:`GilbertElliott`): a good and a bad state with
+  transition probabilities p_gb (good -> bad) and p_bg (bad -> good), both > 0, and a loss probability
+  per state; each link starts in the chain's stationary distribution;
+- link failures: each undirected link is down for a whole mini-batch with probability q
+  (``--link-failure``); S and the Metropolis-Hastings W are then rebuilt on the surviving graph
+  (:func:`restrict_operator`, :func:`surviving_mixing`, :func:`surviving_graph`, :func:`on_pattern`).
+
+**The stream.** Every draw is a pure function of integers, never of a generator's state, the rank or the
+local order of the edges, so that an MPI run (each rank drawing for the links it receives on, in its own
+local order) loses exactly the packets a single process loses. The uniform of a key is
+
+    h = splitmix64(seed); h = splitmix64(h ^ w) for w in (domain, mini_batch, round, attempt, packet,
+    sender, receiver); u = (h >> 11) * 2**-53   (in [0, 1), 53 bits)
+
+where ``splitmix64(x) = mix(x + 0x9E3779B97F4A7C15)`` is the output function of Steele, Lea and
+Flood's SplitMix64 generator, ``mix(z)``: ``z ^= z >> 30; z *= 0xBF58476D1CE4E5B9; z ^= z >> 27;
+z *= 0x94D049BB133111EB; z ^= z >> 31`` in wrapping uint64 arithmetic (NumPy). ``splitmix64(0)`` is
+0xE220A8397B1DCDAF, the first output of the reference generator seeded with 0 (a test pins it and keyed
+values). Sender and receiver are *global* node ids; mini_batch is the global mini-batch counter of the
+run (0-based, across epochs); round is the 0-based round of :class:`core.comm.Schedule` within the
+mini-batch; attempt is 0 for the scheduled transmission and a = 1..R for its retransmissions; domains
+separate the uses: :data:`LOSS` (is this packet lost), :data:`CHAIN` (a Gilbert transition),
+:data:`INIT` (a link's initial Gilbert state), :data:`FAILURE` (is this undirected link down for the
+mini-batch; keyed with round = attempt = packet = 0 and (min, max) of its endpoints).
+
+**The Gilbert chain's state** is the one thing that is not stateless: it is carried in a small
+:class:`GilbertState` (per directed link: its code, its state, and the (mini_batch, round, attempt) of
+its last step) that the caller keeps (by default the :class:`LinkModel` keeps one) and checkpoints
+(:meth:`GilbertState.arrays`). The state is nonetheless a deterministic function of the stream: a link
+seen for the first time starts bad iff its INIT uniform is below the stationary probability
+p_gb / (p_gb + p_bg); each *transmission* on the link -- a distinct (mini_batch, round, attempt) in which
+it is drawn, retransmissions included -- first advances the chain once with that step's CHAIN uniform
+(good -> bad iff u < p_gb, bad -> good iff u < p_bg), then loses each packet of the step iff its LOSS
+uniform is below the state's loss probability. Drawing the same step again (another packet or another
+operator of the same round) reuses the state; drawing an earlier step raises ``ValueError``. A link that
+transmits nothing in an extra retransmission round does not advance, so a link's chain depends only on
+its own transmissions, not on other links' losses: any process that draws a link's steps in order
+computes the same chain.
+
+**Receiver policies** (:class:`LossPolicy`, ``--on-loss``): ``zero`` (a lost neighbour term counts as 0),
+``stale`` (reuse the last payload of the same slot, i.e. message kind and layer, received from that
+neighbour; 0 before the first: :class:`StaleBuffer`), ``retransmit:R`` (lost packets are repeated in
+extra global rounds, as many as the worst link of the round needed, at most R; what is still lost after
+R counts as 0: :meth:`LinkModel.retransmit`, :meth:`LinkModel.plan`). In a consensus (mixing) round a
+lost packet's weight moves to the receiver's own term, W_ii += W_ij (:func:`lossy_mixing_values`): rows
+stay stochastic, columns do not.
+
+:func:`lossy_apply` is the TensorFlow exchange under loss (gather + segment sum with masked edges,
+node-major features as :mod:`core.ops`); it traces under ``tf.function``. Drawing (:class:`LinkModel`) is
+NumPy, done before a mini-batch runs: :meth:`LinkModel.plan` draws a whole mini-batch's losses (with
+retransmissions) at once, because they depend on the stream only, never on the data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from core.graph import Graph, SparseOperator
+from core.ops import Operator, apply_operator, to_operator
+
+POLICIES = ("zero", "stale", "retransmit")
+
+# stream domains (the second word of every key)
+LOSS, CHAIN, INIT, FAILURE = 1, 2, 3, 4
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+_CODE_SHIFT = 32  # link code = sender << 32 | receiver (global ids below 2**31)
+
+
+# ---------------------------------------------------------------------------------------------- the stream
+def splitmix64(x) -> np.ndarray:
+    """SplitMix64's output function on uint64 (wrapping arithmetic): mix(x + 0x9E3779B97F4A7C15)."""
+    z = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = z + _GOLDEN
+        z = (z ^ (z >> _S30)) * _M1
+        z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+def _words(w) -> np.ndarray:
+    a = np.asarray(w)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"stream key words must be integers, got dtype {a.dtype}")
+    if a.size and a.min() < 0:
+        raise ValueError(f"stream key words must be non-negative, got {a.min()}")
+    return a.astype(np.uint64)
+
+
+def stream_hash(seed, domain, mini_batch, round, attempt, packet, sender, receiver) -> np.ndarray:
+    """The uint64 hash of a key (module docstring); array arguments broadcast."""
+    h = splitmix64(_words(seed))
+    for w in (domain, mini_batch, round, attempt, packet, sender, receiver):
+        h = splitmix64(h ^ _words(w))
+    return h
+
+
+def stream_uniform(seed, domain, mini_batch, round, attempt, packet, sender, receiver) -> np.ndarray:
+    """The float64 uniform in [0, 1) of a key: the top 53 bits of :func:`stream_hash`."""
+    h = stream_hash(seed, domain, mini_batch, round, attempt, packet, sender, receiver)
+    return (h >> _S11).astype(np.float64) * 2.0 ** -53
+
+
+# ------------------------------------------------------------------------------------------- validation
+def check_probability(value, flag: str) -> float:
+    """``value`` as a float in [0, 1), else a one-line ValueError naming ``flag``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{flag} must be a probability in [0, 1), got {value!r}")
+    v = float(value)
+    if not (math.isfinite(v) and 0.0 <= v < 1.0):
+        raise ValueError(f"{flag} must be a probability in [0, 1), got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class LossPolicy:
+    """What a receiver does with a lost packet: ``zero``, ``stale`` or ``retransmit`` (at most R rounds)."""
+
+    kind: str = "zero"
+    max_retransmissions: int = 0
+
+    @classmethod
+    def parse(cls, text) -> LossPolicy:
+        """``zero``, ``stale`` or ``retransmit:R`` (integer R >= 1); a one-line ValueError naming --on-loss."""
+        if isinstance(text, LossPolicy):
+            return text
+        bad = ValueError(f"--on-loss must be zero, stale or retransmit:R with an integer R >= 1, got {text!r}")
+        if not isinstance(text, str):
+            raise bad
+        name, sep, arg = text.strip().partition(":")
+        if name in ("zero", "stale") and not sep:
+            return cls(name)
+        if name == "retransmit" and sep and arg.strip().isdigit() and int(arg) >= 1:
+            return cls("retransmit", int(arg))
+        raise bad
+
+    @property
+    def retransmits(self) -> bool:
+        return self.kind == "retransmit"
+
+    def __str__(self) -> str:
+        return f"retransmit:{self.max_retransmissions}" if self.retransmits else self.kind
+
+
+@dataclass(frozen=True)
+class GilbertElliott:
+    """A two-state (good, bad) Markov chain per directed link with a loss probability per state."""
+
+    p_gb: float
+    p_bg: float
+    loss_good: float = 0.0
+    loss_bad: float = 0.5
+
+    def __post_init__(self):
+        for name, flag in (("p_gb", "--gilbert-p-gb"), ("p_bg", "--gilbert-p-bg"),
+                           ("loss_good", "--gilbert-loss-good"), ("loss_bad", "--gilbert-loss-bad")):
+            object.__setattr__(self, name, check_probability(getattr(self, name), flag))
+        for name, flag in (("p_gb", "--gilbert-p-gb"), ("p_bg", "--gilbert-p-bg")):
+            if getattr(self, name) == 0.0:
+                raise ValueError(f"{flag} must be > 0: with a zero transition probability the Gilbert-Elliott chain "
+                                 f"has no stationary bad state")
+
+    @property
+    def stationary_bad(self) -> float:
+        """pi_bad = p_gb / (p_gb + p_bg)."""
+        return self.p_gb / (self.p_gb + self.p_bg)
+
+    @property
+    def loss_rate(self) -> float:
+        """Long-run loss probability (1 - pi_bad) loss_good + pi_bad loss_bad."""
+        pi = self.stationary_bad
+        return (1.0 - pi) * self.loss_good + pi * self.loss_bad
+
+    @property
+    def loss_after_loss(self) -> float:
+        """P(the link's next transmission is lost | this one was), in the stationary regime."""
+        pi, lg, lb = self.stationary_bad, self.loss_good, self.loss_bad
+        m = self.loss_rate
+        if m == 0.0:
+            return 0.0
+        post_bad = pi * lb / m  # P(bad | lost)
+        next_bad = post_bad * (1.0 - self.p_bg) + (1.0 - post_bad) * self.p_gb
+        return next_bad * lb + (1.0 - next_bad) * lg
+
+    @property
+    def correlation(self) -> float:
+        """lambda = 1 - p_gb - p_bg: the state's autocorrelation per step."""
+        return 1.0 - self.p_gb - self.p_bg
+
+
+# ---------------------------------------------------------------------------------------- Gilbert state
+def link_codes(senders, receivers) -> np.ndarray:
+    """int64 code sender << 32 | receiver of each directed link (global ids)."""
+    s, r = np.asarray(senders, np.int64), np.asarray(receivers, np.int64)
+    if (s.size and s.min() < 0) or (r.size and r.min() < 0) or (s.size and max(s.max(), r.max()) >= 2 ** 31):
+        raise ValueError("node ids must be in [0, 2**31)")
+    return (s << _CODE_SHIFT) | r
+
+
+@dataclass
+class GilbertState:
+    """Per directed link, sorted by code: the chain state (True = bad) and the step it was last advanced at.
+
+    ``last`` is (n, 3) int64 (mini_batch, round, attempt), -1 for a link never advanced.
+    """
+
+    codes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    bad: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    last: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+
+    def copy(self) -> GilbertState:
+        return GilbertState(self.codes.copy(), self.bad.copy(), self.last.copy())
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """For checkpoints; :meth:`from_arrays` restores it exactly."""
+        return {"codes": self.codes.copy(), "bad": self.bad.copy(), "last": self.last.copy()}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> GilbertState:
+        return cls(np.asarray(arrays["codes"], np.int64), np.asarray(arrays["bad"], bool),
+                   np.asarray(arrays["last"], np.int64).reshape(-1, 3))
+
+    def _index(self, codes: np.ndarray, seed: int, chain: GilbertElliott) -> np.ndarray:
+        """Positions of ``codes``, adding unseen links in their stationary initial state (INIT draws)."""
+        pos = np.searchsorted(self.codes, codes)
+        if self.codes.size and np.array_equal(self.codes[pos.clip(0, self.codes.size - 1)], codes):
+            return pos  # every link known (the common case)
+        new = np.setdiff1d(codes, self.codes)
+        if new.size:
+            u = stream_uniform(seed, INIT, 0, 0, 0, 0, new >> _CODE_SHIFT, new & (2 ** _CODE_SHIFT - 1))
+            codes_all = np.concatenate([self.codes, new])
+            order = np.argsort(codes_all, kind="stable")
+            self.codes = codes_all[order]
+            self.bad = np.concatenate([self.bad, u < chain.stationary_bad])[order]
+            self.last = np.concatenate([self.last, np.full((new.size, 3), -1, np.int64)])[order]
+        return np.searchsorted(self.codes, codes)
+
+
+# ----------------------------------------------------------------------------------------- the link model
+@dataclass
+class LinkCounters:
+    """Realised counts: packets drawn (first transmissions), lost at first, retransmitted, still lost after
+    retransmission, extra rounds; undirected link-mini-batches drawn and down."""
+
+    packets: int = 0
+    lost: int = 0
+    retransmitted: int = 0
+    still_lost: int = 0
+    extra_rounds: int = 0
+    links: int = 0
+    links_down: int = 0
+
+    @property
+    def loss_rate(self) -> float:
+        return self.lost / self.packets if self.packets else 0.0
+
+    @property
+    def residual_loss_rate(self) -> float:
+        """Fraction of packets never delivered (equal to loss_rate without retransmission)."""
+        return self.still_lost / self.packets if self.packets else 0.0
+
+    @property
+    def failure_rate(self) -> float:
+        return self.links_down / self.links if self.links else 0.0
+
+
+@dataclass(frozen=True)
+class LossPlan:
+    """The losses of one mini-batch, drawn before it runs (:meth:`LinkModel.plan`).
+
+    Attributes:
+        senders, receivers: (E,) the directed links drawn (global ids), in the caller's order.
+        lost: (T, P, E) bool: packet p of round t on link e is lost after any retransmission (False for a
+            packet that round does not carry).
+        first_lost: (T, P, E) bool: lost at the scheduled transmission.
+        extra_rounds: (T,) int: retransmission rounds after round t (0 without retransmission).
+    """
+
+    senders: np.ndarray
+    receivers: np.ndarray
+    lost: np.ndarray
+    first_lost: np.ndarray
+    extra_rounds: np.ndarray
+
+    @property
+    def total_extra_rounds(self) -> int:
+        return int(self.extra_rounds.sum())
+
+    def link_index(self, senders, receivers) -> np.ndarray:
+        """Position in the plan's links of each (sender, receiver); -1 for a diagonal entry."""
+        codes = link_codes(self.senders, self.receivers)
+        order = np.argsort(codes, kind="stable")
+        query = link_codes(senders, receivers)
+        pos = np.searchsorted(codes[order], query).clip(0, max(len(codes) - 1, 0))
+        found = codes[order][pos] == query if len(codes) else np.zeros(query.shape, bool)
+        off = np.asarray(senders) != np.asarray(receivers)
+        if np.any(off & ~found):
+            k = np.flatnonzero(off & ~found)[0]
+            s, r = int(np.asarray(senders)[k]), int(np.asarray(receivers)[k])
+            raise ValueError(f"link {s} -> {r} is not in the plan")
+        return np.where(off, order[pos], -1)
+
+    def mask_for(self, op, rounds, packet: int = 0) -> np.ndarray:
+        """(len(rounds), nnz) lost mask on ``op``'s entries (receiver = row, sender = col) for ``rounds``."""
+        rows, cols = _pattern(op)
+        idx = self.link_index(cols, rows)
+        rounds = np.asarray(rounds, np.int64).reshape(-1)
+        lost = self.lost[rounds, packet][:, np.maximum(idx, 0)]
+        return lost & (idx >= 0)[None, :]
+
+
+class LinkModel:
+    """Draws which packets are lost and which links are down, from the counter-based stream only.
+
+    Args:
+        seed: the link stream's seed (a non-negative integer; not the trainer's generator).
+        loss_prob: p, independent erasures per packet (``--loss-prob``); 0 with a Gilbert chain.
+        link_failure: q, each undirected link down for a mini-batch (``--link-failure``).
+        gilbert: a :class:`GilbertElliott` chain per directed link, instead of independent erasures.
+    """
+
+    def __init__(self, seed: int = 0, loss_prob: float = 0.0, link_failure: float = 0.0,
+                 gilbert: GilbertElliott | None = None):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 63:
+            raise ValueError(f"the link seed must be an integer in [0, 2**63), got {seed!r}")
+        self.seed = int(seed)
+        self.loss_prob = check_probability(loss_prob, "--loss-prob")
+        self.link_failure = check_probability(link_failure, "--link-failure")
+        if gilbert is not None and self.loss_prob > 0:
+            raise ValueError("--loss-prob and the Gilbert-Elliott flags (--gilbert-*) are exclusive: give one model")
+        self.gilbert = gilbert
+        self.chain = GilbertState()
+        self.counters = LinkCounters()
+
+    @classmethod
+    def from_flags(cls, seed: int = 0, loss_prob: float = 0.0, link_failure: float = 0.0, gilbert_p_gb=None,
+                   gilbert_p_bg=None, gilbert_loss_good: float = 0.0, gilbert_loss_bad=None) -> LinkModel:
+        """From the command-line values; the chain is on iff any of p_gb, p_bg, loss_bad is given (all three
+        are then required)."""
+        given = {"--gilbert-p-gb": gilbert_p_gb, "--gilbert-p-bg": gilbert_p_bg,
+                 "--gilbert-loss-bad": gilbert_loss_bad}
+        chain = None
+        if any(v is not None for v in given.values()):
+            missing = [flag for flag, v in given.items() if v is None]
+            if missing:
+                raise ValueError(f"{missing[0]} is required with the other Gilbert-Elliott flags")
+            chain = GilbertElliott(gilbert_p_gb, gilbert_p_bg, gilbert_loss_good, gilbert_loss_bad)
+        return cls(seed, loss_prob, link_failure, chain)
+
+    @property
+    def lossy(self) -> bool:
+        """Whether packets can be lost (independent erasures or a chain)."""
+        return self.loss_prob > 0 or (self.gilbert is not None and self.gilbert.loss_rate > 0)
+
+    @property
+    def active(self) -> bool:
+        """False when nothing can ever be lost or down: callers may skip this module altogether."""
+        return self.lossy or self.link_failure > 0
+
+    # ------------------------------------------------------------------ packets
+    def draw(self, mini_batch: int, round: int, senders, receivers, *, packet: int = 0, attempt: int = 0,
+             chain: GilbertState | None = None) -> np.ndarray:
+        """Lost flags (bool, shape of ``senders``) of packet ``packet`` of round ``round`` on each link
+        sender -> receiver (global ids, any order; a diagonal entry is never lost). Counted as first
+        transmissions when ``attempt == 0``. A Gilbert chain advances (module docstring)."""
+        s, r = np.asarray(senders, np.int64), np.asarray(receivers, np.int64)
+        lost = self._draw(mini_batch, round, s, r, packet, attempt, chain)
+        if attempt == 0:
+            self.counters.packets += int(np.count_nonzero(s != r))
+            self.counters.lost += int(np.count_nonzero(lost))
+            self.counters.still_lost += int(np.count_nonzero(lost))
+        return lost
+
+    def _draw(self, mini_batch, round, s, r, packet, attempt, chain) -> np.ndarray:
+        if s.shape != r.shape:
+            raise ValueError(f"senders and receivers must have the same shape, got {s.shape} and {r.shape}")
+        off = s != r
+        if not self.lossy:
+            return np.zeros(s.shape, bool)
+        if self.gilbert is None:
+            u = stream_uniform(self.seed, LOSS, mini_batch, round, attempt, packet, s, r)
+            return (u < self.loss_prob) & off
+        return self._draw_gilbert(mini_batch, round, s, r, packet, attempt, chain) & off
+
+    def _draw_gilbert(self, mini_batch, round, s, r, packet, attempt, chain) -> np.ndarray:
+        ge, state = self.gilbert, self.chain if chain is None else chain
+        out = np.zeros(s.shape, bool)
+        off = s != r
+        s, r = s[off], r[off]
+        idx = state._index(link_codes(s, r), self.seed, ge)
+        last = state.last[idx]
+        step = np.array([mini_batch, round, attempt], np.int64)
+        eq = np.all(last == step, axis=1)
+        later = np.zeros(len(idx), bool)  # last step after this one
+        undecided = np.ones(len(idx), bool)
+        for k in range(3):
+            later |= undecided & (last[:, k] > step[k])
+            undecided &= last[:, k] == step[k]
+        if np.any(later):
+            raise ValueError(f"Gilbert-Elliott steps must be drawn in order: (mini_batch, round, attempt) = "
+                             f"{tuple(int(v) for v in step)} is before a link's last step")
+        adv = ~eq
+        if np.any(adv):
+            u = stream_uniform(self.seed, CHAIN, mini_batch, round, attempt, 0, s[adv], r[adv])
+            was_bad = state.bad[idx[adv]]
+            state.bad[idx[adv]] = np.where(was_bad, ~(u < ge.p_bg), u < ge.p_gb)
+            state.last[idx[adv]] = step
+        p = np.where(state.bad[idx], ge.loss_bad, ge.loss_good)
+        out[off] = stream_uniform(self.seed, LOSS, mini_batch, round, attempt, packet, s, r) < p
+        return out
+
+    def retransmit(self, mini_batch: int, round: int, senders, receivers, lost, max_extra: int, *,
+                   chain: GilbertState | None = None) -> tuple[int, np.ndarray]:
+        """Repeat the lost packets of round ``round`` in extra global rounds a = 1..``max_extra``.
+
+        ``lost`` is (E,) for one packet per link or (P, E), row p = packet p. In extra round a every link
+        with a packet still pending transmits its pending packets (attempt a: a Gilbert chain advances);
+        the rounds stop when nothing is pending (the network is synchronous: the round count is that of the
+        worst link) or after ``max_extra``. Returns (extra rounds, still-lost flags of the shape of ``lost``).
+        """
+        s, r = np.asarray(senders, np.int64), np.asarray(receivers, np.int64)
+        pending = np.array(lost, bool, copy=True)
+        one = pending.ndim == 1
+        pending = pending.reshape(1, -1) if one else pending
+        if pending.shape[1:] != s.shape or s.ndim != 1:
+            raise ValueError(f"lost must have shape (E,) or (P, E) with E = {s.size}, got {np.shape(lost)}")
+        if isinstance(max_extra, bool) or int(max_extra) != max_extra or max_extra < 0:
+            raise ValueError(f"the number of retransmission rounds must be a non-negative integer, got {max_extra!r}")
+        pending &= (s != r)[None, :]
+        before = int(np.count_nonzero(pending))
+        extra = 0
+        for a in range(1, int(max_extra) + 1):
+            if not pending.any():
+                break
+            tx = pending.any(axis=0)
+            self.counters.retransmitted += int(np.count_nonzero(pending))
+            for p in range(pending.shape[0]):
+                again = np.zeros_like(tx)
+                again[tx] = self._draw(mini_batch, round, s[tx], r[tx], p, a, chain)
+                pending[p] &= again
+            extra = a
+        self.counters.extra_rounds += extra
+        self.counters.still_lost -= before - int(np.count_nonzero(pending))  # delivered by retransmission
+        return extra, pending[0] if one else pending
+
+    def plan(self, mini_batch: int, senders, receivers, packets_per_round: Sequence[int], policy="zero", *,
+             chain: GilbertState | None = None) -> LossPlan:
+        """Draw a whole mini-batch: packets 0..packets_per_round[t]-1 of every round t in order, then (for
+        ``retransmit:R``) their retransmissions. Links are directed, global ids, any order."""
+        policy = LossPolicy.parse(policy)
+        s, r = np.asarray(senders, np.int64).reshape(-1), np.asarray(receivers, np.int64).reshape(-1)
+        counts = np.asarray(packets_per_round, np.int64).reshape(-1)
+        if counts.size and counts.min() < 0:
+            raise ValueError("packets_per_round must be non-negative")
+        T, P = counts.size, int(counts.max(initial=0))
+        first = np.zeros((T, P, s.size), bool)
+        lost = np.zeros_like(first)
+        extra = np.zeros(T, np.int64)
+        if self.gilbert is None and self.lossy and T and P:  # independent erasures: every round at once
+            exists = np.arange(P)[None, :] < counts[:, None]  # (T, P)
+            u = stream_uniform(self.seed, LOSS, mini_batch, np.arange(T)[:, None, None], 0,
+                               np.arange(P)[None, :, None], s, r)
+            first = (u < self.loss_prob) & (s != r) & exists[:, :, None]
+            self.counters.packets += int(np.count_nonzero(exists)) * int(np.count_nonzero(s != r))
+            self.counters.lost += int(np.count_nonzero(first))
+            self.counters.still_lost += int(np.count_nonzero(first))
+        for t in range(T):
+            for p in range(int(counts[t]) if self.gilbert is not None or not self.lossy else 0):
+                first[t, p] = self.draw(mini_batch, t, s, r, packet=p, chain=chain)
+            if policy.retransmits:
+                extra[t], lost[t, :counts[t]] = self.retransmit(mini_batch, t, s, r, first[t, :counts[t]],
+                                                                policy.max_retransmissions, chain=chain)
+            else:
+                lost[t] = first[t]
+        return LossPlan(s, r, lost, first, extra)
+
+    # ------------------------------------------------------------------ link failures
+    def link_up(self, mini_batch: int, senders, receivers) -> np.ndarray:
+        """Whether each link is up for mini-batch ``mini_batch`` (both directions of an undirected link
+        agree; diagonal entries are always up). Counted once per undirected link (sender < receiver)."""
+        s, r = np.asarray(senders, np.int64), np.asarray(receivers, np.int64)
+        if s.shape != r.shape:
+            raise ValueError(f"senders and receivers must have the same shape, got {s.shape} and {r.shape}")
+        down = np.zeros(s.shape, bool)
+        if self.link_failure > 0:
+            u = stream_uniform(self.seed, FAILURE, mini_batch, 0, 0, 0, np.minimum(s, r), np.maximum(s, r))
+            down = (u < self.link_failure) & (s != r)
+        once = s < r
+        self.counters.links += int(np.count_nonzero(once))
+        self.counters.links_down += int(np.count_nonzero(down & once))
+        return ~down
+
+
+# ------------------------------------------------------------------------------------- surviving graphs
+def _pattern(op) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(op.rows, np.int64), np.asarray(op.cols, np.int64)
+
+
+def _as_numpy(op) -> SparseOperator:
+    if isinstance(op, SparseOperator):
+        return op
+    return SparseOperator(np.asarray(op.rows), np.asarray(op.cols), np.asarray(op.values), int(op.num_nodes))
+
+
+def _like(op, result: SparseOperator):
+    if isinstance(op, Operator):
+        return Operator(tf.constant(result.rows, tf.int32), tf.constant(result.cols, tf.int32),
+                        tf.constant(result.values, op.values.dtype), result.num_nodes)
+    return result
+
+
+def _check_up(rows: np.ndarray, cols: np.ndarray, up) -> np.ndarray:
+    """The surviving-entry mask as bool (nnz,), checked: entries unique, undirected links up in both directions."""
+    up = np.asarray(up, bool)
+    if up.shape != rows.shape:
+        raise ValueError(f"the surviving-edge mask must have shape ({rows.size},), got {up.shape}")
+    codes = link_codes(cols, rows)
+    if np.unique(codes).size != codes.size:
+        raise ValueError("the operator has duplicate entries")
+    off = rows != cols
+    alive = link_codes(cols[off & up], rows[off & up])
+    if not np.array_equal(np.sort(alive), np.sort(link_codes(rows[off & up], cols[off & up]))):
+        raise ValueError("the surviving-edge mask must be symmetric: a link is up or down in both directions")
+    return up | ~off
+
+
+def restrict_operator(op, up):
+    """``op`` with the values of its failed off-diagonal entries set to 0 (same pattern: no retracing).
+
+    ``op`` is a :class:`SparseOperator` or :class:`Operator` (values (nnz,) or (B, nnz)); ``up`` (nnz,) is
+    True for the entries on surviving links (:meth:`LinkModel.link_up` on ``op.cols, op.rows``).
+    """
+    sp_op = _as_numpy(op)
+    keep = _check_up(*_pattern(sp_op), up)
+    return _like(op, sp_op.with_values(np.where(keep, sp_op.values, np.zeros((), sp_op.values.dtype))))
+
+
+def surviving_mixing(op, up) -> SparseOperator | Operator:
+    """Metropolis-Hastings weights (eq. 16) recomputed on the surviving graph, on a fixed pattern.
+
+    The graph is the off-diagonal pattern of ``op`` (any operator of the run's graph, e.g. S or W), the
+    surviving edges those with ``up``; degrees are counted on the surviving graph. The result has every
+    off-diagonal entry of ``op`` (0 on failed links) and every diagonal entry, sorted by row then column,
+    so its pattern does not change from one mini-batch to the next.
+    """
+    sp_op = _as_numpy(op)
+    rows, cols = _pattern(sp_op)
+    keep = _check_up(rows, cols, up)
+    n = sp_op.num_nodes
+    off = rows != cols
+    alive = off & keep
+    deg = np.bincount(rows[alive], minlength=n)
+    w = np.where(alive, 1.0 / (1.0 + np.maximum(deg[rows], deg[cols])), 0.0)
+    self_weight = 1.0 - np.bincount(rows[off], weights=w[off], minlength=n)
+    nodes = np.arange(n, dtype=np.int64)
+    r = np.concatenate([rows[off], nodes])
+    c = np.concatenate([cols[off], nodes])
+    v = np.concatenate([w[off], self_weight])
+    order = np.lexsort((c, r))
+    out = SparseOperator(r[order].astype(np.int32), c[order].astype(np.int32), v[order], n)
+    return _like(op, out)
+
+
+def surviving_graph(graph: Graph, up) -> Graph:
+    """The :class:`Graph` of the surviving links (``up`` aligned with ``graph.senders``/``receivers``), with
+    their weights: rebuild any shift operator on it (``surviving_graph(g, up).shift_operator(kind)``)."""
+    up = np.asarray(up, bool)
+    _check_up(graph.receivers.astype(np.int64), graph.senders.astype(np.int64), up)
+    return Graph(graph.num_nodes, graph.senders[up], graph.receivers[up], graph.weights[up])
+
+
+def on_pattern(pattern, sub):
+    """``sub``'s values placed on ``pattern``'s entries (0 where ``sub`` has no entry): e.g. an S rebuilt on
+    the surviving graph, on the full graph's pattern so that shapes stay fixed. Every entry of ``sub`` must
+    be in ``pattern``."""
+    p_op, s_op = _as_numpy(pattern), _as_numpy(sub)
+    p_codes = link_codes(*_pattern(p_op))
+    order = np.argsort(p_codes, kind="stable")
+    s_codes = link_codes(*_pattern(s_op))
+    pos = np.searchsorted(p_codes[order], s_codes).clip(0, max(p_codes.size - 1, 0))
+    if s_codes.size and not np.array_equal(p_codes[order][pos], s_codes):
+        raise ValueError("the operator has entries outside the pattern")
+    values = np.zeros(s_op.values.shape[:-1] + (p_op.nnz,), s_op.values.dtype)
+    values[..., order[pos]] = s_op.values
+    return _like(pattern, p_op.with_values(values))
+
+
+# ------------------------------------------------------------------------------------- TensorFlow side
+def _edge_mask(op: Operator, lost) -> tf.Tensor:
+    """The lost mask as a bool tensor (nnz,) or (B, nnz), with diagonal entries never lost."""
+    lost = tf.convert_to_tensor(lost, tf.bool)
+    if lost.shape.rank not in (1, 2):
+        raise ValueError(f"the lost mask must have shape (nnz,) or (B, nnz), got {lost.shape}")
+    return tf.logical_and(lost, tf.not_equal(op.rows, op.cols))
+
+
+def lossy_mixing_values(op, lost_mask):
+    """Mixing weights of one round with lost packets: a lost W_ij is 0 and moves to W_ii (rows keep their sums).
+
+    ``op`` is an :class:`Operator` (TensorFlow; traceable) or a :class:`SparseOperator` (NumPy result); its
+    pattern must hold the diagonal entry of every receiver that loses a packet. ``lost_mask`` is (nnz,) or
+    (B, nnz) (one round per sample); the values returned have op.values' shape, or (B, nnz).
+    """
+    if isinstance(op, SparseOperator):
+        return lossy_mixing_values(to_operator(op, tf.float64), np.asarray(lost_mask, bool)).numpy()
+    lost = _edge_mask(op, lost_mask)
+    values = op.values
+    if lost.shape.rank == 2 and values.shape.rank == 1:
+        values = tf.broadcast_to(values[None, :], tf.shape(lost, out_type=tf.int32))
+    kept = tf.where(lost, tf.zeros_like(values), values)
+    moved = values - kept  # the lost weights, 0 elsewhere
+    per_row = tf.math.unsorted_segment_sum(tf.transpose(moved) if moved.shape.rank == 2 else moved, op.rows,
+                                           op.num_nodes)  # (|V|,) or (|V|, B)
+    on_diag = tf.equal(op.rows, op.cols)
+    if tf.executing_eagerly():  # (a traced caller's pattern is checked by its eager tests)
+        has_diag = np.zeros(op.num_nodes, bool)
+        has_diag[op.rows.numpy()[on_diag.numpy()]] = True
+        needs = np.abs(per_row.numpy()).reshape(op.num_nodes, -1).sum(axis=1) > 0
+        if np.any(needs & ~has_diag):
+            raise ValueError(f"node {int(np.flatnonzero(needs & ~has_diag)[0])} loses a packet but the mixing "
+                             f"operator has no diagonal entry for it")
+    add = tf.gather(per_row, op.rows)  # (nnz,) or (nnz, B)
+    add = tf.transpose(add) if add.shape.rank == 2 else add
+    return tf.where(on_diag, kept + add, kept)
+
+
+def slot_key(slot) -> str:
+    """A stale-buffer key from ``(kind, index)``, ``(kind, index, part)`` or a string: ``"fwd/1"``."""
+    if isinstance(slot, str):
+        return slot
+    if isinstance(slot, tuple) and len(slot) in (2, 3):
+        return "/".join(str(p) for p in slot if p != "")
+    raise ValueError(f"a stale-buffer slot is (kind, index) or (kind, index, part), got {slot!r}")
+
+
+class StaleBuffer:
+    """Per slot (message kind and layer), the last payload each receiver got on each edge of the slot's operator.
+
+    Values are tensors (nnz, ...) aligned with the entries of the operator the slot is exchanged over (on an
+    MPI rank: its local entries). The buffer is a plain container, mutated by :func:`lossy_apply`: inside a
+    ``tf.function`` its values are that trace's tensors, so a caller that keeps it across calls passes
+    :attr:`values` (a dict, a ``tf.nest`` structure) in and out and rebuilds ``StaleBuffer(values)``.
+    """
+
+    def __init__(self, values: dict | None = None):
+        self.values: dict[str, tf.Tensor] = dict(values or {})
+
+    def get(self, slot, shape, dtype) -> tf.Tensor:
+        key = slot_key(slot)
+        if key not in self.values:
+            return tf.zeros(shape, dtype)
+        v = self.values[key]
+        if v.shape.as_list() != list(shape):
+            raise ValueError(f"stale buffer slot {key!r} holds shape {v.shape.as_list()}, the exchange needs "
+                             f"{list(shape)}")
+        return v
+
+    def put(self, slot, value: tf.Tensor) -> None:
+        self.values[slot_key(slot)] = value
+
+
+def _exclusive_cummax(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """For (nnz, B) int32: (max over samples < b, max over all samples), -1 where none."""
+    inclusive = tf.transpose(tf.scan(tf.maximum, tf.transpose(idx)))
+    exclusive = tf.concat([tf.fill([tf.shape(idx)[0], 1], -1), inclusive[:, :-1]], axis=1)
+    return exclusive, inclusive[:, -1]
+
+
+def lossy_apply(op: Operator, x: tf.Tensor, lost_mask, policy="zero", stale_buffer: StaleBuffer | None = None,
+                slot=None, *, mixing: bool = False) -> tf.Tensor:
+    """``apply_operator(op, x)`` where the packets flagged in ``lost_mask`` did not arrive.
+
+    Args:
+        op: the exchange's operator (receiver = row, sender = col).
+        x: node-major features (|V|, B, g) or (|V|, g).
+        lost_mask: bool (nnz,) on op's entries: x is one packet per link; or (B, nnz) with x (|V|, B, g):
+            sample b is a packet of its own (the B rounds of a batched exchange, in time order; the protocol
+            executor passes (1, nnz) for one sample). Diagonal entries are never lost.
+        policy: a :class:`LossPolicy` or its string. ``zero`` and ``retransmit:R`` (the mask is then what is
+            still lost after the retransmissions) count a lost term as 0; ``stale`` uses the slot's last
+            received value from that neighbour (0 before the first) and updates ``stale_buffer``.
+        stale_buffer, slot: for ``stale``: the buffer and this payload's slot, e.g. ``("fwd", l)``.
+        mixing: a consensus round: under ``zero``/``retransmit`` the lost weight moves to the receiver's own
+            term (:func:`lossy_mixing_values`) instead of the term counting as 0.
+
+    With no packet lost the result equals ``apply_operator(op, x)`` bit for bit.
+    """
+    policy = LossPolicy.parse(policy)
+    lost = _edge_mask(op, lost_mask)
+    if lost.shape.rank == 2 and (x.shape.rank != 3 or (x.shape[1] is not None and lost.shape[0] is not None
+                                                         and x.shape[1] != lost.shape[0])):
+        raise ValueError(f"a (B, nnz) lost mask needs node-major x of shape (|V|, B, g), got {x.shape}")
+    if mixing and policy.kind != "stale":
+        return apply_operator(op._replace(values=lossy_mixing_values(op, lost)), x)
+    messages = tf.gather(x, op.cols)  # (nnz, ...)
+    if lost.shape.rank == 1:
+        lost_e = tf.reshape(lost, [-1] + [1] * (x.shape.rank - 1))
+    else:
+        lost_e = tf.reshape(tf.transpose(lost), [tf.shape(lost)[1], tf.shape(lost)[0]] + [1] * (x.shape.rank - 2))
+    if policy.kind == "stale":
+        if stale_buffer is None or slot is None:
+            raise ValueError("the stale policy needs a StaleBuffer and the payload's slot")
+        if lost.shape.rank == 1:
+            old = stale_buffer.get(slot, messages.shape, x.dtype)
+            messages = tf.where(lost_e, old, messages)
+            stale_buffer.put(slot, messages)
+        else:
+            old = stale_buffer.get(slot, [messages.shape[0]] + messages.shape[2:].as_list(), x.dtype)
+            received = tf.logical_not(tf.transpose(lost))  # (nnz, B)
+            b = tf.range(tf.shape(received)[1], dtype=tf.int32)[None, :]
+            prev, last = _exclusive_cummax(tf.where(received, b, -1))
+            history = tf.concat([old[:, None], messages], axis=1)  # (nnz, B + 1, ...): index 0 = before the batch
+            messages = tf.where(lost_e, tf.gather(history, prev + 1, batch_dims=1), messages)
+            stale_buffer.put(slot, tf.gather(history, last + 1, batch_dims=1))
+    else:
+        messages = tf.where(lost_e, tf.zeros_like(messages), messages)
+    if op.per_sample:
+        weights = tf.transpose(op.values)[:, :, None]
+    else:
+        weights = tf.reshape(op.values, [-1] + [1] * (x.shape.rank - 1))
+    return tf.math.unsorted_segment_sum(messages * weights, op.rows, op.num_nodes)
