@@ -7,8 +7,9 @@ passing in TensorFlow), :mod:`core.gcnn` (the GCNN and its forward pass, eqs. 9-
 (centralized and distributed optimizers, eqs. 15-17, and step sizes), :mod:`core.executors` (one
 mini-batch of training, batched or literally round by round), :mod:`core.trainer` (Algorithm 1: the
 training loop with counts, logs, checkpoints and exact resume), :mod:`core.runs` (run directories and
-atomic writes) and :mod:`core.supervised` (a trainer task for node-level regression). ``core`` knows
-nothing of wireless, datasets or apps.
+atomic writes), :mod:`core.supervised` (a trainer task for node-level regression), :mod:`core.backend`
+(where the nodes live: this process, or P MPI ranks) and :mod:`core.distributed` (the MPI exchanges).
+``core`` knows nothing of wireless, datasets or apps.
 """
 
 __version__ = "0.2.0"

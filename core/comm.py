@@ -185,9 +185,13 @@ class CommSimulator(Exchange):
     pipeline stage and bundles parallel stages into the same rounds.
     """
 
-    def __init__(self, schedule: Schedule, degree=None, count_tape_backward: bool = False):
+    def __init__(self, schedule: Schedule, degree=None, count_tape_backward: bool = False,
+                 transport: Exchange | None = None):
         self.schedule = schedule
         self.count_tape_backward = count_tape_backward
+        # what moves the data: in-process operators (None), or e.g. a core.distributed.exchange.MPIExchange
+        # on this rank's operator views; the logical counts are the same either way
+        self.transport = transport
         self._active = 1.0 if degree is None else float(np.mean(np.asarray(degree) > 0))
         self._sent: dict[Message, int] = {}
         self._round_size: dict[int, int] = defaultdict(int)
@@ -215,7 +219,11 @@ class CommSimulator(Exchange):
         self._record_exchange(kind, index, sample, int(x.shape[-1]), part)
         if self.count_tape_backward and kind == "fwd":
             return self._with_counted_backward(op, x, index, part)
-        return apply_operator(op, x)
+        return self._move(op, x)
+
+    def _move(self, op, x: tf.Tensor) -> tf.Tensor:
+        """op @ x by the transport (in-process: apply_operator)."""
+        return apply_operator(op, x) if self.transport is None else self.transport.propagate(op, x)
 
     def _with_counted_backward(self, op: Operator, x: tf.Tensor, index: int, part: str) -> tf.Tensor:
         """op @ x whose gradient (op^T dy: the backward message of eq. 14's kind) is counted as bwd.
@@ -227,9 +235,9 @@ class CommSimulator(Exchange):
         def exchange(x):
             def backward(dy):
                 self._record_exchange("bwd", index, [], int(dy.shape[-1]), part)
-                return apply_operator(op.transposed(), dy)
+                return self._move(op.transposed(), dy)
 
-            return apply_operator(op, x), backward
+            return self._move(op, x), backward
 
         return exchange(x)
 
@@ -258,7 +266,7 @@ class CommSimulator(Exchange):
             r = self.record(msg, int(payload.shape[-1]))
             if r != round_index:
                 raise ScheduleError(f"{msg} belongs to round {r}, sent in round {round_index}")
-            out.append(apply_operator(op, payload))
+            out.append(self._move(op, payload))
         return out
 
     def cost(self) -> CommCost:

@@ -106,13 +106,21 @@ class _Executor:
         return tape.gradient(total, y_hat), tf.reduce_mean(per_node)
 
     def centralized_gradient(self, theta, x, y, shift, self_factor, sim):
-        """Gradient of sum_b mean_i l_i(b) for shared parameters; counts the forward rounds only."""
+        """Gradient of sum_b mean_i l_i(b) for shared parameters; counts the forward rounds only.
+
+        On an operator view of one MPI rank (``shift.global_num_nodes``), the gradient of this rank's
+        nodes' share sum_b sum_{i owned} l_i(b) / |V|: the sum over ranks (an Allreduce) is the gradient.
+        """
         x, y, self_factor = node_major(x, y, self_factor)
         with tf.GradientTape() as tape:
             tape.watch(theta)
             y_hat, _ = self.gcnn.forward(unflatten(self.gcnn, theta), x, shift, self_factor, exchange=sim)
             per_node = self.loss(y_hat, y)
-            objective = tf.reduce_sum(tf.reduce_mean(per_node, axis=0))
+            total_nodes = getattr(shift, "global_num_nodes", None)
+            if total_nodes is None:
+                objective = tf.reduce_sum(tf.reduce_mean(per_node, axis=0))
+            else:  # this rank's part of the objective (an operator view): the ranks' parts sum to it
+                objective = tf.reduce_sum(per_node) / tf.cast(total_nodes, per_node.dtype)
         return tape.gradient(objective, theta), tf.reduce_mean(per_node)
 
 

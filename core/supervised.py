@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from core.backend import LOCAL
 from core.comm import Schedule
 from core.executors import BatchedExecutor, squared_error, unflatten
 from core.gcnn import GCNN
@@ -34,11 +35,17 @@ class SupervisedGCNN(Task):
         loss: per-node loss l_i(y_hat, y) (default squared error) and its metric name.
         eval_graph: the graph to evaluate on when training graphs are drawn per mini-batch (the
             trainer then passes no graph to :meth:`evaluate`).
+        backend: :class:`core.backend.LocalBackend` (default) or an :class:`core.backend.MPIBackend`; under
+            MPI the arrays hold this rank's nodes only (``x[:, backend.owned]``) and the graphs are its
+            views (``backend.local_graph``). Metrics are then means over the owned nodes, which the
+            trainer combines (weighted by owned nodes).
     """
 
     def __init__(self, gcnn: GCNN, theta0, x_train, y_train, x_test, y_test, dtype=tf.float32,
-                 loss: Callable = squared_error, loss_name: str = "mse", eval_graph: GraphOps | None = None):
+                 loss: Callable = squared_error, loss_name: str = "mse", eval_graph: GraphOps | None = None,
+                 backend=None):
         self.gcnn, self.dtype, self.loss, self.eval_graph = gcnn, dtype, loss, eval_graph
+        self.backend = LOCAL if backend is None else backend
         self.executor = BatchedExecutor(gcnn, loss)
         self.theta0 = tf.convert_to_tensor(theta0, dtype)
         self.data = {
@@ -68,7 +75,8 @@ class SupervisedGCNN(Task):
 
     def predict(self, theta, x, graph: GraphOps) -> tf.Tensor:
         """Outputs (B, |V|, g_L) for shared or per-node parameters (no exchange is counted)."""
-        y_hat, _ = self.gcnn.forward(unflatten(self.gcnn, theta), x, graph.shift, sample_major=True)
+        y_hat, _ = self.gcnn.forward(unflatten(self.gcnn, theta), x, graph.shift, sample_major=True,
+                                     exchange=self.backend.eval_transport)
         return y_hat
 
     def evaluate(self, theta, graph: GraphOps | None, split: str) -> dict[str, tf.Tensor]:

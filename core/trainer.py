@@ -32,6 +32,16 @@ the compiled program, :func:`all_finite`). At the first epoch k with a NaN or in
 back to the end of epoch k - 1, checkpoints it, writes summary.json with ``"diverged": {"epoch": k,
 "reason": ...}`` and raises :class:`core.runs.RunDiverged`; such a run cannot be resumed.
 
+Backends: the task's ``backend`` (:mod:`core.backend`; in-process by default) says which nodes this process
+holds. Under MPI (:class:`core.backend.MPIBackend`) every rank runs this same loop on its nodes (the task's
+data and graph views are its part): theta is replicated for the owned nodes only, the simulator's exchanges
+move their data through the backend's transport (the logical counts are unchanged), a centralized gradient
+is the sum of the ranks' parts, the consensus error and the logged node-means are reduced over ranks, the
+finite flags too (all ranks stop together), and checkpoints hold every node's rows, gathered on rank 0 (the
+only rank with a run directory) and scattered on resume, so a run resumes under any P or in-process. The
+steps are compiled without XLA there (the exchanges are ``tf.numpy_function`` calls) and issue their
+exchanges in the same order on every rank.
+
 Logs: one row per epoch (``log_every_step=False``; epoch 0 is the initial model) or per mini-batch,
 with columns ``epoch, step, mp_rounds`` (rounds so far, cumulative), ``floats_sent_per_node`` (floats
 so far that one node with neighbours broadcast, cumulative), ``lr`` (alpha_t of the last update), the
@@ -57,6 +67,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from core import replicas
+from core.backend import LOCAL
 from core.comm import CommCost, CommSimulator, Schedule
 from core.executors import consensus_update
 from core.gcnn import NO_COUNT
@@ -331,7 +342,10 @@ class Trainer:
     def __init__(self, task: Task, optimizer: Optimizer, lr: LearningRate, graphs, config: TrainerConfig,
                  run: RunDir | None = None, extra_summary: Mapping | None = None):
         self.task, self.optimizer, self.lr, self.graphs, self.config = task, optimizer, lr, graphs, config
+        self.backend = getattr(task, "backend", None) or LOCAL
         self.run_dir = run
+        # under MPI only rank 0 holds the run directory; every rank takes part in gathering a checkpoint
+        self._checkpointing = bool(self.backend.bcast(run is not None))
         self.extra_summary = dict(extra_summary or {})
         self.batches = EpochBatches(task.num_train, config.batch_size)
         self.dtype = task.dtype
@@ -339,7 +353,9 @@ class Trainer:
         self.columns = (*BASE_COLUMNS, *task.train_metrics, *task.test_metrics, "consensus_error", "wall_s")
         # No autograph: the loop is an explicit tf.while_loop, and converting every Python call of the
         # traced code (the counting simulator loops over samples and message pieces) costs seconds.
-        compile_ = dict(jit_compile=config.jit, reduce_retracing=True, autograph=False)
+        # MPI exchanges are tf.numpy_function calls, which XLA cannot compile: no jit under MPI
+        compile_ = dict(jit_compile=config.jit and not self.backend.distributed, reduce_retracing=True,
+                        autograph=False)
         # The compiled programs (public for benchmarks; see CompiledProgram): epoch_fn(theta, state, step0,
         # batches, graph), step_fn(theta, state, step, indices, graph), steps_fn(theta, state, step0, batches,
         # graphs) for stacked graphs (one per mini-batch), eval_fn(theta, graph, split).
@@ -373,15 +389,31 @@ class Trainer:
         self.theta, self.state = theta, tuple(self.optimizer.init_state(theta))
         self.rng = np.random.default_rng(self.config.seed)
         self.epoch = self.step = self.rounds = self.floats = 0
+        self.steps_here = 0  # mini-batches run by this process (the MPI counters count since it started)
         self.wall = 0.0
         self.rows: list[dict] = []
 
+    def _per_node(self, array) -> bool:
+        """Whether an array of theta or the optimizer state has a node axis (one row per owned node)."""
+        return (not self.optimizer.centralized and len(array.shape) >= 1
+                and tuple(array.shape) == tuple(self.theta.shape))
+
+    def _global(self, array) -> np.ndarray | None:
+        """A theta/state array with all |V| rows (gathered to rank 0 under MPI; None on other ranks)."""
+        array = np.asarray(array)
+        if self.backend.distributed and self._per_node(array):
+            return self.backend.gather_rows(array)
+        return array
+
     def save_checkpoint(self) -> None:
-        """Write everything needed to continue from the current epoch (atomically)."""
-        if self.run_dir is None:
+        """Write everything needed to continue from the current epoch (atomically); under MPI the per-node
+        arrays are gathered to rank 0 in global node order (collective), so any P can resume."""
+        if not self._checkpointing:
             return
-        arrays = {"theta": self.theta.numpy()}
-        arrays.update({f"state_{k}": s.numpy() for k, s in enumerate(self.state)})
+        arrays = {"theta": self._global(self.theta.numpy())}
+        arrays.update({f"state_{k}": self._global(s.numpy()) for k, s in enumerate(self.state)})
+        if self.run_dir is None:  # another rank than 0 under MPI: its rows went to rank 0
+            return
         arrays.update({f"task/{k}": np.asarray(v) for k, v in self.task.state_arrays().items()})
         meta = {
             "epoch": self.epoch, "step": self.step, "mp_rounds": self.rounds, "floats_sent": self.floats,
@@ -400,10 +432,21 @@ class Trainer:
         malformed, another optimizer or dtype, parameters or optimizer state missing or of other shapes or
         dtypes, task state the task rejects. The trainer is changed only once everything has been checked.
         """
-        if self.run_dir is None or not self.run_dir.has_checkpoint():
+        if not self._checkpointing:
             return False
-        arrays, meta = self.run_dir.load_checkpoint()
-        path = self.run_dir.checkpoint_path
+        loaded = None
+        if self.run_dir is not None:  # rank 0 reads and broadcasts (the others may have no file system view)
+            try:
+                loaded = ("ok", self.run_dir.load_checkpoint(), str(self.run_dir.checkpoint_path)) \
+                    if self.run_dir.has_checkpoint() else None
+            except RunError as exc:
+                loaded = ("error", str(exc), None)
+        loaded = self.backend.bcast(loaded)
+        if loaded is None:
+            return False
+        if loaded[0] == "error":
+            raise RunError(loaded[1])
+        (arrays, meta), path = loaded[1], loaded[2]
 
         def bad(problem: str) -> RunError:
             return RunError(f"checkpoint {path} {' '.join(problem.split())}")
@@ -444,8 +487,13 @@ class Trainer:
         extra = sorted(k for k in arrays if k.startswith("state_") and k not in names)
         if extra:
             raise bad(f"has optimizer state {', '.join(extra)} beyond the {len(names)} arrays of {self.optimizer.name}")
-        state = tuple(self._checked_array(arrays, f"state_{k}", s.shape, s.dtype, bad)
+        state = tuple(self._checked_array(arrays, f"state_{k}", self._global_shape(s), s.dtype, bad)
                       for k, s in enumerate(self.state))
+        if self.backend.distributed:  # this rank's rows of the per-node arrays
+            local = self._per_node
+            theta = tf.constant(self.backend.scatter_rows(theta.numpy()), self.dtype) if local(self.theta) else theta
+            state = tuple(tf.constant(self.backend.scatter_rows(a.numpy()), a.dtype) if local(s) else a
+                          for a, s in zip(state, self.state))
         try:
             self.task.load_state_arrays({k[len("task/"):]: v for k, v in arrays.items() if k.startswith("task/")})
         except (KeyError, ValueError, TypeError, IndexError) as exc:
@@ -472,14 +520,28 @@ class Trainer:
 
     def _initial_shape(self):
         n = int(self.task.initial_theta().shape[-1])
-        return (n,) if self.optimizer.centralized else (self.task.num_nodes, n)
+        nodes = self.backend.num_nodes if self.backend.distributed else self.task.num_nodes
+        return (n,) if self.optimizer.centralized else (nodes, n)
+
+    def _global_shape(self, array) -> tuple:
+        """The checkpointed shape of a state array (all |V| rows of a per-node one)."""
+        shape = tuple(array.shape)
+        if self.backend.distributed and self._per_node(array):
+            return (self.backend.num_nodes,) + shape[1:]
+        return shape
 
     # ------------------------------------------------------------------ compiled pieces
     def _step(self, theta, state, step, indices, graph: GraphOps):
         """One mini-batch of Algorithm 1 (lines 5-13). Runs at trace time only in Python."""
         schedule = self.task.schedule(self.optimizer, self.config.batch_size)
-        exchange = CommSimulator(schedule) if schedule is not None else NO_COUNT
+        transport = self.backend.transport
+        if schedule is not None:
+            exchange = CommSimulator(schedule, transport=None if transport is NO_COUNT else transport)
+        else:
+            exchange = transport
         grad, metrics = self.task.gradients(theta, indices, graph, self.optimizer, exchange)
+        if self.optimizer.centralized:
+            grad = self.backend.sum_gradient(grad)  # the ranks' parts (identity in-process)
         lr = self.lr(step, self.dtype)
         theta, state = consensus_update(self.optimizer, theta, state, grad, graph.mixing, lr, exchange)
         self.cost = exchange.cost() if schedule is not None else NO_COST  # counted while tracing
@@ -490,7 +552,7 @@ class Trainer:
         if self.optimizer.centralized:
             metrics["consensus_error"] = tf.zeros([], self.dtype)
         else:
-            metrics["consensus_error"] = replicas.consensus_error(theta)
+            metrics["consensus_error"] = self.backend.consensus_error(theta)
         return metrics
 
     def _steps(self, theta, state, step0, batches, graph_of: Callable):
@@ -542,6 +604,8 @@ class Trainer:
                 # eagerly: runs once, so compiling it would cost more than it saves
                 metrics = self._evaluate(self.theta, graph, "test")
                 metrics.update(self._evaluate(self.theta, graph, "train"))
+                metrics = self.backend.reduce_metrics({k: float(v) for k, v in metrics.items()},
+                                                      exclude=("consensus_error",))
                 self.wall += time.perf_counter() - start
                 self._check_finite(metrics, all_finite(self.theta, self.state), self.step)
                 self._log(metrics)
@@ -590,7 +654,7 @@ class Trainer:
         """Raise _NonFinite naming every non-finite value of a row about to be logged (``finite``: the
         compiled program's :func:`all_finite` flags, or a sequence of them for an epoch of several calls)."""
         flags = finite if isinstance(finite, tf.Tensor) else tf.reduce_all(tf.stack(list(finite)), axis=0)
-        theta_ok, state_ok = (bool(f) for f in flags.numpy())
+        theta_ok, state_ok = (bool(f) for f in self.backend.all_true(flags.numpy()))  # all ranks stop together
         names = [c for c in self.columns if c in metrics] + [k for k in metrics if k not in self.columns]
         reasons = [f"{k} is {float(metrics[k])}" for k in names if not math.isfinite(float(metrics[k]))]
         reasons += [] if theta_ok else ["parameters are not finite"]
@@ -622,13 +686,14 @@ class Trainer:
 
     def _refuse_diverged(self) -> None:
         """A diverged run stays stopped: resuming it would only reproduce the divergence."""
-        info = None if self.run_dir is None else self.run_dir.diverged
+        info = self.backend.bcast(None if self.run_dir is None else self.run_dir.diverged)
         if info is None:
             return
         info = info if isinstance(info, dict) else {}
         epoch, reason = int(info.get("epoch", -1)), str(info.get("reason", "non-finite values"))
-        raise RunDiverged(f"run {self.run_dir.path} diverged at epoch {epoch} ({reason}) and cannot be resumed; "
-                          f"start a new run with other settings", epoch, reason, self.run_dir.path)
+        path = None if self.run_dir is None else self.run_dir.path
+        raise RunDiverged(f"run {path} diverged at epoch {epoch} ({reason}) and cannot be resumed; "
+                          f"start a new run with other settings", epoch, reason, path)
 
     def _snapshot(self) -> tuple:
         """The loop state at an epoch boundary (tensors are immutable, so references suffice)."""
@@ -688,9 +753,12 @@ class Trainer:
         or flag raises _NonFinite (nothing is adopted), which :meth:`run` turns into RunDiverged.
         """
         metrics = {k: float(v) for k, v in metrics.items()}  # waits for the computation
+        # node-means of this process's nodes -> of all nodes (the consensus error is global already)
+        metrics = self.backend.reduce_metrics(metrics, exclude=("consensus_error",))
         self._check_finite(metrics, all_finite(theta, state) if finite is None else finite, self.step + steps)
         self.theta, self.state = theta, tuple(state)
         self.step += steps
+        self.steps_here += steps
         self.epoch += int(end_of_epoch)
         self.rounds += steps * self.cost.rounds
         self.floats += steps * self.cost.floats_per_node
@@ -730,5 +798,20 @@ class Trainer:
             "largest_message": cost.largest_message, "wall_s": self.wall, "optimizer": self.optimizer.name,
             "consensus_rounds": self.optimizer.consensus_rounds,
         })
+        if self.backend.distributed:  # what really went over the wire, per rank (collective)
+            out.update(self.wire_counts())
         out.update(self.extra_summary)
         return out
+
+    def wire_counts(self) -> dict:
+        """Under MPI: the ranks, and per rank (lists in rank order) the messages and bytes its training
+        exchanges sent per mini-batch run in this process (evaluation exchanges are not included), next
+        to the logical ``floats_sent_per_node_per_batch``. Collective; {} in-process."""
+        if not self.backend.distributed:
+            return {}
+        counts = self.backend.counters()
+        steps = max(self.steps_here, 1)
+        return {"mpi_ranks": self.backend.size,
+                "mpi_messages_sent_per_batch": [m / steps for m in counts["messages_sent"]],
+                "mpi_bytes_sent_per_batch": [b / steps for b in counts["bytes_sent"]],
+                "mpi_seconds_in_mpi": counts["seconds_in_mpi"]}

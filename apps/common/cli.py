@@ -78,6 +78,18 @@ def add_run_arguments(parser: argparse.ArgumentParser, app: str, checkpoint_ever
     return run
 
 
+def add_backend_arguments(group) -> None:
+    """``--backend {local,mpi}`` and ``--partition {metis,contiguous}`` (docs/design.md, section 11): where the
+    network's nodes live, one process or the ranks of ``mpiexec -n P``, and how they are split over the ranks."""
+    group.add_argument("--backend", choices=("local", "mpi"), default="local",
+                       help="local: every node in this process; mpi: the nodes split over the ranks of "
+                       "`mpiexec -n P` (started without mpiexec: P = 1), each rank training its own nodes and "
+                       "exchanging with the others over MPI (no XLA; one approach at a time)")
+    group.add_argument("--partition", choices=("metis", "contiguous"), default="metis",
+                       help="how --backend mpi splits the nodes over the ranks: METIS (fewest cut edges) or "
+                       "contiguous blocks of node ids")
+
+
 def add_version_argument(parser: argparse.ArgumentParser) -> None:
     """``--version``: the toolkit's version (every entry point has it)."""
     from core import __version__

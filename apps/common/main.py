@@ -122,7 +122,79 @@ def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures: tuple = ()) -> int:
+class World:
+    """The processes of one run: this one alone (the default), or the ranks of an MPI job (:class:`MPIWorld`).
+
+    :func:`run_experiment` claims the run directory on the root only, and all processes agree on a
+    validation error (each ends with status 2; only the root prints it).
+    """
+
+    size, rank, is_root = 1, 0, True
+
+    def first_error(self, error: str | None) -> str | None:
+        return error
+
+    def bcast(self, obj):
+        return obj
+
+    def abort(self, status: int) -> None:
+        pass
+
+    @contextmanager
+    def quiet_unless_root(self):
+        yield
+
+
+class MPIWorld(World):
+    """The ranks of ``MPI.COMM_WORLD`` (importing mpi4py starts MPI; TensorFlow is not imported)."""
+
+    def __init__(self):
+        from core.distributed.exchange import mpi
+
+        self.comm = mpi().COMM_WORLD.Dup()
+        self.size, self.rank = self.comm.Get_size(), self.comm.Get_rank()
+        self.is_root = self.rank == 0
+
+    def first_error(self, error):
+        errors = self.comm.allgather(error)
+        return next((e for e in errors if e is not None), None)
+
+    def bcast(self, obj):
+        return self.comm.bcast(obj, root=0)
+
+    def abort(self, status: int) -> None:
+        """End every rank (a rank that stopped on an error must not leave the others waiting)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.comm.Abort(status)
+
+    @contextmanager
+    def quiet_unless_root(self):
+        """Other ranks print nothing (progress, tables, errors); their streams come back for an uncaught
+        exception, which :mod:`core.distributed.faults` reports in one line before aborting the job."""
+        if self.is_root:
+            yield
+            return
+        import os
+
+        out, err = sys.stdout, sys.stderr
+        with open(os.devnull, "w") as null:
+            sys.stdout = sys.stderr = null
+            try:
+                yield
+            finally:
+                sys.stdout, sys.stderr = out, err
+
+
+def world_from_env() -> World:
+    """:class:`MPIWorld` when started by mpiexec, else this process alone."""
+    from core.distributed.launch import under_mpiexec
+
+    return MPIWorld() if under_mpiexec() else World()
+
+
+def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures: tuple = (),
+                   world: World | None = None) -> int:
     """The ``main()`` of an experiment app; returns its exit status.
 
     ``plan(parse_args(argv))`` validates everything before anything is written: a ValueError becomes one
@@ -134,16 +206,25 @@ def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures:
     gives 1, as does a run that diverged (:class:`core.runs.RunDiverged`, which cannot be resumed).
     Unless ``-q``, ``report(result, plan)`` prints the final table. SIGTERM (``kill``, a batch
     scheduler's time limit) is handled as Ctrl-C: the run checkpoints its last completed epoch first.
+    ``world`` (:class:`MPIWorld` under mpiexec): only its root claims the run directory, and a validation
+    error on any rank ends every rank with status 2.
     """
+    from contextlib import nullcontext
+
     from core.runs import RunDiverged, claim_run_dir, clear_stop_request, stop_requested
 
+    world = world or World()
+    error = None
     try:
         args = parse_args(argv)
         p = plan(args)
-        lock = claim_run_dir(p.out, new=not p.resume)
+        lock = claim_run_dir(p.out, new=not p.resume) if world.is_root else nullcontext()
         reuse_threads(getattr(args, "resumed_config", None))
     except ValueError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        error = str(exc)
+    error = world.first_error(error)  # under MPI: every rank stops, or none
+    if error is not None:
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     try:
         clear_stop_request()

@@ -6,6 +6,15 @@ on stderr, exit status 2, nothing written), then trains each requested approach 
 the seven approaches of Fig. 2a into ``<out>/<approach>/`` and draws their test MSE against
 message-passing rounds into ``<out>/test_mse_vs_rounds.png``.
 
+MPI (docs/design.md, section 11): ``mpiexec -n P python -m apps.node_regression --backend mpi`` splits the
+graph's nodes over the P ranks (``--partition``); every rank generates the data from the global seed and
+keeps its nodes' columns ``x[:, owned]``, and trains them, exchanging with the other ranks over MPI. Rank 0
+alone chooses, claims and writes the run directory (config.json records the backend, P, the partition and
+its edge cut; summary.json the bytes and messages each rank sent per mini-batch, next to the logical
+counts, which equal the in-process ones) and prints; the other ranks are silent. Checkpoints hold every
+node's rows, so a run resumes under any P, or in-process. Started without mpiexec, ``--backend mpi`` runs
+with P = 1 (and says so); under mpiexec with P > 1, ``--backend local`` is refused.
+
 Seeds: ``--data-seed`` is the seed of the data generated in memory (equal to ``python -m datasets
 node-regression --data-seed`` with the same flags); ``--seed`` is the training seed: the student's
 initial parameters and the shuffling use streams derived from it, the same for every approach.
@@ -15,10 +24,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from apps.common import cli as common_cli
+from apps.common.main import World
 from core.parallel import default_workers
 from datasets import cli
 from datasets import node_regression as nr
@@ -33,6 +45,8 @@ PRESETS = {
     "paper": {},  # the defaults are the paper's settings
     "quick": {"epochs": 60, "train_samples": 200, "batch_size": 20, "checkpoint_every": 20},
 }
+WORLD: World = World()
+"""The processes of this run (set by :func:`main`: the ranks of mpiexec, or this process alone)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = common_cli.add_run_arguments(parser, APP, checkpoint_every=50,
                                        jobs_default=default_workers(len(common_cli.PAPER_OPTIMIZERS)))
     run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training epoch")
+    common_cli.add_backend_arguments(run)
     return parser
 
 
@@ -92,6 +107,8 @@ class Plan:
     dataset: dict = field(default_factory=dict)
     resumed_config: dict | None = None
     grouped: bool = True  # each approach in <out>/<approach>/ (apps.common.main.is_grouped)
+    backend: object = None  # core.backend.LocalBackend / MPIBackend, made by execute (collective under MPI)
+    backend_info: dict = field(default_factory=dict)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -103,7 +120,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if config is not None and "data_seed" not in config["flags"]:
         args.data_seed = args.seed  # saved before --data-seed existed, when --seed was the data seed too
     args.resumed_config = config
+    if WORLD.size > 1 and args.backend != "mpi":
+        raise ValueError(f"started by mpiexec on {WORLD.size} ranks with --backend local (every rank would train "
+                         f"the whole network); give --backend mpi, or run without mpiexec")
+    if args.backend == "mpi":
+        typed = sys.argv[1:] if argv is None else argv
+        if args.jobs > 1 and any(a == "--jobs" or a.startswith("--jobs=") for a in typed):
+            raise ValueError("--jobs: the MPI backend trains one approach at a time (its ranks are the parallelism); "
+                             "leave --jobs out or give --jobs 1")
+        args.jobs = 1
     return args
+
+
+def _on_root(fn):
+    """``fn()`` on rank 0 only, its result (or its ValueError) broadcast to every rank."""
+    if WORLD.size == 1:
+        return fn()
+    result = None
+    if WORLD.is_root:
+        try:
+            result = ("ok", fn())
+        except ValueError as exc:
+            result = ("error", str(exc))
+    result = WORLD.bcast(result)
+    if result[0] == "error":
+        raise ValueError(result[1])
+    return result[1]
 
 
 def load_data(args: argparse.Namespace) -> tuple[nr.NodeRegressionData, dict]:
@@ -130,7 +172,7 @@ def plan(args: argparse.Namespace) -> Plan:
     """Validate everything and load (or generate) the data; raises ValueError with a one-line message."""
     from apps.common.main import check_resumed_dataset, is_grouped, resolve_out
 
-    out = resolve_out(args, APP)
+    out = _on_root(lambda: resolve_out(args, APP))  # rank 0 picks (and checks) the path; every rank uses it
     check_memory(args)  # before generating the data in memory
     data, dataset = load_data(args)
     if args.data is not None:  # the file's sizes, not the flags'
@@ -142,6 +184,16 @@ def plan(args: argparse.Namespace) -> Plan:
     if not 0 < args.lr_decay_rate <= 1:
         raise ValueError(f"--lr-decay-rate must be in (0, 1], got {args.lr_decay_rate}")
     common_cli.check_mixing_beta(args, [data.adjacency])
+    nodes = int(data.adjacency.shape[0])
+    if args.backend == "mpi" and WORLD.size > nodes:
+        raise ValueError(f"--backend mpi: {WORLD.size} ranks for a graph of {nodes} nodes; every rank must own at "
+                         f"least one node (start at most {nodes} ranks)")
+    if args.backend == "mpi" and WORLD.size == 1 and not args.quiet:
+        from core.distributed.launch import under_mpiexec
+
+        if not under_mpiexec():
+            print(f"{PROG}: note: --backend mpi without mpiexec runs with P = 1 (start it with `mpiexec -n P "
+                  f"{PROG} ...` to split the nodes over P processes)", file=sys.stderr)
     return Plan(args, tuple(args.optimizer), out, args.resume is not None, data, dataset, args.resumed_config,
                 is_grouped(args, args.optimizer))
 
@@ -179,6 +231,7 @@ def run_config(p: Plan, approach: str) -> dict:
         "mode": {"mixing": p.args.mixing, "mixing_beta": p.args.mixing_beta if p.args.mixing == "laplacian" else None,
                  "d_adam_variant": p.args.d_adam_variant},
         "dataset": p.dataset,
+        "backend": p.backend_info or {"backend": "local", "ranks": 1},
     }
 
 
@@ -190,23 +243,61 @@ def seeds(seed: int) -> tuple[int, int]:
     return int(init.generate_state(1)[0]), int(shuffle.generate_state(1)[0])
 
 
-def build_task(args: argparse.Namespace, data: nr.NodeRegressionData):
-    """The student task (a :class:`core.supervised.SupervisedGCNN`) and the fixed graph with S and W."""
+def graph_operators(args: argparse.Namespace, data: nr.NodeRegressionData):
+    """The global shift S and mixing matrix W (NumPy :class:`core.graph.SparseOperator`)."""
+    from core.graph import Graph
+
+    graph = Graph.from_dense(data.adjacency)
+    return graph.shift_operator(data.config.shift), graph.mixing_matrix(args.mixing, args.mixing_beta)
+
+
+def make_backend(args: argparse.Namespace, data: nr.NodeRegressionData):
+    """The backend of the run and what config.json records of it (collective under MPI: the partition is
+    computed on rank 0 and broadcast, the exchanges' communicators are created on every rank)."""
+    from core.backend import LocalBackend
+
+    if args.backend != "mpi" or not isinstance(WORLD, _mpi_world()):
+        info = {"backend": args.backend, "ranks": 1}
+        if args.backend == "mpi":
+            info.update({"partition": args.partition, "edge_cut": 0})
+        return LocalBackend(int(data.adjacency.shape[0])), info
+    from core.backend import MPIBackend
+    from core.distributed.partition import partition
+
+    ops = graph_operators(args, data)
+    owner = WORLD.bcast(partition(list(ops), WORLD.size, args.partition) if WORLD.is_root else None)
+    backend = MPIBackend(owner, list(ops), partition=args.partition)
+    return backend, backend.describe()
+
+
+def _mpi_world():
+    from apps.common.main import MPIWorld
+
+    return MPIWorld
+
+
+def build_task(args: argparse.Namespace, data: nr.NodeRegressionData, backend=None):
+    """The student task (a :class:`core.supervised.SupervisedGCNN`) and the fixed graph with S and W; with an
+    MPI backend, this rank's nodes of the data and its views of S and W."""
     import tensorflow as tf
 
     from core.gcnn import GCNN
-    from core.graph import Graph
     from core.ops import to_operator
     from core.replicas import flatten
     from core.supervised import SupervisedGCNN
     from core.trainer import FixedGraph, GraphOps
 
     dtype = tf.as_dtype(args.dtype)
-    graph = Graph.from_dense(data.adjacency)
-    ops = GraphOps(to_operator(graph.shift_operator(data.config.shift), dtype),
-                   to_operator(graph.mixing_matrix(args.mixing, args.mixing_beta), dtype))
+    shift, mixing = graph_operators(args, data)
     gcnn = GCNN((data.x_train.shape[-1], *args.hidden, 1), args.activation, bias=False)
     theta0 = flatten(gcnn.init_params(seeds(args.seed)[0], args.init, dtype, args.init_scale))
+    if backend is not None and backend.distributed:
+        cut = backend.local_rows  # this rank's nodes: x[:, owned]
+        task = SupervisedGCNN(gcnn, theta0, cut(data.x_train, 1), cut(data.y_train, 1), cut(data.x_test, 1),
+                              cut(data.y_test, 1), dtype, backend=backend)
+        ops = backend.local_graph(GraphOps(to_operator(shift, dtype), to_operator(mixing, dtype)))
+        return task, FixedGraph(ops)
+    ops = GraphOps(to_operator(shift, dtype), to_operator(mixing, dtype))
     task = SupervisedGCNN(gcnn, theta0, data.x_train, data.y_train, data.x_test, data.y_test, dtype)
     return task, FixedGraph(ops)
 
@@ -232,12 +323,14 @@ def execute(p: Plan) -> dict[str, dict]:
     from core.parallel import run_jobs
     from core.runs import RunDir, atomic_write_json
 
-    parent = RunDir(p.out) if p.grouped else None
+    p.backend, p.backend_info = make_backend(p.args, p.data)
+    root = WORLD.is_root
+    parent = RunDir(p.out) if p.grouped and root else None
     if parent is not None and not p.resume:
         parent.write_config({**run_config(p, ",".join(p.approaches)), "grouped": True})
     jobs = {approach: (p, approach) for approach in p.approaches}
     summaries = run_jobs(train_approach, jobs, min(p.args.jobs, len(jobs)), total=len(jobs) * p.args.epochs,
-                         desc="node regression", quiet=p.args.quiet)
+                         desc="node regression", quiet=p.args.quiet or not root)
     if parent is not None:
         atomic_write_json(parent.summary_path, summaries)
         curves = {LABELS[a]: _curve(RunDir(p.out / a, create=False).read_metrics(), "test_mse") for a in p.approaches}
@@ -256,21 +349,26 @@ def train_approach(p: Plan, approach: str, progress=None) -> dict:
     from apps.common.plots import plot_curves
     from core.runs import RunDiverged
 
-    with approach_run(p.out, approach, p.grouped) as run:
-        plot = run.path / "learning_curve.png"
-        if p.resume and run.finished and run.has_checkpoint() and plot.is_file():
-            return run.read_summary()  # finished: every output exists
-        if not run.config_path.is_file():
+    root = WORLD.is_root  # under MPI only rank 0 touches the run directory; every rank trains
+    with approach_run(p.out, approach, p.grouped) if root else nullcontext() as run:
+        plot = run.path / "learning_curve.png" if root else None
+        finished = root and p.resume and run.finished and run.has_checkpoint() and plot.is_file()
+        if WORLD.bcast(finished):
+            return WORLD.bcast(run.read_summary() if root else None)  # finished: every output exists
+        if root and not run.config_path.is_file():
             run.write_config(run_config(p, approach))
-        task, graphs = build_task(p.args, p.data)
-        args = p.args if progress is None else argparse.Namespace(**{**vars(p.args), "quiet": True})
+        task, graphs = build_task(p.args, p.data, p.backend)
+        quiet = progress is not None or not root
+        args = argparse.Namespace(**{**vars(p.args), "quiet": True}) if quiet else p.args
         try:
             result = make_trainer(args, task, graphs, approach, run).run(resume=p.resume, on_epoch=progress)
         except RunDiverged:
-            return diverged_summary(run)  # the other approaches go on; the app exits with status 1 at the end
-        curves = {name: _curve(result.rows, name) for name in ("test_mse", "train_mse")}
-        plot_curves(plot, curves, xlabel="message-passing rounds", ylabel="MSE", logx=True, logy=True,
-                    title=f"{LABELS[approach]}: node regression")
+            # the other approaches go on; the app exits with status 1 at the end
+            return WORLD.bcast(diverged_summary(run) if root else None)
+        if root:
+            curves = {name: _curve(result.rows, name) for name in ("test_mse", "train_mse")}
+            plot_curves(plot, curves, xlabel="message-passing rounds", ylabel="MSE", logx=True, logy=True,
+                        title=f"{LABELS[approach]}: node regression")
         return result.summary
 
 
@@ -289,6 +387,17 @@ def print_table(summaries: dict[str, dict], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, validate, train; returns the exit status (2: bad input, 130: interrupted)."""
-    from apps.common.main import run_experiment
+    global WORLD
+    from apps.common.main import run_experiment, world_from_env
 
-    return run_experiment(PROG, argv, parse_args, plan, execute, lambda summaries, p: print_table(summaries, p.out))
+    WORLD = world_from_env()
+    if WORLD.size > 1:
+        from core.distributed.faults import install_abort_on_exception
+
+        install_abort_on_exception()  # an exception on any rank ends the job with one line
+    with WORLD.quiet_unless_root():
+        status = run_experiment(PROG, argv, parse_args, plan, execute,
+                                lambda summaries, p: print_table(summaries, p.out), world=WORLD)
+    if status not in (0, 2) and WORLD.size > 1:
+        WORLD.abort(status)  # a rank that stopped must not leave the others waiting in a collective
+    return status

@@ -86,7 +86,7 @@ def test_mpi_exchanges_gradients_debug_mode_and_fault_stop(tmp_path):
         _check_cases(text, 3)
         fault = re.search(r"^FAULT rank=2 t=([0-9.]+)$", text, flags=re.M)
         assert fault, f"the fault case did not start:\n{text}"
-        assert re.search(r"^fdtrain-mpi: rank 2 of 3 failed: RuntimeError: deliberate failure on rank 2; "
+        assert re.search(r"fdtrain-mpi: rank 2 of 3 failed: RuntimeError: deliberate failure on rank 2; "
                          r"aborting all ranks$", text, flags=re.M), text
         assert "WAITING rank=0" in text and "WAITING rank=1" in text, text
         assert "UNREACHABLE" not in text, text

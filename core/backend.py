@@ -1,0 +1,238 @@
+"""Where the nodes of a run live: one process (:class:`LocalBackend`) or P MPI ranks (:class:`MPIBackend`).
+
+The :class:`core.trainer.Trainer` and its tasks run the same program on both; the backend supplies what
+differs (docs/design.md, section 11):
+
+- ``owned``: the global ids of the nodes this process holds (all of them locally; local row k is node
+  ``owned[k]``), :meth:`local_rows` slices node-indexed data to them, :meth:`local_graph` gives the
+  operators to run on (the global ones, or this rank's :class:`core.distributed.views.OperatorView`);
+- ``transport`` / ``eval_transport``: the :class:`core.gcnn.Exchange` that moves the data of training and
+  of evaluation exchanges (``NO_COUNT`` locally; two :class:`core.distributed.exchange.MPIExchange` under
+  MPI, so that the bytes of training are counted apart from those of evaluation).
+  :class:`core.comm.CommSimulator` keeps counting logical rounds and floats and hands the data to the
+  transport;
+- reductions inside compiled programs: :meth:`consensus_model`, :meth:`consensus_error`,
+  :meth:`sum_gradient` (a centralized gradient is the sum of the ranks' parts, each the gradient of its
+  nodes' losses divided by the global |V|);
+- reductions in Python between calls: :meth:`reduce_metrics` (node-means weighted by owned nodes),
+  :meth:`all_true` (the finite flags: one rank never stops while the others wait), :meth:`bcast`;
+- checkpoints: :meth:`gather_rows` (per-node arrays to rank 0 in global node order) and
+  :meth:`scatter_rows` (this rank's rows of a global array), so a run checkpointed under P ranks resumes
+  under any other P, or in-process.
+
+Sums over ranks are computed with ``Allgather`` and added in rank order on every rank, so all ranks hold
+bit-identical results (a shared centralized theta never drifts apart between ranks).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.gcnn import NO_COUNT
+
+
+class LocalBackend:
+    """All nodes in this process: today's behaviour (every method is the identity or the plain formula)."""
+
+    distributed = False
+    rank, size, is_root = 0, 1, True
+
+    def __init__(self, num_nodes: int | None = None):
+        self.num_nodes = None if num_nodes is None else int(num_nodes)
+        self.transport = self.eval_transport = NO_COUNT
+
+    @property
+    def owned(self) -> np.ndarray:
+        return np.arange(self.num_nodes)
+
+    @property
+    def num_owned(self) -> int:
+        return self.num_nodes
+
+    def local_rows(self, array, axis: int = 0):
+        return array
+
+    def local_graph(self, ops):
+        return ops
+
+    # compiled programs
+    def consensus_model(self, theta):
+        from core import replicas
+
+        return replicas.consensus_model(theta)
+
+    def consensus_error(self, theta):
+        from core import replicas
+
+        return replicas.consensus_error(theta)
+
+    def sum_gradient(self, grad):
+        return grad
+
+    # Python, between calls
+    def reduce_metrics(self, metrics: dict, exclude=()) -> dict:
+        return dict(metrics)
+
+    def all_true(self, flags) -> np.ndarray:
+        return np.asarray(flags, bool)
+
+    def bcast(self, obj):
+        return obj
+
+    def gather_rows(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def scatter_rows(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def counters(self) -> dict:
+        return {}
+
+    def describe(self) -> dict:
+        return {"backend": "local", "ranks": 1}
+
+
+LOCAL = LocalBackend()
+
+
+class MPIBackend(LocalBackend):
+    """The nodes split over the ranks of ``comm`` by ``owner`` (construction is collective).
+
+    Args:
+        owner: (|V|,) owner array, the same on every rank.
+        operators: the global operators the run exchanges along (e.g. S and W).
+        comm: default ``MPI.COMM_WORLD``.
+        debug: the exchanges' sequence-number checks (default ``FDTRAIN_MPI_DEBUG``).
+        partition: the method's name, recorded by :meth:`describe`.
+    """
+
+    distributed = True
+
+    def __init__(self, owner, operators, comm=None, *, debug: bool | None = None, partition: str = ""):
+        from core.distributed.exchange import MPIExchange, mpi
+
+        MPI = mpi()
+        comm = MPI.COMM_WORLD if comm is None else comm
+        self.MPI = MPI
+        self.comm = comm.Dup()  # reductions and broadcasts apart from the exchanges' communicators
+        if not isinstance(operators, (list, tuple)):
+            operators = (operators,)
+        self.operators = [op for op in operators if op is not None]
+        self.transport = MPIExchange(owner, self.operators, comm, debug=debug)
+        self.eval_transport = MPIExchange(owner, self.operators, comm, debug=debug)
+        self.rank, self.size = self.transport.rank, self.transport.size
+        self.is_root = self.rank == 0
+        self.num_nodes = self.transport.num_nodes
+        self.owner = self.transport.owner
+        self._owned = self.transport.owned
+        self.partition = partition
+        self._views = {}
+
+    @property
+    def owned(self) -> np.ndarray:
+        return self._owned
+
+    @property
+    def num_owned(self) -> int:
+        return int(self._owned.size)
+
+    def local_rows(self, array, axis: int = 0):
+        return np.take(np.asarray(array), self._owned, axis=axis)
+
+    def view(self, op):
+        """This rank's view of a global operator (cached by identity)."""
+        if op is None:
+            return None
+        key = id(op)
+        if key not in self._views:
+            self._views[key] = (op, self.transport.view(op))
+        return self._views[key][1]
+
+    def local_graph(self, ops):
+        return type(ops)(*(self.view(op) for op in ops))
+
+    # ------------------------------------------------------------------ reductions over ranks
+    def _allgather(self, a: np.ndarray) -> np.ndarray:
+        """(P, *a.shape): every rank's ``a`` in rank order."""
+        a = np.asarray(a)
+        everyone = np.empty((self.size, a.size), a.dtype)
+        self.comm.Allgather(np.ascontiguousarray(a.reshape(-1)), everyone)
+        return everyone.reshape((self.size,) + a.shape)
+
+    def _gather_sum(self, a: np.ndarray) -> np.ndarray:
+        everyone = self._allgather(a)
+        out = everyone[0].copy()
+        for r in range(1, self.size):  # in rank order on every rank: the same bits everywhere
+            out = out + everyone[r]
+        return out
+
+    def _gather_max(self, a: np.ndarray) -> np.ndarray:
+        return self._allgather(a).max(axis=0)
+
+    def _tf(self, fn, x):
+        import tensorflow as tf
+
+        y = tf.numpy_function(lambda a: fn(np.asarray(a)).astype(a.dtype), [x], x.dtype, stateful=True,
+                              name="mpi_allreduce")
+        y.set_shape(x.shape)
+        return y
+
+    def consensus_model(self, theta):
+        import tensorflow as tf
+
+        return self._tf(self._gather_sum, tf.reduce_sum(theta, axis=0)) / tf.cast(self.num_nodes, theta.dtype)
+
+    def consensus_error(self, theta):
+        import tensorflow as tf
+
+        mean = self.consensus_model(theta)
+        local = tf.reduce_max(tf.norm(theta - mean[None], axis=1)) if self.num_owned else tf.zeros([], theta.dtype)
+        spread = self._tf(self._gather_max, local)
+        return spread / tf.maximum(tf.norm(mean), tf.constant(1e-30, theta.dtype))
+
+    def sum_gradient(self, grad):
+        return self._tf(self._gather_sum, grad)
+
+    def reduce_metrics(self, metrics: dict, exclude=()) -> dict:
+        keys = [k for k in metrics if k not in exclude]
+        values = np.array([float(metrics[k]) * self.num_owned for k in keys] + [float(self.num_owned)], np.float64)
+        total = self._gather_sum(values)
+        out = dict(metrics)
+        out.update({k: float(v / total[-1]) for k, v in zip(keys, total[:-1])})
+        return out
+
+    def all_true(self, flags) -> np.ndarray:
+        flags = np.asarray(flags, bool)
+        return self._gather_sum((~flags).astype(np.int64)) == 0
+
+    def bcast(self, obj):
+        return self.comm.bcast(obj, root=0)
+
+    def gather_rows(self, array: np.ndarray):
+        """(n_own, ...) rows of every rank as one (|V|, ...) array on rank 0 (None on the others)."""
+        parts = self.comm.gather((self._owned, np.asarray(array)), root=0)
+        if not self.is_root:
+            return None
+        first = parts[0][1]
+        full = np.empty((self.num_nodes,) + first.shape[1:], first.dtype)
+        for owned, rows in parts:
+            full[owned] = rows
+        return full
+
+    def scatter_rows(self, array: np.ndarray) -> np.ndarray:
+        """This rank's rows of a global (|V|, ...) array that every rank holds (e.g. after :meth:`bcast`)."""
+        return np.asarray(array)[self._owned]
+
+    def counters(self) -> dict:
+        """Per-rank (lists, rank order) counters of the training exchanges (collective)."""
+        mine = self.transport.counters.as_dict()
+        everyone = self.comm.allgather(mine)
+        return {k: [c[k] for c in everyone] for k in mine}
+
+    def describe(self) -> dict:
+        from core.distributed.partition import partition_stats
+
+        stats = partition_stats(self.owner, self.operators)
+        return {"backend": "mpi", "ranks": self.size, "partition": self.partition, "edge_cut": stats.edge_cut,
+                "num_edges": stats.num_edges, "boundary_nodes": stats.boundary_nodes,
+                "part_sizes": stats.part_sizes.tolist()}
