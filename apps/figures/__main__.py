@@ -1,17 +1,20 @@
 """``python -m apps.figures``: draw Fig. 2a-c and Table I, optionally running the experiments first.
 
-Without ``--reproduce``/``--quick`` it only reads the run directories under ``--runs`` (see
-:mod:`apps.figures.plots` for the layout) and writes into ``--out`` (created with its missing
-parents): ``fig2a_node_regression``, ``fig2b_power_allocation`` and ``fig2c_link_scheduling`` as PNG
-and PDF, and ``table1.md`` / ``table1.csv``. The figures that can be drawn are; runs that are missing,
-and runs skipped for a bad file (one line each naming the file and the problem), are named on stderr
-and give exit status 1. When nothing at all can be drawn it says so, writes nothing (no Table I
-either) and exits with status 1. Bad flags (``--out`` naming a file, a negative ``--seed``, ...) give
-one error line and exit status 2 before anything is written.
+Without ``--reproduce``/``--quick`` it only reads the run directories under ``--runs``: for each app,
+the newest run of each approach under ``<runs>/<app>/``, in ``<runs>/<app>/<approach>/`` (what
+``--quick`` and ``--reproduce`` write) or the apps' default ``<runs>/<app>/<timestamp>/<approach>/``
+(see :mod:`apps.figures.plots`), so ``--runs runs`` draws whatever was run last. It writes into
+``--out`` (created with its missing parents): ``fig2a_node_regression``, ``fig2b_power_allocation`` and
+``fig2c_link_scheduling`` as PNG and PDF, and ``table1.md`` / ``table1.csv``. The figures that can be
+drawn are; runs that are missing, and runs skipped for a bad file (one line each naming the file and the
+problem), are named on stderr and give exit status 1. When nothing at all can be drawn it says so, writes
+nothing (no Table I either) and exits with status 1. Bad flags (``--out`` naming a file, a negative
+``--seed``, ...) give one error line and exit status 2 before anything is written.
 
 ``--reproduce`` first runs every experiment the figures need at paper scale, ``--quick`` the same at
 small scale (a few minutes), each app as its own process with its progress bar. Both are resumable:
-an app whose folder already holds a run is continued with ``--resume`` (finished approaches are kept).
+an app whose folder already holds a run is continued with ``--resume`` (finished approaches are kept;
+a note says so if that run trains other approaches than the current version asks for).
 An app never outlives this process, however it ends (even by SIGKILL: the kernel sends the app SIGTERM,
 on which it checkpoints). Ctrl-C reaches the app as well, and SIGTERM is passed on to it; either way
 this process waits for the app to checkpoint, says how to continue and exits with status 130.
@@ -19,6 +22,7 @@ this process waits for the app to checkpoint, says how to continue and exits wit
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -35,13 +39,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PROG = "python -m apps.figures"
 
-# (app folder, module, optimizers by preset, extra flags) of the runs each figure needs; App B's paper run
-# adds D-GCP-Adam (K = 5), the distributed Adam that keeps up with C-Adam there (apps/power_allocation/task.py)
+# (app folder, module, optimizers by preset, extra flags) of the runs each figure needs. Fig. 2b: C-Adam, the
+# paper's D-Adam (DADAM, the default variant) and D-GCP-Adam with K = 5, the distributed Adam that keeps up with
+# C-Adam on UWMMSE (apps/power_allocation/task.py). Fig. 2c: D-Adam in the authors' variant (bias-corrected
+# local Adam), which produced the paper's curve; DADAM's large first steps push the actor into a dip there
+# (apps/link_scheduling/experiment.py).
 EXPERIMENTS = (
     ("node_regression", "apps.node_regression", {"quick": "all", "paper": "all"}, []),
-    ("power_allocation", "apps.power_allocation", {"quick": "c-adam,d-adam", "paper": "c-adam,d-adam,d-gcp-adam"},
+    ("power_allocation", "apps.power_allocation",
+     {"quick": "c-adam,d-adam,d-gcp-adam", "paper": "c-adam,d-adam,d-gcp-adam"},
      ["--generate", "--consensus-rounds", "5"]),
-    ("link_scheduling", "apps.link_scheduling", {"quick": "c-adam,d-adam", "paper": "c-adam,d-adam"}, ["--generate"]),
+    ("link_scheduling", "apps.link_scheduling", {"quick": "c-adam,d-adam", "paper": "c-adam,d-adam"},
+     ["--generate", "--d-adam-variant", "authors"]),
 )
 
 
@@ -111,6 +120,21 @@ def experiment_command(runs: Path, folder: str, module: str, optimizers: dict, e
     return [*command, "-q"] if quiet else command
 
 
+def resumed_elsewise(target: Path, optimizers: str) -> str | None:
+    """A note when the run in ``target`` (to be continued with --resume) trains other approaches than
+    ``optimizers`` (e.g. one started by an older version): it is continued as it is. None otherwise."""
+    try:
+        flags = json.loads((target / "config.json").read_text()).get("flags", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    saved = flags.get("optimizer") if isinstance(flags, dict) else None
+    saved = ",".join(saved) if isinstance(saved, list) else saved
+    if not isinstance(saved, str) or optimizers == "all" or saved.split(",") == optimizers.split(","):
+        return None
+    return (f"{PROG}: note: {target} holds a run of {saved}, not {optimizers}; it is continued as it is "
+            f"(remove that folder to run {optimizers})")
+
+
 def run_experiments(runs: Path, preset: str, seed: int, quiet: bool) -> None:
     """Run (or continue) each app's experiment into ``runs/<app>`` as a subprocess; raises
     :class:`Interrupted` once the running app has stopped if this process was told to stop."""
@@ -122,6 +146,8 @@ def run_experiments(runs: Path, preset: str, seed: int, quiet: bool) -> None:
                 if stop.requested:
                     raise KeyboardInterrupt
                 print(f"== {module} ({preset}) -> {target}", flush=True)
+                if (target / "config.json").is_file() and (note := resumed_elsewise(target, optimizers[preset])):
+                    print(note, file=sys.stderr, flush=True)
                 start = time.perf_counter()
                 status = run_app(experiment_command(runs, folder, module, optimizers, extra, preset, seed, quiet),
                                  stop)
@@ -185,13 +211,15 @@ def run_app(command: list[str], stop: _StopRequest) -> int:
             stop.requested = forwarded = True  # the child had the Ctrl-C too: wait for its checkpoint
 
 
-def draw(runs: Path, out: Path, widths=(10, 10, 1), batch_size: int = 100, consensus_rounds: int = 1,
+def draw(runs: Path, out: Path, widths=None, batch_size: int | None = None, consensus_rounds: int | None = None,
          problems: list[str] | None = None):
-    """Every figure that can be drawn and, if any can, Table I (measured for ``widths``, ``batch_size`` and
-    K = ``consensus_rounds``, the App A setting by default); returns the files written and the missing runs.
+    """Every figure that can be drawn and, if any can, Table I; returns the files written and the missing runs.
 
-    ``out`` is created only when there is something to write. Runs skipped for a bad file count as
-    missing; ``problems`` (if given) receives one line per such file ("<file>: <problem>").
+    Table I is measured for ``widths``, ``batch_size`` and K = ``consensus_rounds``; those left None are the
+    setting of the node-regression runs if they all share one (so that their "in runs" column compares
+    like with like), else App A's paper setting (g = (10, 10, 1), B = 100, K = 1). ``out`` is created only
+    when there is something to write. Runs skipped for a bad file count as missing; ``problems`` (if
+    given) receives one line per such file ("<file>: <problem>").
     """
     from apps.figures import plots
 
@@ -205,7 +233,12 @@ def draw(runs: Path, out: Path, widths=(10, 10, 1), batch_size: int = 100, conse
         from apps.figures import table
         from core.runs import atomic_write_csv, atomic_write_text
 
-        rows = table.table_one(widths, batch_size, consensus_rounds, rounds_in_runs=plots.rounds_in_runs(runs))
+        recorded = plots.rounds_in_runs(runs)
+        setting = table.common_setting(recorded)
+        widths = tuple(widths) if widths is not None else setting["widths"]
+        batch_size = batch_size if batch_size is not None else setting["batch_size"]
+        consensus_rounds = consensus_rounds if consensus_rounds is not None else setting["consensus_rounds"]
+        rows = table.table_one(widths, batch_size, consensus_rounds, rounds_in_runs=recorded)
         atomic_write_csv(out / "table1.csv", table.COLUMNS, rows)
         atomic_write_text(out / "table1.md", table.to_markdown(rows, widths, batch_size, consensus_rounds))
         written += [out / "table1.csv", out / "table1.md"]
@@ -236,8 +269,9 @@ def main(argv=None) -> int:
     for problem in problems:
         print(f"{PROG}: skipped {problem}", file=sys.stderr)
     if not written:
-        print(f"{PROG}: nothing to draw: no usable run under {args.runs} (expected <app>/<approach>/metrics.csv; "
-              "create them with --quick or --reproduce); no figure or table written", file=sys.stderr)
+        print(f"{PROG}: nothing to draw: no usable run under {args.runs} (expected <app>/<approach>/metrics.csv or "
+              "<app>/<timestamp>/<approach>/metrics.csv; create them with --quick or --reproduce); no figure or table "
+              "written", file=sys.stderr)
         return 1
     for path in written:
         print(f"wrote {path}")

@@ -1,9 +1,11 @@
 """Table I of the paper, measured: rounds and message sizes of one mini-batch for each scheme.
 
 Each scheme's mini-batch is executed once by :class:`core.executors.BatchedExecutor` on the App A
-setting (Barabasi-Albert graph, |V| = 100, a 2-layer GCNN 10 -> 10 -> 1, B = 100, K = 1 by default),
-and the communication simulator's counts are set next to the paper's formulas. Where node-regression
-runs are given, the rounds per mini-batch their summaries recorded are added as a further column.
+setting (Barabasi-Albert graph, |V| = 100, a 2-layer GCNN 10 -> 10 -> 1, B = 100, K = 1 by default; the
+figures app takes the setting of the node-regression runs when they all share one), and the
+communication simulator's counts are set next to the paper's formulas. Where node-regression runs are
+given, the rounds per mini-batch their summaries recorded are added as a further column, "in runs",
+with the run's own L, B or K where it differs from the table's. The header states the setting.
 """
 
 from __future__ import annotations
@@ -52,8 +54,27 @@ SCHEMES = (
     Scheme("FWD + Dist. Opt. in (17) + reuse + piggyback", "LB + L - 1", "g_l + g_{L-l-1} + |θ|/LB", "d-sgd"),
 )
 
-COLUMNS = ("scheme", "optimizer", "rounds_formula", "rounds_formula_value", "rounds_measured",
-           "size_formula", "largest_message_measured", "floats_per_node_measured", "rounds_in_runs")
+COLUMNS = ("scheme", "optimizer", "layers", "batch_size", "consensus_rounds", "rounds_formula", "rounds_formula_value",
+           "rounds_measured", "size_formula", "largest_message_measured", "floats_per_node_measured", "rounds_in_runs",
+           "runs_layers", "runs_batch_size", "runs_consensus_rounds")
+"""Table I's CSV columns: ``layers``, ``batch_size`` and ``consensus_rounds`` (L, B, K) are the setting the
+formulas are evaluated and the counts measured with; ``runs_*`` the setting of the run behind ``rounds_in_runs``
+(empty when the run does not record it)."""
+
+APP_A = {"widths": (10, 10, 1), "batch_size": 100, "consensus_rounds": 1}
+"""The setting of App A at paper scale, which Table I is measured with unless runs say otherwise."""
+
+
+def common_setting(rounds_in_runs: dict | None) -> dict:
+    """The (widths, B, K) that every run in ``rounds_in_runs`` (as :func:`apps.figures.plots.rounds_in_runs`
+    returns it) was trained with, if they all agree and record it; else the App A paper setting."""
+    settings = {(r.get("widths"), r.get("batch_size"), r.get("consensus_rounds"))
+                for r in (rounds_in_runs or {}).values() if isinstance(r, dict)}
+    if len(settings) == 1:
+        widths, batch_size, rounds = settings.pop()
+        if widths and batch_size and rounds:
+            return {"widths": tuple(widths), "batch_size": batch_size, "consensus_rounds": rounds}
+    return dict(APP_A)
 
 
 def _optimizer(name: str, K: int) -> Optimizer:
@@ -78,44 +99,75 @@ def measure(optimizer: Optimizer, widths=(10, 10, 1), num_nodes: int = 100, batc
 
 
 def table_one(widths=(10, 10, 1), batch_size: int = 100, consensus_rounds: int = 1,
-              rounds_in_runs: dict[str, int] | None = None) -> list[dict]:
-    """One row per scheme: formulas, their values and the measured counts (see module docstring)."""
+              rounds_in_runs: dict[str, dict] | None = None) -> list[dict]:
+    """One row per scheme: formulas, their values and the measured counts (see module docstring), and the
+    rounds per mini-batch that the run of the scheme's optimizer recorded, with that run's setting
+    (``rounds_in_runs``: ``{optimizer: {"rounds", "widths", "batch_size", "consensus_rounds"}}``)."""
     L = len(widths) - 1
     rows = []
     for scheme in SCHEMES:
         cost = measure(_optimizer(scheme.optimizer, consensus_rounds), widths, batch_size=batch_size)
+        run = (rounds_in_runs or {}).get(scheme.optimizer) or {}
+        run_widths = run.get("widths")
         rows.append({
             "scheme": scheme.label,
             "optimizer": scheme.optimizer,
+            "layers": L,
+            "batch_size": batch_size,
+            "consensus_rounds": consensus_rounds,
             "rounds_formula": scheme.rounds_formula,
             "rounds_formula_value": scheme.rounds(L, batch_size, consensus_rounds),
             "rounds_measured": cost.rounds,
             "size_formula": scheme.size_formula,
             "largest_message_measured": cost.largest_message,
             "floats_per_node_measured": cost.floats_per_node,
-            "rounds_in_runs": (rounds_in_runs or {}).get(scheme.optimizer, ""),
+            "rounds_in_runs": run.get("rounds", ""),
+            "runs_layers": len(run_widths) - 1 if run_widths else "",
+            "runs_batch_size": run.get("batch_size") or "",
+            "runs_consensus_rounds": run.get("consensus_rounds") or "",
         })
     return rows
+
+
+def _in_runs(row: dict) -> tuple[str, bool]:
+    """The "in runs" cell, and whether it states a setting of its own: the recorded rounds, followed by the
+    run's L, B or K where they differ from the table's (K only for the schemes whose rounds depend on it),
+    or by "(B not recorded)"."""
+    if row["rounds_in_runs"] == "":
+        return "", False
+    if row["runs_batch_size"] == "":
+        return f"{row['rounds_in_runs']} (B not recorded)", True
+    differ = [f"{name} = {row[f'runs_{key}']}" for name, key in (("L", "layers"), ("B", "batch_size"),
+                                                                 ("K", "consensus_rounds"))
+              if row[f"runs_{key}"] not in ("", row[key])
+              and (key != "consensus_rounds" or "K" in row["rounds_formula"])]
+    if differ:
+        return f"{row['rounds_in_runs']} ({', '.join(differ)})", True
+    return str(row["rounds_in_runs"]), False
 
 
 def to_markdown(rows: list[dict], widths, batch_size: int, consensus_rounds: int) -> str:
     L = len(widths) - 1
     theta = GCNN(widths).num_params
+    cells, own = zip(*(_in_runs(r) for r in rows)) if rows else ((), ())
+    own = any(own)  # some run has a setting of its own, stated in its cell
+    setting = f"L = {L}, B = {batch_size}, K = {consensus_rounds}"
     lines = [
-        f"# Table I, measured (L = {L}, B = {batch_size}, K = {consensus_rounds}, g = {tuple(widths)}, "
-        f"\\|θ\\| = {theta})",
+        f"# Table I, measured with {setting}, g = {tuple(widths)}, \\|θ\\| = {theta}",
         "",
-        "| Accumulated measures | Total msg. rounds | = | measured | in runs | Message size | "
-        "largest measured | floats/node |",
+        f"| Accumulated measures | Total msg. rounds | = | measured (B = {batch_size}) | "
+        f"in runs{'' if own else f' (B = {batch_size})'} | Message size | largest measured | floats/node |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r, in_runs in zip(rows, cells):
         size = r["size_formula"].replace("|", "\\|")  # a bare | would split the Markdown cell
         lines.append(f"| {r['scheme']} | {r['rounds_formula']} | {r['rounds_formula_value']} | "
-                     f"{r['rounds_measured']} | {r['rounds_in_runs']} | {size} | "
+                     f"{r['rounds_measured']} | {in_runs} | {size} | "
                      f"{r['largest_message_measured']} | {r['floats_per_node_measured']} |")
-    lines += ["", "Measured by executing one mini-batch of each scheme through the communication simulator; "
-              "'in runs' is what the node-regression runs recorded per mini-batch. The eq. (17) row includes "
-              "the degree d_i and θ pieces piggybacked on forward rounds (D-AMSGrad also sends ũ, which "
-              "Table I omits)."]
+    runs_note = ("'in runs' is what the node-regression runs recorded per mini-batch, with their own L, B or K "
+                 "in brackets where they differ" if own else
+                 "'in runs' is what the node-regression runs recorded per mini-batch, in the same setting")
+    lines += ["", f"Measured by executing one mini-batch of each scheme ({setting}) through the communication "
+              f"simulator; {runs_note}. The eq. (17) row includes the degree d_i and θ pieces piggybacked on "
+              "forward rounds (D-AMSGrad also sends ũ, which Table I omits)."]
     return "\n".join(lines) + "\n"

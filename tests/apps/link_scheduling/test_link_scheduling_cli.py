@@ -77,8 +77,8 @@ def test_tiny_runs_write_every_output_with_sane_values(tiny_runs):
 
 def test_authors_mode_replays_a_mini_batch_as_one_update_per_sample(data, tmp_path):
     out = tmp_path / "authors"
-    status, _ = run(["--data", data, "--mode", "authors", "--optimizer", "d-adam", "--batch-size", 4,
-                     "--mini-batches", 2, "--out", out, "-q"])
+    status, _ = run(["--data", data, "--mode", "authors", "--optimizer", "d-adam", "--d-adam-variant", "authors",
+                     "--batch-size", 4, "--mini-batches", 2, "--out", out, "-q"])
     assert status == 0
     rows = metrics(out)
     assert [r["step"] for r in rows] == [0, 1, 2]  # a trainer step is a mini-batch of B replayed updates
