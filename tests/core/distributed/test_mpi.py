@@ -11,18 +11,15 @@ killed in ``finally`` whatever happened.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("mpi4py", reason="the MPI backend needs mpi4py (requirements.txt)")
 
-from core.distributed.launch import find_mpiexec, mpi_environment, mpiexec_command  # noqa: E402
+from core.distributed.launch import find_mpiexec  # noqa: E402
+from tests.core.distributed.launching import kill_group, launch, wait_all  # noqa: E402
 
 SCRIPT = Path(__file__).with_name("mpi_cases.py")
 REPO = Path(__file__).resolve().parents[3]
@@ -30,26 +27,6 @@ CASES = ("ba_isolated_shift", "ba_isolated_mixing", "per_sample", "per_sample_lo
          "counters_reductions", "no_boundary_rank", "debug_operator_mismatch", "debug_sequence_mismatch")
 TIMEOUT_S = 90  # per launch; a hang fails the test instead of blocking the suite
 FAULT_BOUND_S = 30
-
-
-def _launch(num_ranks: int, out_dir: Path, *args) -> tuple[subprocess.Popen, Path]:
-    log = out_dir / f"mpi_n{num_ranks}.log"
-    with open(log, "wb") as out:  # a file, not a pipe: a full pipe would block the ranks
-        proc = subprocess.Popen(mpiexec_command(num_ranks, SCRIPT, *args), cwd=REPO, env=mpi_environment(),
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    return proc, log
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and the ranks it started share its session/group
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:  # pragma: no cover
-        pass
 
 
 def _check_cases(text: str, num_ranks: int) -> None:
@@ -67,14 +44,9 @@ def test_mpi_exchanges_gradients_debug_mode_and_fault_stop(tmp_path):
         pytest.skip(str(err))
     procs, ended = {}, {}
     try:
-        procs[2] = _launch(2, tmp_path)
-        procs[3] = _launch(3, tmp_path, "--fault")
-        deadline = time.time() + TIMEOUT_S
-        while len(ended) < len(procs) and time.time() < deadline:
-            for n, (proc, _) in procs.items():
-                if n not in ended and proc.poll() is not None:
-                    ended[n] = time.time()
-            time.sleep(0.05)
+        procs[2] = launch(SCRIPT, 2, tmp_path)
+        procs[3] = launch(SCRIPT, 3, tmp_path, "--fault")
+        ended = wait_all(procs, TIMEOUT_S)
         texts = {n: log.read_text(errors="replace") for n, (_, log) in procs.items()}
         for n in procs:
             assert n in ended, f"mpiexec -n {n} did not end within {TIMEOUT_S} s:\n{texts[n]}"
@@ -95,4 +67,4 @@ def test_mpi_exchanges_gradients_debug_mode_and_fault_stop(tmp_path):
         assert stop_s < FAULT_BOUND_S, f"the job took {stop_s:.1f} s to end after rank 2 failed"
     finally:
         for proc, _ in procs.values():
-            _kill_group(proc)
+            kill_group(proc)

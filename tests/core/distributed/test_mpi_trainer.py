@@ -16,18 +16,15 @@ Each launch runs in a session of its own, with a timeout, and its process group 
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("mpi4py", reason="the MPI backend needs mpi4py (requirements.txt)")
 
-from core.distributed.launch import find_mpiexec, mpi_environment, mpiexec_command  # noqa: E402
+from core.distributed.launch import find_mpiexec  # noqa: E402
+from tests.core.distributed.launching import kill_group, launch, wait_all  # noqa: E402
 
 SCRIPT = Path(__file__).with_name("trainer_cases.py")
 CORE_CASES = [f"ba_with_isolated_node/{o}" for o in ("d-sgd", "d-amsgrad", "d-naive-pb", "c-sgd")]
@@ -41,36 +38,6 @@ FAULT_BOUND_S = 30
 
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-def _launch(num_ranks: int, out_dir: Path, *args) -> tuple[subprocess.Popen, Path]:
-    log = out_dir / f"mpi_n{num_ranks}.log"
-    with open(log, "wb") as out:  # a file, not a pipe: a full pipe would block the ranks
-        proc = subprocess.Popen(mpiexec_command(num_ranks, SCRIPT, *args), cwd=REPO, env=mpi_environment(),
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    return proc, log
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and the ranks it started share its session/group
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:  # pragma: no cover
-        pass
-
-
-def _wait(procs: dict) -> dict:
-    ended, deadline = {}, time.time() + TIMEOUT_S
-    while len(ended) < len(procs) and time.time() < deadline:
-        for n, (proc, _) in procs.items():
-            if n not in ended and proc.poll() is not None:
-                ended[n] = time.time()
-        time.sleep(0.05)
-    return ended
 
 
 def _check(text: str, num_ranks: int) -> None:
@@ -91,8 +58,8 @@ def test_trainer_and_app_under_mpi_equal_in_process(tmp_path):
         for n, extra in ((2, ["--app"]), (3, ["--fault"])):
             out = tmp_path / f"p{n}"
             out.mkdir()
-            procs[n] = _launch(n, out, "--out", out, *extra)
-        ended = _wait(procs)
+            procs[n] = launch(SCRIPT, n, out, "--out", out, *extra)
+        ended = wait_all(procs, TIMEOUT_S)
         texts = {n: log.read_text(errors="replace") for n, (_, log) in procs.items()}
         for n in procs:
             assert n in ended, f"mpiexec -n {n} did not end within {TIMEOUT_S} s:\n{texts[n]}"
@@ -114,7 +81,7 @@ def test_trainer_and_app_under_mpi_equal_in_process(tmp_path):
         assert stop_s < FAULT_BOUND_S, f"the job took {stop_s:.1f} s to end after rank 2 failed"
     finally:
         for proc, _ in procs.values():
-            _kill_group(proc)
+            kill_group(proc)
 
 
 @pytest.mark.slow
@@ -127,12 +94,12 @@ def test_one_rank_per_network_node(tmp_path):
         pytest.skip(str(err))
     proc = None
     try:
-        proc = _launch(6, tmp_path, "--small")
-        ended = _wait({6: proc})
+        proc = launch(SCRIPT, 6, tmp_path, "--small")
+        ended = wait_all({6: proc}, TIMEOUT_S)
         text = proc[1].read_text(errors="replace")
         assert 6 in ended, f"mpiexec -n 6 did not end within {TIMEOUT_S} s:\n{text}"
         assert proc[0].returncode == 0, f"mpiexec -n 6 exited with {proc[0].returncode}:\n{text}"
         _check(text, 6)
     finally:
         if proc is not None:
-            _kill_group(proc[0])
+            kill_group(proc[0])
