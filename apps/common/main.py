@@ -44,7 +44,7 @@ def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], app: str,
     try:
         config = run.read_config()
     except (RunError, OSError, ValueError) as exc:
-        raise ValueError(f"--resume: {run.config_path}: {_reason(exc)}") from None
+        raise ValueError(f"--resume: {run.config_path}: {_failure(exc)}") from None
     if not isinstance(config, dict) or not isinstance(config.get("flags"), dict):
         raise ValueError(f"--resume: {run.config_path} has no flags object; is it a run directory of {app}?")
     if config.get("app", app) != app:
@@ -116,10 +116,6 @@ def _raising(parser: argparse.ArgumentParser, context: str) -> argparse.Argument
 
     parser.error = error
     return parser
-
-
-def _reason(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class World:

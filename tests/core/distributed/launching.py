@@ -5,6 +5,7 @@ deadline so that a hang fails a test instead of blocking the suite."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -46,3 +47,18 @@ def wait_all(procs: dict, timeout_s: float) -> dict:
                 ended[key] = time.time()
         time.sleep(0.05)
     return ended
+
+
+def assert_failure_ended_the_job(text: str, ended_at: float, message: str, bound_s: float) -> None:
+    """The fault case of an MPI script (rank 2 of 3 raises while ranks 0 and 1 wait in an exchange)
+    printed exactly one abort line, ``message`` from rank 2, and the job ended within ``bound_s``."""
+    fault = re.search(r"^FAULT rank=2 t=([0-9.]+)$", text, flags=re.M)
+    assert fault, f"the fault case did not start:\n{text}"
+    # not anchored at the line start: mpiexec may interleave the ranks' streams
+    assert len(re.findall(r"fdtrain-mpi: rank \d of 3 failed", text)) == 1, text
+    assert re.search(rf"fdtrain-mpi: rank 2 of 3 failed: RuntimeError: {re.escape(message)}; aborting all ranks$",
+                     text, flags=re.M), text
+    assert "WAITING rank=0" in text and "WAITING rank=1" in text, text
+    assert "UNREACHABLE" not in text, text
+    stop_s = ended_at - float(fault.group(1))
+    assert stop_s < bound_s, f"the job took {stop_s:.1f} s to end after rank 2 failed"

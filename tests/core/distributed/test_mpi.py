@@ -11,7 +11,6 @@ killed in ``finally`` whatever happened.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ import pytest
 pytest.importorskip("mpi4py", reason="the MPI backend needs mpi4py (requirements.txt)")
 
 from core.distributed.launch import find_mpiexec  # noqa: E402
-from tests.core.distributed.launching import kill_group, launch, wait_all  # noqa: E402
+from tests.core.distributed.launching import assert_failure_ended_the_job, kill_group, launch, wait_all  # noqa: E402
 
 SCRIPT = Path(__file__).with_name("mpi_cases.py")
 REPO = Path(__file__).resolve().parents[3]
@@ -56,15 +55,8 @@ def test_mpi_exchanges_gradients_debug_mode_and_fault_stop(tmp_path):
 
         text = texts[3]
         _check_cases(text, 3)
-        fault = re.search(r"^FAULT rank=2 t=([0-9.]+)$", text, flags=re.M)
-        assert fault, f"the fault case did not start:\n{text}"
-        assert re.search(r"fdtrain-mpi: rank 2 of 3 failed: RuntimeError: deliberate failure on rank 2; "
-                         r"aborting all ranks$", text, flags=re.M), text
-        assert "WAITING rank=0" in text and "WAITING rank=1" in text, text
-        assert "UNREACHABLE" not in text, text
         assert procs[3][0].returncode != 0, text
-        stop_s = ended[3] - float(fault.group(1))
-        assert stop_s < FAULT_BOUND_S, f"the job took {stop_s:.1f} s to end after rank 2 failed"
+        assert_failure_ended_the_job(text, ended[3], "deliberate failure on rank 2", FAULT_BOUND_S)
     finally:
         for proc, _ in procs.values():
             kill_group(proc)
