@@ -15,7 +15,8 @@ differs (docs/design.md, section 11):
   :meth:`sum_gradient` (a centralized gradient is the sum of the ranks' parts, each the gradient of its
   nodes' losses divided by the global |V|);
 - reductions in Python between calls: :meth:`reduce_metrics` (node-means weighted by owned nodes),
-  :meth:`all_true` (the finite flags: one rank never stops while the others wait), :meth:`bcast`;
+  :meth:`all_true` (the finite flags: one rank never stops while the others wait), :meth:`any_rank` (a stop
+  request one rank got: all ranks stop at the same epoch boundary), :meth:`bcast`;
 - checkpoints: :meth:`gather_rows` (per-node arrays to rank 0 in global node order) and
   :meth:`scatter_rows` (this rank's rows of a global array), so a run checkpointed under P ranks resumes
   under any other P, or in-process.
@@ -75,6 +76,10 @@ class LocalBackend:
 
     def all_true(self, flags) -> np.ndarray:
         return np.asarray(flags, bool)
+
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (collective under MPI): e.g. a stop request that one rank got."""
+        return bool(flag)
 
     def bcast(self, obj):
         return obj
@@ -204,6 +209,9 @@ class MPIBackend(LocalBackend):
     def all_true(self, flags) -> np.ndarray:
         flags = np.asarray(flags, bool)
         return self._gather_sum((~flags).astype(np.int64)) == 0
+
+    def any_rank(self, flag: bool) -> bool:
+        return bool(self._gather_sum(np.array([int(bool(flag))], np.int64))[0] > 0)
 
     def bcast(self, obj):
         return self.comm.bcast(obj, root=0)

@@ -610,7 +610,10 @@ class Trainer:
                 self._check_finite(metrics, all_finite(self.theta, self.state), self.step)
                 self._log(metrics)
             while self.epoch < last:
-                if stop_requested():  # a Ctrl-C/SIGTERM whose KeyboardInterrupt was swallowed (e.g. in a __del__)
+                # A Ctrl-C/SIGTERM whose KeyboardInterrupt was swallowed (e.g. in a __del__), or, under MPI, one
+                # that any rank got: there the signal only records the request (raising could leave peers in an
+                # exchange), and this agreed point (a reduction over ranks) is where every rank stops together
+                if self.backend.any_rank(stop_requested()):
                     snapshot = None  # the state is that of the last completed epoch: checkpoint it as it is
                     raise KeyboardInterrupt
                 snapshot = self._snapshot()

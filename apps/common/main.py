@@ -224,10 +224,11 @@ def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures:
         return 2
     try:
         clear_stop_request()
-        with lock, _terminate_as_interrupt():
+        with lock, _terminate_as_interrupt(defer=world.size > 1):
             result = execute(p)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; continue with --resume {p.out}", file=sys.stderr)
+        if world.is_root:
+            print(f"{prog}: interrupted; continue with --resume {p.out}", file=sys.stderr)
         return 130
     except RunDiverged as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
@@ -312,18 +313,26 @@ def approach_run(out: Path, approach: str, several: bool):
 
 
 @contextmanager
-def _terminate_as_interrupt():
+def _terminate_as_interrupt(defer: bool = False):
     """Within the block, SIGTERM and Ctrl-C record a stop request (:func:`core.runs.request_stop`, which
-    the trainer checks at every epoch boundary) and raise KeyboardInterrupt in the main thread."""
-    from core.runs import request_stop
+    the trainer checks at every epoch boundary) and raise KeyboardInterrupt in the main thread.
+
+    With ``defer`` (an MPI job of several ranks) the first signal only records the request: raising it
+    wherever this rank happens to be could leave its peers waiting in an exchange or checkpoint forever,
+    so the trainer's agreed stop point (:meth:`core.backend.MPIBackend.any_rank` at each epoch boundary)
+    stops every rank together, each checkpointing the same epoch. A second signal raises at once.
+    """
+    from core.runs import request_stop, stop_requested
 
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
 
     def interrupt(signum, frame):
+        again = stop_requested()
         request_stop()
-        raise KeyboardInterrupt
+        if not defer or again:
+            raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

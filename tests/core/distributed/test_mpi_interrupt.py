@@ -1,0 +1,93 @@
+"""SIGTERM to one rank of an MPI run: every rank stops at the same epoch boundary, checkpoints it, and the
+run resumes (in-process here) to the numbers of an uninterrupted run.
+
+Under mpiexec the signal only records a stop request (raising where the rank happens to be could leave its
+peers waiting in an exchange); the trainer reduces the request over the ranks at every epoch boundary
+(``core.backend.MPIBackend.any_rank``), so all ranks raise KeyboardInterrupt together and the checkpoint
+(a collective gather of the per-node rows) happens at a point every rank agrees on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("mpi4py", reason="the MPI backend needs mpi4py (requirements.txt)")
+
+from core.distributed.launch import find_mpiexec, mpi_environment, mpiexec_command  # noqa: E402
+from tests.core.distributed.launching import REPO, kill_group  # noqa: E402
+
+STOP_BOUND_S = 30
+EPOCHS = 5000  # a tiny problem (one mini-batch per epoch): far more epochs than run before the signal
+APP = ["-m", "apps.node_regression", "--optimizer", "d-sgd", "--dtype", "float64", "--no-jit", "--seed", "3", "-q",
+       "--nodes", "30", "--train-samples", "20", "--batch-size", "20", "--test-samples", "5", "--epochs", str(EPOCHS),
+       "--checkpoint-every", "1000"]
+
+
+def _rank_pids(mpiexec_pid: int) -> list[int]:
+    """The ranks: the python children of the launcher."""
+    out = subprocess.run(["ps", "-o", "pid=,ppid=,args=", "-e"], capture_output=True, text=True).stdout
+    return sorted(int(line.split()[0]) for line in out.splitlines()
+                  if int(line.split()[1]) == mpiexec_pid and "apps.node_regression" in line)
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sigterm_to_one_rank_stops_all_at_an_agreed_epoch_and_resumes(tmp_path):
+    find_mpiexec()
+    run = tmp_path / "run"
+    log = tmp_path / "mpi.log"
+    command = mpiexec_command(2, *APP, "--backend", "mpi", "--out", run)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=REPO, env=mpi_environment(), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (run / "metrics.csv").is_file():
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert (run / "metrics.csv").is_file(), "the run did not start training in 120 s"
+        time.sleep(2)  # some epochs in
+        ranks = _rank_pids(proc.pid)
+        assert len(ranks) == 2, ranks
+        os.kill(ranks[1], signal.SIGTERM)  # the rank that does not write the run
+        sent = time.time()
+        status = proc.wait(timeout=STOP_BOUND_S)
+        stop_s = time.time() - sent
+    finally:
+        kill_group(proc)
+    text = log.read_text()
+    assert status != 0, text
+    assert stop_s < STOP_BOUND_S, text
+    assert text.count("interrupted; continue with --resume") == 1, text  # rank 0's line only
+    assert "Traceback" not in text, text
+    rows = _rows(run / "metrics.csv")
+    stopped_at = int(rows[-1]["epoch"])
+    assert 0 < stopped_at < EPOCHS
+    assert not (run / "summary.json").exists()
+
+    # resume in-process (the saved flags: to EPOCHS) and compare with an uninterrupted in-process run
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"):
+        env.pop(name, None)
+    resumed = subprocess.run([sys.executable, "-m", "apps.node_regression", "--resume", str(run), "-q"], cwd=REPO,
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    fresh = tmp_path / "fresh"
+    straight = subprocess.run([sys.executable, *APP, "--out", str(fresh)], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr
+    a, b = json.loads((run / "summary.json").read_text()), json.loads((fresh / "summary.json").read_text())
+    for key in ("final_test_mse", "final_train_mse", "final_consensus_error"):
+        assert a[key] == pytest.approx(b[key], rel=1e-10, abs=1e-12), key
+    assert a["mp_rounds"] == b["mp_rounds"] and a["floats_sent_per_node"] == b["floats_sent_per_node"]
