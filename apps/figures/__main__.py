@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
+from apps.common.children import run_app, stop_requests
 from apps.common.cli import add_version_argument
 from datasets.cli import HelpFormatter, OneLineErrorParser, non_negative_int
 
@@ -139,7 +136,7 @@ def run_experiments(runs: Path, preset: str, seed: int, quiet: bool) -> None:
     """Run (or continue) each app's experiment into ``runs/<app>`` as a subprocess; raises
     :class:`Interrupted` once the running app has stopped if this process was told to stop."""
     runs.mkdir(parents=True, exist_ok=True)
-    with _stop_requests() as stop:
+    with stop_requests() as stop:
         for folder, module, optimizers, extra in EXPERIMENTS:
             target = runs / folder
             try:
@@ -159,56 +156,6 @@ def run_experiments(runs: Path, preset: str, seed: int, quiet: bool) -> None:
                 print(f"   done in {time.perf_counter() - start:.0f} s", flush=True)
             except KeyboardInterrupt:
                 raise Interrupted(module, target) from None
-
-
-class _StopRequest:
-    """Whether this process was told to stop (SIGTERM or Ctrl-C) while it runs the experiments."""
-
-    requested = False
-
-
-@contextmanager
-def _stop_requests():
-    """Within the block SIGTERM only records a stop request (:func:`run_app` passes it on to the running
-    app); elsewhere than in the main thread, where no handler can be installed, SIGTERM stays fatal."""
-    stop = _StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def request(signum, frame):
-        stop.requested = True
-
-    previous = signal.signal(signal.SIGTERM, request)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def run_app(command: list[str], stop: _StopRequest) -> int:
-    """Run ``command`` to its end as a child process that cannot outlive this one; its exit status.
-
-    The child asks the kernel for SIGTERM when this process ends, however it ends (``preexec_fn``:
-    :func:`core.parallel.end_with_parent`; this thread waits for the child, so it outlives it as the
-    death signal needs). A stop request (SIGTERM here) is passed on to the child once; Ctrl-C reaches it
-    directly, being in this process group. Either way the child checkpoints, and it is waited for:
-    a second signal would cut its checkpoint short, and killing it would lose it.
-    """
-    from core.parallel import parent_death_preexec
-
-    child = subprocess.Popen(command, preexec_fn=parent_death_preexec(signal.SIGTERM))
-    forwarded = False
-    while True:
-        try:
-            if stop.requested and not forwarded:
-                forwarded = True
-                child.send_signal(signal.SIGTERM)
-            return child.wait(timeout=0.2)  # polled, so that a stop request is passed on within 0.2 s
-        except subprocess.TimeoutExpired:
-            pass
-        except KeyboardInterrupt:
-            stop.requested = forwarded = True  # the child had the Ctrl-C too: wait for its checkpoint
 
 
 def draw(runs: Path, out: Path, widths=None, batch_size: int | None = None, consensus_rounds: int | None = None,

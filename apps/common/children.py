@@ -1,0 +1,91 @@
+"""Apps that run other apps as child processes (the figures app, the robustness sweep): start, stop, wait.
+
+A child can never outlive its parent, however the parent ends: it asks the kernel for SIGTERM when the
+parent dies (``preexec_fn``: :func:`core.parallel.parent_death_preexec`; the thread that starts a child is
+the one that waits for it, so it outlives the child as the death signal needs). Within
+:func:`stop_requests` SIGTERM only records a stop request, which is passed on to every running child once;
+Ctrl-C reaches the children directly, being in the same process group. Either way the children checkpoint
+(every training app handles SIGTERM as Ctrl-C) and are waited for: a second signal would cut their
+checkpoints short, and killing them would lose them. No new child starts once a stop was requested.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+
+
+class StopRequest:
+    """Whether this process was told to stop (SIGTERM or Ctrl-C) while it runs children."""
+
+    requested = False
+
+
+@contextmanager
+def stop_requests():
+    """Within the block SIGTERM only records a stop request (:func:`run_children` passes it on to the running
+    children); elsewhere than in the main thread, where no handler can be installed, SIGTERM stays fatal."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request(signum, frame):
+        stop.requested = True
+
+    previous = signal.signal(signal.SIGTERM, request)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_app(command: list[str], stop: StopRequest) -> int:
+    """Run ``command`` to its end as a child process that cannot outlive this one; its exit status."""
+    return run_children({0: command}, stop, parallel=1)[0]
+
+
+def run_children(commands: Mapping, stop: StopRequest, parallel: int = 1,
+                 on_done: Callable[[object, int], None] | None = None, on_poll: Callable[[], None] | None = None,
+                 **popen) -> dict:
+    """Run the ``{key: command}`` children, at most ``parallel`` at a time, in order; their exit statuses.
+
+    ``on_done(key, status)`` is called as each child ends, ``on_poll()`` every 0.2 s (e.g. to update a progress
+    bar); ``popen`` is passed to :class:`subprocess.Popen` (e.g. ``stdout``). Keys whose child never started
+    because a stop was requested are missing from the result.
+    """
+    from core.parallel import parent_death_preexec
+
+    queue = list(commands.items())
+    running: dict = {}
+    statuses: dict = {}
+    forwarded = False
+    while queue or running:
+        try:
+            while queue and len(running) < max(1, int(parallel)) and not stop.requested:
+                key, command = queue.pop(0)
+                running[key] = subprocess.Popen(command, preexec_fn=parent_death_preexec(signal.SIGTERM), **popen)
+            if stop.requested:
+                queue.clear()
+                if not forwarded:
+                    forwarded = True
+                    for child in running.values():
+                        child.send_signal(signal.SIGTERM)
+            for key, child in list(running.items()):
+                status = child.poll()
+                if status is not None:
+                    del running[key]
+                    statuses[key] = status
+                    if on_done is not None:
+                        on_done(key, status)
+            if on_poll is not None:
+                on_poll()
+            if running:
+                time.sleep(0.2)  # polled, so that a stop request is passed on within 0.2 s
+        except KeyboardInterrupt:
+            stop.requested = forwarded = True  # the children had the Ctrl-C too: wait for their checkpoints
+    return statuses
