@@ -38,7 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from apps.common.cli import LABELS
-from core.runs import CONFIG, METRICS, SUMMARY, atomic_savefig
+from apps.common.plots import legend_below as _legend
+from apps.common.plots import new_figure as _new_figure
+from apps.common.plots import save_figure as _save
+from core.runs import CONFIG, METRICS, SUMMARY
 
 NODE_REGRESSION = ("c-sgd", "c-adam", "d-naive", "d-naive-pb", "d-sgd", "d-adam", "d-amsgrad")
 POWER_ALLOCATION = ("c-adam", "d-adam", "d-gcp-adam")
@@ -272,44 +275,12 @@ def _dataset_size(found: dict[str, Run], key: str) -> int | None:
     return values.pop() if len(values) == 1 else None
 
 
-def _new_figure(rows: int = 1, height: float = 4.8, **gridspec):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(rows, 1, figsize=(6.4, height), squeeze=True, gridspec_kw=gridspec or None,
-                             sharex=rows > 1, layout="constrained")
-    return plt, fig, axes
-
-
-def _legend(fig, ax, columns: int = 3) -> None:
-    """The legend of every figure: below the plot, so that it never hides a curve; in fewer than ``columns``
-    columns when long entries (a run in progress) would not fit the figure's width side by side."""
-    handles, labels = ax.get_legend_handles_labels()
-    longest = max((len(text) for text in labels), default=1)
-    fits = int(fig.get_figwidth() * 150 // (8.5 * longest + 50))  # at 8 pt, ~8.5 px per character at 150 dpi
-    fig.legend(handles, labels, loc="outside lower center", ncol=max(1, min(columns, fits)), fontsize=8,
-               frameon=False)
-
-
 def _note(ax, lines: list[str]) -> None:
     """Lines of explanation in small print between the figure's title and the plot."""
     import textwrap
 
     if lines:
         ax.set_title("\n".join(textwrap.fill(line, 100) for line in lines), fontsize=7, loc="left", color="0.2")
-
-
-def _save(plt, fig, out: Path, stem: str) -> list[Path]:
-    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
-    try:
-        out.mkdir(parents=True, exist_ok=True)  # only now: a call with nothing to draw writes nothing
-        for path in paths:
-            atomic_savefig(fig, path, dpi=150)
-    finally:
-        plt.close(fig)
-    return paths
 
 
 # line style, marker and width per approach of Fig. 2a: the centralized ones wide and solid, the
