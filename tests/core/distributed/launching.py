@@ -4,14 +4,12 @@ deadline so that a hang fails a test instead of blocking the suite."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
 
-from core.distributed.launch import mpi_environment, mpiexec_command
+from core.distributed.launch import kill_session, mpi_environment, mpiexec_command
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -27,11 +25,9 @@ def launch(script: Path, num_ranks: int, out_dir: Path, *args) -> tuple[subproce
 
 
 def kill_group(proc: subprocess.Popen) -> None:
-    """Kill mpiexec and every rank it started (they share its session and process group)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """Kill mpiexec and every rank it started: they share its session (Open MPI 5 gives each rank a process
+    group of its own, so killing the launcher's group would leave the ranks running)."""
+    kill_session(proc.pid)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:  # pragma: no cover
