@@ -74,13 +74,14 @@ def run_jobs(target: Callable, jobs: Mapping[str, tuple], workers: int, *, total
     Args:
         target: a module-level function (it is pickled by reference for the workers).
         jobs: the arguments of each job, by job name (results come back in this order).
-        workers: processes to use; 1 (or a single job) runs everything here, in order.
+        workers: processes to use; 1 (or a single job, or an MPI rank: :func:`_mpi_initialized`) runs
+            everything here, in order.
         total: epochs of all jobs together (the length of the shared progress bar).
         desc: label of the progress bar.
         quiet: no progress bar.
         unit: what the bar counts (what the targets' progress reports count: epochs, or mini-batches).
     """
-    if workers <= 1 or len(jobs) <= 1:
+    if workers <= 1 or len(jobs) <= 1 or _mpi_initialized():
         return {name: target(*args, progress=None) for name, args in jobs.items()}
     context = mp.get_context("spawn")
     progress_queue, stop = context.Queue(), context.Event()
@@ -118,6 +119,17 @@ def run_jobs(target: Callable, jobs: Mapping[str, tuple], workers: int, *, total
     if any(isinstance(r, _Interrupted) for r in results.values()):
         raise KeyboardInterrupt
     return {name: results[name] for name in jobs}
+
+
+def _mpi_initialized() -> bool:
+    """Whether this process is an MPI rank (mpi4py imported and MPI started). Its jobs then run here, in order:
+    forked or spawned workers of a rank break Open MPI's shared-memory transport (the rank's next collective
+    crashes). The apps refuse ``--jobs`` > 1 under MPI; this covers a caller such as a test's in-process
+    reference run inside a rank."""
+    import sys
+
+    mpi = sys.modules.get("mpi4py.MPI")
+    return bool(mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized())
 
 
 def end_with_parent(parent_pid: int, signum: int = signal.SIGTERM) -> bool:

@@ -199,3 +199,24 @@ def test_a_worker_killed_mid_job_fails_the_pool_and_the_others_stop_through_thei
                  total=2, quiet=True)
     assert time.monotonic() - start < 15
     assert len(list(tmp_path.glob("loop.*.interrupted"))) == 1
+
+
+def test_an_mpi_rank_runs_its_jobs_here():
+    """Workers of an MPI rank would break Open MPI's shared-memory transport: the jobs run in the rank itself."""
+    pytest.importorskip("mpi4py")
+    import subprocess
+    import sys
+
+    script = """
+import os
+from mpi4py import MPI  # starts MPI: this process is a (single) rank
+from core.parallel import run_jobs
+
+def pid(progress=None):
+    return os.getpid()
+
+print(set(run_jobs(pid, {"a": (), "b": ()}, 2, total=2, quiet=True).values()) == {os.getpid()})
+"""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=repo)
+    assert out.stdout.strip().splitlines()[-1:] == ["True"], out.stderr
