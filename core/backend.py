@@ -17,6 +17,9 @@ differs (docs/design.md, section 11):
 - reductions in Python between calls: :meth:`reduce_metrics` (node-means weighted by owned nodes),
   :meth:`all_true` (the finite flags: one rank never stops while the others wait), :meth:`any_rank` (a stop
   request one rank got: all ranks stop at the same epoch boundary), :meth:`bcast`;
+- a server on rank 0 (App C's centralized critic), inside compiled programs: :meth:`gather_to_root` (the
+  nodes' rows to rank 0 in global node order), :meth:`scatter_from_root` (each node's row back), and
+  :meth:`bcast_tensor`;
 - checkpoints: :meth:`gather_rows` (per-node arrays to rank 0 in global node order) and
   :meth:`scatter_rows` (this rank's rows of a global array), so a run checkpointed under P ranks resumes
   under any other P, or in-process.
@@ -41,6 +44,12 @@ class LocalBackend:
     def __init__(self, num_nodes: int | None = None):
         self.num_nodes = None if num_nodes is None else int(num_nodes)
         self.transport = self.eval_transport = NO_COUNT
+
+    def __reduce__(self):
+        # rebuilt in a worker process with the NO_COUNT singleton (code tests `transport is NO_COUNT`)
+        if type(self) is not LocalBackend:
+            raise TypeError(f"a {type(self).__name__} holds MPI communicators and cannot be sent to another process")
+        return LocalBackend, (self.num_nodes,)
 
     @property
     def owned(self) -> np.ndarray:
@@ -90,8 +99,27 @@ class LocalBackend:
     def scatter_rows(self, array: np.ndarray) -> np.ndarray:
         return array
 
+    # a centralized component (a server) on rank 0, e.g. App C's critic: TensorFlow ops, collective under MPI
+    def gather_to_root(self, x):
+        """Every rank's rows (n_own, ...) as one (|V|, ...) tensor in global node order on rank 0 ((0, ...) on
+        the others): what the nodes send the server."""
+        return x
+
+    def scatter_from_root(self, x):
+        """This rank's rows (n_own, ...) of rank 0's (|V|, ...) tensor (the other ranks pass any placeholder of
+        the same trailing shape): what the server sends each node."""
+        return x
+
+    def bcast_tensor(self, x):
+        """Rank 0's tensor on every rank (the others pass a placeholder of the same shape and dtype)."""
+        return x
+
     def counters(self) -> dict:
         return {}
+
+    def reset_counters(self) -> None:
+        """Start counting the wire anew (a group run trains its approaches one after the other on one backend,
+        and each summary reports its own)."""
 
     def describe(self) -> dict:
         return {"backend": "local", "ranks": 1}
@@ -231,11 +259,41 @@ class MPIBackend(LocalBackend):
         """This rank's rows of a global (|V|, ...) array that every rank holds (e.g. after :meth:`bcast`)."""
         return np.asarray(array)[self._owned]
 
+    def _collective_tf(self, fn, x, shape, name: str):
+        import tensorflow as tf
+
+        y = tf.numpy_function(lambda a: np.asarray(fn(np.asarray(a)), a.dtype), [x], x.dtype, stateful=True, name=name)
+        y.set_shape(shape)
+        return y
+
+    def gather_to_root(self, x):
+        def gather(a):
+            full = self.gather_rows(a)
+            return full if self.is_root else np.zeros((0,) + a.shape[1:], a.dtype)
+
+        return self._collective_tf(gather, x, [self.num_nodes if self.is_root else 0] + x.shape[1:].as_list(),
+                                   "mpi_gather_to_root")
+
+    def scatter_from_root(self, x):
+        def scatter(a):
+            parts = [a[self.owner == r] for r in range(self.size)] if self.is_root else None
+            return self.comm.scatter(parts, root=0)
+
+        return self._collective_tf(scatter, x, [self.num_owned] + x.shape[1:].as_list(), "mpi_scatter_from_root")
+
+    def bcast_tensor(self, x):
+        return self._collective_tf(lambda a: self.comm.bcast(a if self.is_root else None, root=0), x, x.shape,
+                                   "mpi_bcast")
+
     def counters(self) -> dict:
         """Per-rank (lists, rank order) counters of the training exchanges (collective)."""
         mine = self.transport.counters.as_dict()
         everyone = self.comm.allgather(mine)
         return {k: [c[k] for c in everyone] for k in mine}
+
+    def reset_counters(self) -> None:
+        for exchange in (self.transport, self.eval_transport):
+            exchange.counters.reset()
 
     def describe(self) -> dict:
         from core.distributed.partition import partition_stats

@@ -25,6 +25,15 @@ batch         forward and backward per sample, K consensus per batch      B(2L-1
 piggyback     backward of sample b rides on the forward of b+1, then K    LB + L - 1 + K
 dopt          as piggyback; theta (and u~) pieces ride on forward rounds  LB + L - 1
 ============  ==========================================================  ====================
+
+**Imperfect links** (docs/design.md, section 12). Given a :class:`core.links.LinkContext` (one mini-batch's
+lost packets, the receivers' policy and stale buffer), the simulator applies the link model to every exchange
+it performs: it looks up the round of each payload with :meth:`Schedule.round_of` (static ints at trace
+time) and hands the exchange the lost mask of those rounds on the operator's entries. A packet is one round's
+broadcast on one directed link: packet 0 carries everything bundled into the round (the forward payload of
+sample b + 1 and the piggybacked backward payload of sample b travel together and are lost together), packet 1
+the round's piece of the eq. (17) parameter payload, so each piece has its own effective W. Without a context
+(or with an inactive model, for which the trainer builds none) nothing changes: the code path is the lossless one.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from core.gcnn import Exchange
+from core.links import LinkContext, StaleBuffer, lossy_apply, lossy_apply_pieces
 from core.ops import Operator, apply_operator
 
 SCHEDULES = ("forward", "naive", "batch", "piggyback", "dopt")
@@ -86,6 +96,8 @@ class Schedule:
         self.param_size = int(param_size)
         # the degree d_i plus the parameter payload, split as evenly as possible over the LB rounds
         self._pieces = np.array_split(np.arange(self.param_size + 1), self.L * self.B) if name == "dopt" else []
+        self._piece_slices = [(p, int(ix[0]), int(ix[-1]) + 1) for p, ix in enumerate(self._pieces) if len(ix)]
+        self._packets: list[int] | None = None
 
     @property
     def num_rounds(self) -> int:
@@ -100,7 +112,7 @@ class Schedule:
 
     def param_pieces(self) -> list[tuple[int, int, int]]:
         """(piece p, start, stop) slices of [d_i, payload]; piece p rides on forward round p."""
-        return [(p, int(ix[0]), int(ix[-1]) + 1) for p, ix in enumerate(self._pieces) if len(ix)]
+        return list(self._piece_slices)
 
     def round_of(self, msg: Message) -> int:
         """The round (0-based, within the mini-batch) in which ``msg`` is sent."""
@@ -120,9 +132,24 @@ class Schedule:
                 return B * (2 * L - 1) + i - 1
             if self.name == "piggyback" and b is None:
                 return L * B + L - 1 + i - 1
-        if msg.kind == "param" and self.name == "dopt" and b is None and 0 <= i < len(self.param_pieces()):
+        if msg.kind == "param" and self.name == "dopt" and b is None and 0 <= i < len(self._piece_slices):
             return i
         raise ScheduleError(f"schedule {self.name!r} (L={L}, B={B}, K={K}) has no round for {msg}")
+
+    @staticmethod
+    def packet_of(msg: Message) -> int:
+        """The packet of a round a payload travels in: 1 for a piece of the eq. (17) parameter payload (its own
+        packet), 0 for everything else bundled into the round (docs/design.md, section 12)."""
+        return 1 if msg.kind == "param" else 0
+
+    def packets_per_round(self) -> list[int]:
+        """How many packets each round carries (1, or 2 for a round that also carries a parameter piece): the
+        ``packets_per_round`` of :meth:`core.links.LinkModel.plan`."""
+        if self._packets is None:
+            self._packets = [1] * self.num_rounds
+            for p, _, _ in self._piece_slices:
+                self._packets[self.round_of(Message("param", None, p))] = 2
+        return list(self._packets)
 
     def messages(self) -> list[Message]:
         """Every payload of one mini-batch."""
@@ -183,18 +210,42 @@ class CommSimulator(Exchange):
     transposed exchange of the backward pass and records it as the ``bwd`` payload of the same index
     (what a network running that backward pass would send). :meth:`view` numbers the exchanges of a
     pipeline stage and bundles parallel stages into the same rounds.
+
+    ``links`` (a :class:`core.links.LinkContext`) applies the link model to every exchange (module docstring):
+    a batched fwd/bwd exchange of index l gets the (B, nnz) mask of the B rounds of its payloads, a gradient
+    consensus round k its round's (nnz,) mask with mixing semantics (the lost weight on the receiver's own
+    term), under ``naive`` per sample (the exchange then needs the per-sample gradients (|V|, B, |theta|):
+    :attr:`mixes_per_sample`), the ``param`` payload each piece's packet-1 mask of the round it rides on. The
+    tape-backward path uses the masks of the ``bwd`` rounds. A caller that records payloads itself
+    (:meth:`record`, e.g. a dense exchange of its own) must apply the loss itself (:meth:`lost_mask`) and say
+    so with ``lossy_handled=True``; otherwise :meth:`bypassed` lists the payloads that escaped the link model.
     """
 
     def __init__(self, schedule: Schedule, degree=None, count_tape_backward: bool = False,
-                 transport: Exchange | None = None):
+                 transport: Exchange | None = None, links: LinkContext | None = None):
         self.schedule = schedule
         self.count_tape_backward = count_tape_backward
         # what moves the data: in-process operators (None), or e.g. a core.distributed.exchange.MPIExchange
         # on this rank's operator views; the logical counts are the same either way
         self.transport = transport
+        self.links = links
         self._active = 1.0 if degree is None else float(np.mean(np.asarray(degree) > 0))
         self._sent: dict[Message, int] = {}
         self._round_size: dict[int, int] = defaultdict(int)
+        self._packet_size: dict[tuple[int, int], int] = defaultdict(int)
+        self._bypassed: list[Message] = []
+
+    @property
+    def lossy(self) -> bool:
+        """Whether the exchanges run under a link context."""
+        return self.links is not None
+
+    @property
+    def mixes_per_sample(self) -> bool:
+        """Whether per-sample gradient consensus (``naive``) must mix each sample's gradient in its own rounds:
+        under loss the B samples' rounds have different masks, so the batch-summed shortcut (linearity) no
+        longer holds and the gradients are exchanged per sample, (|V|, B, |theta|)."""
+        return self.links is not None and self.schedule.name == "naive"
 
     def view(self, offset: int = 0, part: str = "") -> Exchange:
         """An exchange that sends ``fwd`` payload l as ``fwd`` l + ``offset`` tagged ``part``.
@@ -204,13 +255,33 @@ class CommSimulator(Exchange):
         """
         return _SimulatorView(self, offset, part)
 
-    def record(self, msg: Message, size: int) -> int:
+    def record(self, msg: Message, size: int, lossy_handled: bool = False) -> int:
+        """Count payload ``msg`` of ``size`` floats in its round; returns the round. Under a link context a
+        caller that moves the data itself passes ``lossy_handled=True`` once it applied :meth:`lost_mask`."""
+        if self.links is not None and not lossy_handled:
+            self._bypassed.append(msg)
+        return self._record(msg, size)
+
+    def _record(self, msg: Message, size: int) -> int:
         if msg in self._sent:
             raise ScheduleError(f"payload {msg} was sent twice")
         r = self.schedule.round_of(msg)
         self._sent[msg] = int(size)
         self._round_size[r] += int(size)
+        self._packet_size[(r, Schedule.packet_of(msg))] += int(size)
         return r
+
+    def bypassed(self) -> list[Message]:
+        """Payloads recorded under a link context without the link model applied (see the class docstring)."""
+        return list(self._bypassed)
+
+    def packet_sizes(self) -> np.ndarray:
+        """(rounds, 2) int: floats per node in packet 0 and packet 1 of each round, as recorded so far (what a
+        retransmission of that packet broadcasts again)."""
+        out = np.zeros((self.schedule.num_rounds, 2), np.int64)
+        for (r, packet), size in self._packet_size.items():
+            out[r, packet] = size
+        return out
 
     def propagate(self, op: Operator, x: tf.Tensor, message=None, part: str = "") -> tf.Tensor:
         if message is None:
@@ -219,17 +290,118 @@ class CommSimulator(Exchange):
         self._record_exchange(kind, index, sample, int(x.shape[-1]), part)
         if self.count_tape_backward and kind == "fwd":
             return self._with_counted_backward(op, x, index, part)
+        if self.links is not None:
+            return self._lossy(op, x, kind, index, sample, part)
         return self._move(op, x)
 
     def _move(self, op, x: tf.Tensor) -> tf.Tensor:
         """op @ x by the transport (in-process: apply_operator)."""
         return apply_operator(op, x) if self.transport is None else self.transport.propagate(op, x)
 
+    # ------------------------------------------------------------------ under a link context
+    def _rounds(self, kind: str, index: int, sample: list) -> list[int]:
+        """The rounds of an exchange's payloads: one per sample for a batched fwd/bwd exchange (and for naive
+        gradient consensus), else the single payload's."""
+        if sample:
+            return [self.schedule.round_of(Message(kind, sample[0], index))]
+        if kind in ("fwd", "bwd") or (kind == "grad" and self.schedule.name == "naive"):
+            return [self.schedule.round_of(Message(kind, b, index)) for b in range(self.schedule.B)]
+        return [self.schedule.round_of(Message(kind, None, index))]
+
+    def lost_mask(self, op, message) -> tf.Tensor | None:
+        """The lost mask an exchange of ``message`` over ``op`` gets (None without a link context): bool
+        (B, nnz) for a batched fwd/bwd payload (sample b's round in row b; likewise ``("grad", k)`` under
+        ``naive``), (1, nnz) for a single sample's, (nnz,) for a batch-level gradient round, (n_pieces, nnz)
+        for ``("param", 0)`` (piece p's packet in row p, :meth:`Schedule.param_pieces`). Diagonal entries are
+        never lost. For callers that run their own exchange (then ``record(..., lossy_handled=True)``)."""
+        if self.links is None:
+            return None
+        kind, index, *sample = message
+        if kind == "param":
+            rounds = [self.schedule.round_of(Message("param", None, p)) for p, _, _ in self.schedule.param_pieces()]
+            return self.links.mask(op, rounds, packet=1)
+        mask = self.links.mask(op, self._rounds(kind, index, sample), packet=0)
+        if kind == "grad" and not (self.schedule.name == "naive" and not sample):
+            return mask[0]
+        return mask
+
+    def _lossy(self, op, x: tf.Tensor, kind: str, index: int, sample: list, part: str) -> tf.Tensor:
+        """op @ x under the link context (class docstring)."""
+        if kind == "param":
+            return self._lossy_param(op, x)
+        mask = self.lost_mask(op, (kind, index, *sample))
+        if kind in ("fwd", "bwd") and sample and not (x.shape.rank == 3 and x.shape[1] == 1):
+            mask = mask[0]  # a single payload that is not (|V|, 1, g): one packet per link
+        if kind == "grad" and mask.shape.rank == 2 and x.shape.rank != 3:
+            raise ScheduleError("under loss the naive schedule mixes each sample's gradient in its own rounds: the "
+                                "exchange needs per-sample gradients (|V|, B, |theta|) (see mixes_per_sample)")
+        return self._apply(op, x, mask, (kind, index, part), mixing=kind == "grad")
+
+    def _apply(self, op, x, mask, slot, mixing: bool, pieces=None, stale: StaleBuffer | None = None) -> tf.Tensor:
+        """The lossy exchange: in-process on ``op``; through the transport (MPI) on the local operator of its
+        view, whose entries are the view's (the masks are aligned with them)."""
+        policy, stale = self.links.policy, self.links.stale if stale is None else stale
+
+        def local(local_op: Operator, block: tf.Tensor) -> tf.Tensor:
+            if pieces is not None:
+                return lossy_apply_pieces(local_op, block, mask, pieces, policy, stale, slot)
+            return lossy_apply(local_op, block, mask, policy, stale, slot, mixing=mixing)
+
+        if self.transport is None:
+            return local(op, x)
+        propagate_with = getattr(self.transport, "propagate_with", None)
+        if propagate_with is None:
+            raise ScheduleError(f"the transport {type(self.transport).__name__} cannot apply a link model (it has no "
+                                f"propagate_with)")
+        return propagate_with(op, x, local)
+
+    def _lossy_param(self, op, x: tf.Tensor) -> tf.Tensor:
+        """The eq. (17) payload: piece p of [d_i, payload] is packet 1 of round p; each piece has its own
+        effective weights. The degree column (counted, never used) is carried as zeros, as in the protocol
+        executor, so that the stale slot ``param`` holds (nnz, 1 + payload) in both executors."""
+        pieces = self.schedule.param_pieces()
+        columns = np.concatenate([np.full(stop - start, p, np.int32) for p, start, stop in pieces])
+        full = tf.concat([tf.zeros_like(x[:, :1]), x], axis=-1)
+        mask = self.lost_mask(op, ("param", 0))
+        return self._apply(op, full, mask, "param", mixing=True, pieces=columns)[:, 1:]
+
+    def _lossy_round(self, msg: Message, op, payload: tf.Tensor, round_index: int) -> tf.Tensor:
+        """One payload of the protocol executor's round under the link context."""
+        packet = Schedule.packet_of(msg)
+        mask = self.links.mask(op, [round_index], packet)  # (1, nnz)
+        if msg.kind in ("fwd", "bwd"):
+            if not (payload.shape.rank == 3 and payload.shape[1] == 1):
+                mask = mask[0]
+            return self._apply(op, payload, mask, (msg.kind, msg.index, msg.part), mixing=False)
+        if msg.kind == "grad":
+            return self._apply(op, payload, mask[0], ("grad", msg.index, msg.part), mixing=True)
+        # a parameter piece: its columns of the stale slot "param" (nnz, 1 + payload), see _lossy_param
+        if self.links.policy.kind != "stale":
+            return self._apply(op, payload, mask[0], "param", mixing=True)
+        _, start, stop = self.schedule.param_pieces()[msg.index]
+        stale = self.links.stale
+        old = stale.get("param", [int(op.rows.shape[0]), self.schedule.param_size + 1], payload.dtype)
+        piece = StaleBuffer({"param": old[:, start:stop]})
+        out = self._apply(op, payload, mask[0], "param", mixing=True, stale=piece)
+        stale.put("param", tf.concat([old[:, :start], piece.values["param"], old[:, stop:]], axis=1))
+        return out
+
     def _with_counted_backward(self, op: Operator, x: tf.Tensor, index: int, part: str) -> tf.Tensor:
         """op @ x whose gradient (op^T dy: the backward message of eq. 14's kind) is counted as bwd.
 
         The gradient is taken with respect to x only: shift weights are data, not trainable.
         """
+
+        if self.links is not None:  # both directions under the link model, the backward in its bwd rounds
+            @tf.custom_gradient
+            def lossy_exchange(x):
+                def backward(dy):
+                    self._record_exchange("bwd", index, [], int(dy.shape[-1]), part)
+                    return self._lossy(op.transposed(), dy, "bwd", index, [], part)
+
+                return self._lossy(op, x, "fwd", index, [], part), backward
+
+            return lossy_exchange(x)
 
         @tf.custom_gradient
         def exchange(x):
@@ -243,30 +415,32 @@ class CommSimulator(Exchange):
 
     def _record_exchange(self, kind: str, index: int, sample: list, size: int, part: str) -> None:
         if sample:
-            self.record(Message(kind, sample[0], index, part), size)
+            self._record(Message(kind, sample[0], index, part), size)
         elif kind in ("fwd", "bwd") or (kind == "grad" and self.schedule.name == "naive"):
             # Batched: the B per-sample payloads of this exchange. For per-sample gradient consensus
             # (naive), one exchange of the batch-summed gradient stands for the B per-sample rounds:
             # consensus is linear, so sum_b W^K x(b) = W^K sum_b x(b) (the protocol executor runs the
-            # per-sample rounds literally and a test checks both agree).
+            # per-sample rounds literally and a test checks both agree). Under loss the rounds differ per
+            # sample and the exchange carries the per-sample gradients instead (mixes_per_sample).
             for b in range(self.schedule.B):
-                self.record(Message(kind, b, index, part), size)
+                self._record(Message(kind, b, index, part), size)
         elif kind == "param":
             for p, start, stop in self.schedule.param_pieces():
-                self.record(Message("param", None, p), stop - start)
+                self._record(Message("param", None, p), stop - start)
             if size != self.schedule.param_size:
                 raise ScheduleError(f"param payload of size {size}, schedule expects {self.schedule.param_size}")
         else:
-            self.record(Message(kind, None, index, part), size)
+            self._record(Message(kind, None, index, part), size)
 
     def exchange_round(self, round_index: int, items) -> list[tf.Tensor]:
-        """Send a bundle of ``(Message, op, payload)`` as the single round ``round_index``."""
+        """Send a bundle of ``(Message, op, payload)`` as the single round ``round_index`` (under a link
+        context every payload gets the mask of its packet of this round)."""
         out = []
         for msg, op, payload in items:
-            r = self.record(msg, int(payload.shape[-1]))
+            r = self._record(msg, int(payload.shape[-1]))
             if r != round_index:
                 raise ScheduleError(f"{msg} belongs to round {r}, sent in round {round_index}")
-            out.append(self._move(op, payload))
+            out.append(self._move(op, payload) if self.links is None else self._lossy_round(msg, op, payload, r))
         return out
 
     def cost(self) -> CommCost:

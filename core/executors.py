@@ -10,7 +10,9 @@ update, with every neighbour exchange going through a :class:`core.comm.CommSimu
   each round's payloads into one exchange. It is slow and is the ground truth for the counts: a
   payload that the schedule sends before its inputs exist fails.
 
-A test proves that both give the same parameters and the same counts.
+A test proves that both give the same parameters and the same counts, also under packet loss: both take
+an optional :class:`core.links.LinkContext` (``links=``), which their simulator applies to every exchange
+(docs/design.md, section 12).
 
 Conventions: parameters are per-node flat vectors theta (|V|, |theta|) for distributed optimizers and
 one shared flat vector (|theta|,) for centralized ones (see :mod:`core.replicas` for flattening).
@@ -30,6 +32,7 @@ from core import replicas
 from core.backprop import backward_products, layer_gradients, local_backprop
 from core.comm import CommCost, CommSimulator, Schedule, ScheduleError
 from core.gcnn import GCNN, NO_COUNT, ForwardCache
+from core.links import LinkContext
 from core.ops import Operator
 from core.optimizers import Optimizer
 
@@ -47,6 +50,12 @@ def unflatten(gcnn: GCNN, theta: tf.Tensor) -> list[tf.Tensor]:
 def flatten(params) -> tf.Tensor:
     """Flat form of a GCNN parameter list (per-node when Theta0 has a node axis)."""
     return replicas.flatten(params, per_node=params[0].shape.rank == 3)
+
+
+def flatten_per_sample(grads) -> tf.Tensor:
+    """Per-node, per-sample gradients (|V|, B, ...) of a parameter list as (|V|, B, |theta|)."""
+    lead = tf.shape(grads[0])[:2]
+    return tf.concat([tf.reshape(g, tf.concat([lead, [-1]], 0)) for g in grads], axis=-1)
 
 
 def node_major(x, y, self_factor=None):
@@ -67,12 +76,18 @@ def consensus_update(optimizer: Optimizer, theta, state, grad, mixing: Operator 
     piece them over the forward rounds). Every round goes through
     ``exchange`` (a :class:`core.comm.CommSimulator` counts it). Shared by :class:`BatchedExecutor` and
     :mod:`core.trainer` (whose apps may compute ``grad`` in their own way).
+
+    Under packet loss, per-sample consensus (``naive``: :attr:`core.comm.CommSimulator.mixes_per_sample`) gets
+    per-sample gradients (|V|, B, |theta|): each sample's gradient is mixed in its own K rounds (their masks
+    differ), and the step uses the sums over the samples.
     """
     mixed = None
     if optimizer.consensus == "gradient":
         mixed = optimizer.consensus_payload(theta, grad, state)
         for k in range(1, optimizer.consensus_rounds + 1):
             mixed = exchange.propagate(mixing, mixed, message=("grad", k))  # eq. (15)
+        if grad.shape.rank == 3 and mixed.shape.rank == 3:  # per sample (naive under loss): sum_b W_b^K g(b)
+            grad, mixed = tf.reduce_sum(grad, axis=1), tf.reduce_sum(mixed, axis=1)
     elif optimizer.consensus == "parameter":
         mixed = exchange.propagate(mixing, optimizer.payload(theta, state), message=("param", 0))
     return optimizer.step(theta, grad, mixed, state, lr)
@@ -128,19 +143,23 @@ class BatchedExecutor(_Executor):
     """All B samples of a mini-batch at once; records the same payloads as the protocol executor."""
 
     def local_gradients(self, theta, x, y, shift: Operator, self_factor=None, sim=None):
-        """Per-node local gradients (|V|, |theta|) summed over the batch (eq. 8c), and the loss."""
+        """Per-node local gradients (|V|, |theta|) summed over the batch (eq. 8c), and the loss; per sample,
+        (|V|, B, |theta|), when the simulator mixes per sample (naive consensus under packet loss)."""
         x, y, self_factor = node_major(x, y, self_factor)
         params = unflatten(self.gcnn, theta)
         sim = sim or CommSimulator(Schedule("piggyback", self.gcnn.num_layers, x.shape[1]))
+        per_sample = bool(getattr(sim, "mixes_per_sample", False))
         y_hat, cache = self.gcnn.forward(params, x, shift, self_factor, exchange=sim)
         z_out, loss = self.output_gradient(y_hat, y)
-        grads = local_backprop(self.gcnn, params, cache, z_out, shift, self_factor, exchange=sim)
-        return flatten(grads), loss
+        grads = local_backprop(self.gcnn, params, cache, z_out, shift, self_factor, exchange=sim,
+                               per_sample=per_sample)
+        return (flatten_per_sample(grads) if per_sample else flatten(grads)), loss
 
     def train_step(self, theta, state, x, y, shift: Operator, mixing: Operator | None,
-                   optimizer: Optimizer, lr, self_factor=None) -> StepResult:
-        """One mini-batch: gradients, consensus per the optimizer's schedule, local update."""
-        sim = CommSimulator(self.schedule_for(optimizer, x.shape[0]))
+                   optimizer: Optimizer, lr, self_factor=None, links: LinkContext | None = None) -> StepResult:
+        """One mini-batch: gradients, consensus per the optimizer's schedule, local update (under the link
+        model of ``links``, if given)."""
+        sim = CommSimulator(self.schedule_for(optimizer, x.shape[0]), links=links)
         if optimizer.centralized:
             grad, loss = self.centralized_gradient(theta, x, y, shift, self_factor, sim)
         else:
@@ -153,15 +172,17 @@ class ProtocolExecutor(_Executor):
     """Runs a mini-batch exactly as the network would: round by round, sample by sample (eager only)."""
 
     def train_step(self, theta, state, x, y, shift: Operator, mixing: Operator | None,
-                   optimizer: Optimizer, lr, self_factor=None) -> StepResult:
+                   optimizer: Optimizer, lr, self_factor=None, links: LinkContext | None = None) -> StepResult:
         schedule = self.schedule_for(optimizer, x.shape[0])
-        sim = CommSimulator(schedule)
+        sim = CommSimulator(schedule, links=links)
         if optimizer.centralized:
             # The server computes the gradient; the network only runs the forward passes. Run them
-            # literally so their rounds are counted, then take the centralized gradient.
+            # literally so their rounds are counted, then take the centralized gradient (of the forward
+            # passes as they ran: under loss, on the same masks and the stale values they started from).
+            replay = NO_COUNT if links is None else CommSimulator(schedule, links=links.with_stale())
             self._run(schedule, sim, unflatten(self.gcnn, tf.repeat(theta[None], shift.num_nodes, 0)), x, y,
                       shift, self_factor, None, None, backward=False)
-            grad, loss = self.centralized_gradient(theta, x, y, shift, self_factor, NO_COUNT)
+            grad, loss = self.centralized_gradient(theta, x, y, shift, self_factor, replay)
             mixed = None
         else:
             payload = optimizer.payload(theta, state) if optimizer.consensus == "parameter" else None

@@ -62,9 +62,18 @@ lost packet's weight moves to the receiver's own term, W_ii += W_ij (:func:`loss
 stay stochastic, columns do not.
 
 :func:`lossy_apply` is the TensorFlow exchange under loss (gather + segment sum with masked edges,
-node-major features as :mod:`core.ops`); it traces under ``tf.function``. Drawing (:class:`LinkModel`) is
-NumPy, done before a mini-batch runs: :meth:`LinkModel.plan` draws a whole mini-batch's losses (with
-retransmissions) at once, because they depend on the stream only, never on the data.
+node-major features as :mod:`core.ops`); it traces under ``tf.function``; :func:`lossy_apply_pieces` does the
+same for a payload whose column groups are packets of their own (the eq. (17) theta pieces). Drawing is done
+before a mini-batch runs, because it depends on the stream only, never on the data: :meth:`LinkModel.plan`
+draws a whole mini-batch's losses (with retransmissions) in NumPy (the reference), :func:`draw_plans` several
+mini-batches at once with the same bits (independent erasures as one XLA program, :func:`stream_hash_tf`).
+
+**Wiring** (docs/design.md, section 12): :class:`LinkLayout` lists the directed links of a graph's operators
+(global ids, both directions) and where each operator entry's packet is among them; :class:`LinkContext`
+holds one mini-batch's lost tensor, policy and stale buffer as a :class:`core.comm.CommSimulator` sees them
+(:meth:`LinkContext.mask`); :class:`LinkSetup` is what :class:`core.trainer.Trainer` takes (built from the
+command-line flags by :meth:`LinkSetup.from_flags`, the link seed :func:`link_seed` of the training seed);
+:func:`surviving_mixing_tf` rebuilds W on the surviving links inside a compiled program.
 """
 
 from __future__ import annotations
@@ -81,8 +90,8 @@ from core.ops import Operator, apply_operator, to_operator
 
 POLICIES = ("zero", "stale", "retransmit")
 
-# stream domains (the second word of every key)
-LOSS, CHAIN, INIT, FAILURE = 1, 2, 3, 4
+# stream domains (the second word of every key); EVAL derives the seeds of evaluations under loss
+LOSS, CHAIN, INIT, FAILURE, EVAL = 1, 2, 3, 4, 5
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -298,6 +307,8 @@ class LossPlan:
             packet that round does not carry).
         first_lost: (T, P, E) bool: lost at the scheduled transmission.
         extra_rounds: (T,) int: retransmission rounds after round t (0 without retransmission).
+        retransmitted: (T, P) int: of those, the rounds in which packet p of round t was pending on some link
+            (what a retransmission round broadcasts: :meth:`LinkModel.plan`); extra_rounds is its max over p.
     """
 
     senders: np.ndarray
@@ -305,6 +316,7 @@ class LossPlan:
     lost: np.ndarray
     first_lost: np.ndarray
     extra_rounds: np.ndarray
+    retransmitted: np.ndarray | None = None
 
     @property
     def total_extra_rounds(self) -> int:
@@ -370,6 +382,13 @@ class LinkModel:
                 raise ValueError(f"{missing[0]} is required with the other Gilbert-Elliott flags")
             chain = GilbertElliott(gilbert_p_gb, gilbert_p_bg, gilbert_loss_good, gilbert_loss_bad)
         return cls(seed, loss_prob, link_failure, chain)
+
+    def for_evaluation(self, evaluation: int) -> LinkModel:
+        """A fresh model of the same kind for evaluation number ``evaluation`` (e.g. a test pass over lossy
+        links): its seed is the top 63 bits of stream_hash(seed, EVAL, evaluation, 0, ...), so evaluations
+        draw apart from training (whose Gilbert chains they never advance) and from each other."""
+        seed = int(stream_hash(self.seed, EVAL, int(evaluation), 0, 0, 0, 0, 0) >> np.uint64(1))
+        return LinkModel(seed, self.loss_prob, self.link_failure, self.gilbert)
 
     @property
     def lossy(self) -> bool:
@@ -442,6 +461,11 @@ class LinkModel:
         the rounds stop when nothing is pending (the network is synchronous: the round count is that of the
         worst link) or after ``max_extra``. Returns (extra rounds, still-lost flags of the shape of ``lost``).
         """
+        extra, still, _ = self._retransmit(mini_batch, round, senders, receivers, lost, max_extra, chain)
+        return extra, still
+
+    def _retransmit(self, mini_batch, round, senders, receivers, lost, max_extra, chain):
+        """:meth:`retransmit`, also returning per packet p the extra rounds in which it was pending somewhere."""
         s, r = np.asarray(senders, np.int64), np.asarray(receivers, np.int64)
         pending = np.array(lost, bool, copy=True)
         one = pending.ndim == 1
@@ -453,10 +477,12 @@ class LinkModel:
         pending &= (s != r)[None, :]
         before = int(np.count_nonzero(pending))
         extra = 0
+        per_packet = np.zeros(pending.shape[0], np.int64)
         for a in range(1, int(max_extra) + 1):
             if not pending.any():
                 break
             tx = pending.any(axis=0)
+            per_packet += pending.any(axis=1)
             self.counters.retransmitted += int(np.count_nonzero(pending))
             for p in range(pending.shape[0]):
                 again = np.zeros_like(tx)
@@ -465,38 +491,63 @@ class LinkModel:
             extra = a
         self.counters.extra_rounds += extra
         self.counters.still_lost -= before - int(np.count_nonzero(pending))  # delivered by retransmission
-        return extra, pending[0] if one else pending
+        return extra, (pending[0] if one else pending), per_packet
 
     def plan(self, mini_batch: int, senders, receivers, packets_per_round: Sequence[int], policy="zero", *,
-             chain: GilbertState | None = None) -> LossPlan:
+             chain: GilbertState | None = None, active=None) -> LossPlan:
         """Draw a whole mini-batch: packets 0..packets_per_round[t]-1 of every round t in order, then (for
-        ``retransmit:R``) their retransmissions. Links are directed, global ids, any order."""
+        ``retransmit:R``) their retransmissions. Links are directed, global ids, any order.
+
+        ``active`` (E,) bool, default all: the links that transmit in this mini-batch (e.g. those up under
+        link failures, :meth:`link_up`). An inactive link sends nothing: it is neither drawn nor counted, its
+        packets are never flagged lost (its weights are 0 anyway) and its Gilbert chain does not advance.
+        """
         policy = LossPolicy.parse(policy)
         s, r = np.asarray(senders, np.int64).reshape(-1), np.asarray(receivers, np.int64).reshape(-1)
         counts = np.asarray(packets_per_round, np.int64).reshape(-1)
         if counts.size and counts.min() < 0:
             raise ValueError("packets_per_round must be non-negative")
-        T, P = counts.size, int(counts.max(initial=0))
-        first = np.zeros((T, P, s.size), bool)
-        lost = np.zeros_like(first)
-        extra = np.zeros(T, np.int64)
+        T, P, E = counts.size, int(counts.max(initial=0)), s.size
+        on = np.ones(E, bool) if active is None else np.asarray(active, bool).reshape(-1)
+        if on.shape != (E,):
+            raise ValueError(f"active must have shape ({E},), got {np.shape(active)}")
+        sel = np.flatnonzero(on)
+        s_on, r_on = s[sel], r[sel]
+        exists = np.arange(P)[None, :] < counts[:, None]  # (T, P): the packets each round carries
+        first = np.zeros((T, P, sel.size), bool)
         if self.gilbert is None and self.lossy and T and P:  # independent erasures: every round at once
-            exists = np.arange(P)[None, :] < counts[:, None]  # (T, P)
             u = stream_uniform(self.seed, LOSS, mini_batch, np.arange(T)[:, None, None], 0,
-                               np.arange(P)[None, :, None], s, r)
-            first = (u < self.loss_prob) & (s != r) & exists[:, :, None]
-            self.counters.packets += int(np.count_nonzero(exists)) * int(np.count_nonzero(s != r))
+                               np.arange(P)[None, :, None], s_on, r_on)
+            first = (u < self.loss_prob) & (s_on != r_on) & exists[:, :, None]
+        if self.gilbert is None or not self.lossy:
+            self.counters.packets += int(np.count_nonzero(exists)) * int(np.count_nonzero(s_on != r_on))
             self.counters.lost += int(np.count_nonzero(first))
             self.counters.still_lost += int(np.count_nonzero(first))
+        lost = first.copy()
+        extra = np.zeros(T, np.int64)
+        retransmitted = np.zeros((T, P), np.int64)
         for t in range(T):
-            for p in range(int(counts[t]) if self.gilbert is not None or not self.lossy else 0):
-                first[t, p] = self.draw(mini_batch, t, s, r, packet=p, chain=chain)
-            if policy.retransmits:
-                extra[t], lost[t, :counts[t]] = self.retransmit(mini_batch, t, s, r, first[t, :counts[t]],
-                                                                policy.max_retransmissions, chain=chain)
+            n_t = int(counts[t])
+            if self.gilbert is not None and self.lossy:  # the chains advance in (round, attempt) order
+                for p in range(n_t):
+                    first[t, p] = self.draw(mini_batch, t, s_on, r_on, packet=p, chain=chain)
+            if policy.retransmits and first[t, :n_t].any():
+                extra[t], lost[t, :n_t], retransmitted[t, :n_t] = self._retransmit(
+                    mini_batch, t, s_on, r_on, first[t, :n_t], policy.max_retransmissions, chain)
             else:
                 lost[t] = first[t]
-        return LossPlan(s, r, lost, first, extra)
+
+        def full(sub):
+            out = np.zeros((T, P, E), bool)
+            out[:, :, sel] = sub
+            return out
+
+        return LossPlan(s, r, full(lost), full(first), extra, retransmitted)
+
+    def draw_plans(self, first_mini_batch: int, num: int, senders, receivers, packets_per_round, policy="zero",
+                   **kwargs) -> PlanBatch:
+        """The plans of ``num`` consecutive mini-batches, stacked: :func:`draw_plans` for this model."""
+        return draw_plans(self, first_mini_batch, num, senders, receivers, packets_per_round, policy, **kwargs)
 
     # ------------------------------------------------------------------ link failures
     def link_up(self, mini_batch: int, senders, receivers) -> np.ndarray:
@@ -645,7 +696,17 @@ def lossy_mixing_values(op, lost_mask):
                              f"operator has no diagonal entry for it")
     add = tf.gather(per_row, op.rows)  # (nnz,) or (nnz, B)
     add = tf.transpose(add) if add.shape.rank == 2 else add
-    return tf.where(on_diag, kept + add, kept)
+    return tf.where(_own_entry(op), kept + add, kept)
+
+
+def _own_entry(op: Operator) -> tf.Tensor:
+    """bool (nnz,): the first diagonal entry of each row, which receives a node's own weight (a padded pattern
+    may repeat a diagonal entry with value 0, e.g. App C's operators of a common size)."""
+    on_diag = tf.equal(op.rows, op.cols)
+    position = tf.range(tf.shape(op.rows)[0], dtype=tf.int32)
+    big = tf.fill(tf.shape(position), tf.int32.max)
+    first = tf.math.unsorted_segment_min(tf.where(on_diag, position, big), op.rows, op.num_nodes)
+    return tf.logical_and(on_diag, tf.equal(position, tf.gather(first, op.rows)))
 
 
 def slot_key(slot) -> str:
@@ -684,10 +745,25 @@ class StaleBuffer:
 
 
 def _exclusive_cummax(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """For (nnz, B) int32: (max over samples < b, max over all samples), -1 where none."""
-    inclusive = tf.transpose(tf.scan(tf.maximum, tf.transpose(idx)))
-    exclusive = tf.concat([tf.fill([tf.shape(idx)[0], 1], -1), inclusive[:, :-1]], axis=1)
-    return exclusive, inclusive[:, -1]
+    """For (nnz, B) int32 idx = b where sample b's packet arrived, else -1: (the last arrival before b, the last
+    arrival of all), -1 where none.
+
+    Without a B-step loop: the arrivals up to b number c(b) (a running sum); the c-th arrival's position is the
+    smallest b with count c among the arrivals (one segment min over (entry, c)), looked up at the count of
+    arrivals before b."""
+    arrived = idx >= 0
+    n, steps = tf.shape(idx)[0], tf.shape(idx)[1]
+    if idx.shape[1] is None:
+        count = tf.math.cumsum(tf.cast(arrived, tf.int32), axis=1)  # inclusive: arrivals in 0..b
+    else:  # as a product with a triangle of ones: XLA's cumsum on CPU is a B-wide window per element
+        upper = tf.constant(np.triu(np.ones((idx.shape[1],) * 2, np.float32)))
+        count = tf.cast(tf.linalg.matmul(tf.cast(arrived, tf.float32), upper), tf.int32)  # exact below 2**24
+    rows = (tf.range(n, dtype=tf.int32) * (steps + 1))[:, None]
+    table = tf.reshape(tf.math.unsorted_segment_min(tf.where(arrived, idx, steps), rows + count, n * (steps + 1)),
+                       [n, steps + 1])
+    flat = tf.reshape(tf.concat([tf.fill([n, 1], -1), table[:, 1:]], axis=1), [-1])  # count 0: none arrived yet
+    exclusive = tf.gather(flat, rows + count - tf.cast(arrived, tf.int32))
+    return exclusive, tf.gather(flat, rows[:, 0] + count[:, -1])
 
 
 def lossy_apply(op: Operator, x: tf.Tensor, lost_mask, policy="zero", stale_buffer: StaleBuffer | None = None,
@@ -734,8 +810,12 @@ def lossy_apply(op: Operator, x: tf.Tensor, lost_mask, policy="zero", stale_buff
             b = tf.range(tf.shape(received)[1], dtype=tf.int32)[None, :]
             prev, last = _exclusive_cummax(tf.where(received, b, -1))
             history = tf.concat([old[:, None], messages], axis=1)  # (nnz, B + 1, ...): index 0 = before the batch
-            messages = tf.where(lost_e, tf.gather(history, prev + 1, batch_dims=1), messages)
-            stale_buffer.put(slot, tf.gather(history, last + 1, batch_dims=1))
+            # one row gather on the flattened history (much faster under XLA than a gather with batch_dims)
+            steps = tf.shape(history)[1]
+            flat = tf.reshape(history, tf.concat([[-1], tf.shape(history)[2:]], 0))
+            base = (tf.range(tf.shape(history)[0], dtype=tf.int32) * steps)[:, None]
+            messages = tf.where(lost_e, tf.gather(flat, base + prev + 1), messages)
+            stale_buffer.put(slot, tf.gather(flat, base[:, 0] + last + 1))
     else:
         messages = tf.where(lost_e, tf.zeros_like(messages), messages)
     if op.per_sample:
@@ -743,3 +823,459 @@ def lossy_apply(op: Operator, x: tf.Tensor, lost_mask, policy="zero", stale_buff
     else:
         weights = tf.reshape(op.values, [-1] + [1] * (x.shape.rank - 1))
     return tf.math.unsorted_segment_sum(messages * weights, op.rows, op.num_nodes)
+
+
+def lossy_apply_pieces(op: Operator, x: tf.Tensor, lost_pieces, piece_of_column, policy="zero",
+                       stale_buffer: StaleBuffer | None = None, slot=None, *, mixing: bool = True) -> tf.Tensor:
+    """``apply_operator(op, x)`` for a payload x (|V|, D) whose columns travel in different packets.
+
+    Column c of x is part of piece ``piece_of_column[c]``, and piece p is a packet of its own, lost on the
+    entries flagged in row p of ``lost_pieces`` (n_pieces, nnz): the eq. (17) payload [d_i, theta^i, ...] pieced
+    over the forward rounds (``param`` of the ``dopt`` schedule). In a consensus round (``mixing``) each piece
+    has its own effective weights (:func:`lossy_mixing_values` per piece, expanded to the piece's columns),
+    so every column is mixed by a row-stochastic matrix; ``stale`` reuses, column by column, the last value
+    received on each entry (the slot holds (nnz, D)); ``zero`` without ``mixing`` counts a lost term as 0.
+    With no packet lost the result equals ``apply_operator(op, x)`` bit for bit.
+    """
+    policy = LossPolicy.parse(policy)
+    if x.shape.rank != 2 or op.per_sample:
+        raise ValueError(f"a pieced payload is (|V|, D) on an operator shared by all samples, got x {x.shape} and "
+                         f"values {op.values.shape}")
+    lost = _edge_mask(op, lost_pieces)  # (n_pieces, nnz)
+    columns = tf.constant(np.asarray(piece_of_column, np.int32))
+    if columns.shape[0] != x.shape[-1]:
+        raise ValueError(f"piece_of_column has {columns.shape[0]} entries for a payload of {x.shape[-1]} columns")
+    lost_c = tf.gather(tf.transpose(lost), columns, axis=1)  # (nnz, D): is column c lost on entry k
+    messages = tf.gather(x, op.cols)  # (nnz, D)
+    weights = op.values[:, None]
+    if policy.kind == "stale":
+        if stale_buffer is None or slot is None:
+            raise ValueError("the stale policy needs a StaleBuffer and the payload's slot")
+        messages = tf.where(lost_c, stale_buffer.get(slot, messages.shape, x.dtype), messages)
+        stale_buffer.put(slot, messages)
+    elif mixing:  # each piece's own W, rows stochastic: the lost weight on the receiver's own term
+        weights = tf.gather(tf.transpose(lossy_mixing_values(op, lost)), columns, axis=1)
+    else:
+        messages = tf.where(lost_c, tf.zeros_like(messages), messages)
+    return tf.math.unsorted_segment_sum(messages * weights, op.rows, op.num_nodes)
+
+
+def surviving_mixing_tf(op: Operator, up, rule: str = "mh") -> Operator:
+    """:func:`surviving_mixing` inside a compiled program: ``op`` (a mixing W on a fixed pattern holding every
+    node's diagonal entry) with weights recomputed on the surviving links ``up`` (bool (nnz,), symmetric).
+
+    ``rule="mh"``: Metropolis-Hastings weights (eq. 16) with the surviving degrees (an entry with value 0 is
+    no link: e.g. a complete pattern with cut pairs); ``"laplacian"``: W = I - beta (D - A) on the surviving
+    graph, i.e. a failed entry's weight moves to the receiver's own term (:func:`lossy_mixing_values`).
+    Same rows, cols and shapes as ``op``, so nothing retraces; tests check it equals the NumPy version.
+    """
+    if op.per_sample:
+        raise ValueError("link failures rebuild a mixing operator shared by all samples, got per-sample values")
+    up = tf.convert_to_tensor(up, tf.bool)
+    off = tf.not_equal(op.rows, op.cols)
+    if rule == "laplacian":
+        return op._replace(values=lossy_mixing_values(op, tf.logical_not(up)))
+    if rule != "mh":
+        raise ValueError(f"unknown mixing rule {rule!r} for link failures; choose mh or laplacian")
+    dtype = op.values.dtype
+    alive = tf.logical_and(tf.logical_and(up, off), tf.not_equal(op.values, 0))
+    degree = tf.math.unsorted_segment_sum(tf.cast(alive, dtype), op.rows, op.num_nodes)
+    bigger = tf.maximum(tf.gather(degree, op.rows), tf.gather(degree, op.cols))
+    w = tf.where(alive, 1.0 / (1.0 + bigger), tf.zeros_like(op.values))
+    self_weight = 1.0 - tf.math.unsorted_segment_sum(w, op.rows, op.num_nodes)
+    own = tf.where(_own_entry(op), tf.gather(self_weight, op.rows), tf.zeros_like(op.values))  # padding: 0
+    return op._replace(values=tf.where(off, w, own))
+
+
+def check_diagonal(op, what: str = "the mixing operator") -> None:
+    """Raise a one-line ValueError unless ``op``'s pattern holds the diagonal entry of every node (NumPy check;
+    what :func:`surviving_mixing_tf` and :func:`lossy_mixing_values` need to move weight to a node's own term)."""
+    rows, cols = global_entries(op)
+    nodes = np.asarray(op.owned) if hasattr(op, "ghosts") else np.arange(int(op.num_nodes))
+    missing = np.setdiff1d(nodes, rows[rows == cols])
+    if missing.size:
+        raise ValueError(f"{what} has no diagonal entry for node {int(missing[0])}: a lost weight has nowhere to go")
+
+
+# ------------------------------------------------------------------------------- the stream in TensorFlow
+def _splitmix64_tf(z: tf.Tensor) -> tf.Tensor:
+    def shift(v, k):
+        return tf.bitwise.bitwise_xor(v, tf.bitwise.right_shift(v, tf.constant(k, tf.uint64)))
+
+    z = z + tf.constant(int(_GOLDEN), tf.uint64)
+    z = shift(z, 30) * tf.constant(int(_M1), tf.uint64)
+    z = shift(z, 27) * tf.constant(int(_M2), tf.uint64)
+    return shift(z, 31)
+
+
+def stream_hash_tf(seed, domain, mini_batch, round, attempt, packet, sender, receiver) -> tf.Tensor:
+    """:func:`stream_hash` in TensorFlow: the same uint64 bits (tensors of non-negative integers, broadcast)."""
+    h = _splitmix64_tf(tf.cast(seed, tf.uint64))
+    for w in (domain, mini_batch, round, attempt, packet, sender, receiver):
+        h = _splitmix64_tf(tf.bitwise.bitwise_xor(h, tf.cast(w, tf.uint64)))
+    return h
+
+
+def _threshold(p: float) -> int:
+    """The integer k0 with (k < k0) == (k * 2**-53 < p) for every integer k in [0, 2**53): ceil(p * 2**53)."""
+    return int(math.ceil(p * 2.0 ** 53))
+
+
+def _erasure_program(num_packets: int, attempts: int):
+    """The compiled :func:`_erasure_plans` for P packets per round and A attempts (one program per pair, each
+    relaxing its shapes, so that runs with several schedules do not retrace one function over and over)."""
+    key = (int(num_packets), int(attempts))
+    if key not in _ERASURE_PROGRAMS:
+        spec = tf.TensorSpec
+        signature = [spec([None] * 4, tf.uint64), spec([], tf.uint64), spec([None], tf.int64), spec([None], tf.int64),
+                     spec([None], tf.int64), spec([None, None], tf.bool), spec([None], tf.bool)]
+        _ERASURE_PROGRAMS[key] = tf.function(lambda *args: _erasure_plans(*args, *key), input_signature=signature,
+                                             jit_compile=True, autograph=False)  # XLA compiles per shape
+    return _ERASURE_PROGRAMS[key]
+
+
+_ERASURE_PROGRAMS: dict = {}
+
+
+def _erasure_plans(prefix, threshold, counts, senders, receivers, active, counted, num_packets: int, attempts: int):
+    """The plans of several mini-batches under independent erasures (:func:`draw_plans`), as XLA.
+
+    ``prefix`` (n, A, T, P) uint64 is the stream hash of (seed, LOSS, mini-batch, round, attempt, packet) for
+    attempts 0..A-1 (NumPy, small); the program adds the sender and receiver words per link: two SplitMix64
+    steps per packet instead of eight."""
+    exists = tf.range(num_packets, dtype=tf.int64)[None, :] < counts[:, None]  # (T, P)
+    live = tf.logical_and(active, tf.not_equal(senders, receivers)[None, :])  # (n, E)
+    carried = tf.logical_and(exists[None, :, :, None], live[:, None, None, :])  # (n, T, P, E)
+
+    def lost_at(attempt):
+        h = _splitmix64_tf(tf.bitwise.bitwise_xor(prefix[:, attempt, :, :, None], tf.cast(senders, tf.uint64)))
+        h = _splitmix64_tf(tf.bitwise.bitwise_xor(h, tf.cast(receivers, tf.uint64)))
+        return tf.bitwise.right_shift(h, tf.constant(11, tf.uint64)) < threshold
+
+    first = tf.logical_and(lost_at(0), carried)
+    still = first
+    pending = tf.zeros(tf.shape(first), tf.int32)  # extra rounds in which the packet was pending
+    for attempt in range(1, attempts):
+        pending += tf.cast(still, tf.int32)
+        still = tf.logical_and(still, lost_at(attempt))
+    if attempts > 1:
+        retransmitted = tf.reduce_max(tf.concat([pending, tf.zeros_like(pending[..., :1])], axis=3), axis=3)
+    else:
+        retransmitted = tf.zeros(tf.shape(first)[:3], tf.int32)
+    extra = tf.reduce_max(retransmitted, axis=2) if num_packets else tf.zeros(tf.shape(first)[:2], tf.int32)
+
+    def count(flags):
+        return tf.reduce_sum(tf.cast(tf.logical_and(flags, counted[None, None, None, :]), tf.int64), axis=[1, 2, 3])
+
+    return still, first, extra, retransmitted, count(carried), count(first), count(still)
+
+
+@dataclass
+class PlanBatch:
+    """The plans of ``num`` consecutive mini-batches, stacked (:meth:`LinkModel.draw_plans`).
+
+    ``lost`` and ``first_lost`` are bool tensors (num, T, P, E) (as :class:`LossPlan`, per mini-batch);
+    ``extra_rounds`` (num, T) and ``retransmitted`` (num, T, P) int arrays; ``packets``, ``lost_packets`` and
+    ``still_lost`` (num,) count the packets carried, lost at the first transmission and never delivered, on
+    the links flagged ``counted`` only (under MPI: the links a rank receives on, so that ranks' counts add up).
+    """
+
+    lost: tf.Tensor
+    first_lost: tf.Tensor
+    extra_rounds: np.ndarray
+    retransmitted: np.ndarray
+    packets: np.ndarray
+    lost_packets: np.ndarray
+    still_lost: np.ndarray
+
+
+def draw_plans(model: LinkModel, first_mini_batch: int, num: int, senders, receivers, packets_per_round,
+               policy="zero", *, chain: GilbertState | None = None, active=None, counted=None) -> PlanBatch:
+    """Plans of mini-batches ``first_mini_batch .. + num - 1``: the same draws as :meth:`LinkModel.plan` for
+    each (the tests compare them bit for bit), computed at once.
+
+    Independent erasures run as one compiled TensorFlow program (the stream is :func:`stream_hash_tf`, its
+    retransmissions vectorized over attempts: a packet is still lost iff all of its R + 1 attempts are, and
+    it is pending in extra round a iff its first a attempts are lost); a Gilbert-Elliott chain (sequential
+    state per link) draws with :meth:`LinkModel.plan` mini-batch by mini-batch. ``active`` is (num, E) or
+    None (every link transmits), ``counted`` (E,) or None (all). ``model.counters`` is not changed: the counts
+    are returned.
+    """
+    policy = LossPolicy.parse(policy)
+    s, r = np.asarray(senders, np.int64).reshape(-1), np.asarray(receivers, np.int64).reshape(-1)
+    counts = np.asarray(packets_per_round, np.int64).reshape(-1)
+    T, P, E, num = counts.size, int(counts.max(initial=0)), s.size, int(num)
+    active = np.ones((num, E), bool) if active is None else np.asarray(active, bool).reshape(num, E)
+    counted = np.ones(E, bool) if counted is None else np.asarray(counted, bool).reshape(E)
+    R = policy.max_retransmissions if policy.retransmits else 0
+    if not model.lossy:  # link failures only: nothing is lost, only the packets carried are counted
+        exists = (np.arange(P)[None, :] < counts[:, None])[None, :, :, None]
+        carried = exists & (active & (s != r)[None, :] & counted[None, :])[:, None, None, :]
+        none = tf.zeros((num, T, P, E), tf.bool)
+        zeros = np.zeros(num, np.int64)
+        return PlanBatch(none, none, np.zeros((num, T), np.int64), np.zeros((num, T, P), np.int64),
+                         carried.sum(axis=(1, 2, 3)), zeros, zeros)
+    if model.gilbert is None:
+        h = splitmix64(_words(model.seed))
+        for w in (np.asarray(LOSS), np.arange(first_mini_batch, first_mini_batch + num)[:, None, None, None],
+                  np.arange(T)[None, None, :, None], np.arange(R + 1)[None, :, None, None],
+                  np.arange(P)[None, None, None, :]):
+            h = splitmix64(h ^ _words(w))  # (n, A, T, P): the words before sender and receiver
+        prefix = np.broadcast_to(h, (num, R + 1, T, P))
+        threshold = tf.constant(_threshold(model.loss_prob) if model.lossy else 0, tf.uint64)
+        out = _erasure_program(P, R + 1)(tf.constant(prefix), threshold, tf.constant(counts), tf.constant(s),
+                                         tf.constant(r), tf.constant(active), tf.constant(counted))
+        lost, first, extra, retransmitted, packets, lost_n, still_n = out
+        return PlanBatch(lost, first, extra.numpy().astype(np.int64), retransmitted.numpy().astype(np.int64),
+                         packets.numpy(), lost_n.numpy(), still_n.numpy())
+    saved = LinkCounters(**vars(model.counters))
+    plans = [model.plan(first_mini_batch + k, s, r, counts, policy, chain=chain, active=active[k]) for k in range(num)]
+    model.counters = saved
+    exists = (np.arange(P)[None, :] < counts[:, None])[None, :, :, None]
+    carried = exists & (active & (s != r)[None, :] & counted[None, :])[:, None, None, :]
+    lost = np.stack([p.lost for p in plans]) if plans else np.zeros((0, T, P, E), bool)
+    first = np.stack([p.first_lost for p in plans]) if plans else np.zeros((0, T, P, E), bool)
+    return PlanBatch(tf.constant(lost), tf.constant(first), np.stack([p.extra_rounds for p in plans]).reshape(num, T),
+                     np.stack([p.retransmitted for p in plans]).reshape(num, T, P),
+                     carried.sum(axis=(1, 2, 3)), (first & counted).sum(axis=(1, 2, 3)),
+                     (lost & counted).sum(axis=(1, 2, 3)))
+
+
+# -------------------------------------------------------------------------------------- wiring it up
+LINK_SEED_SALT = 0x4C494E4B53  # "LINKS"
+
+
+def link_seed(training_seed: int) -> int:
+    """The link stream's seed of a run with training seed ``training_seed`` (``--seed``):
+    ``splitmix64(splitmix64(seed) ^ 0x4C494E4B53) >> 1`` (63 bits). Another training seed draws other drops;
+    the trainer's generator (shuffles) is never touched, so ``--loss-prob 0`` changes nothing."""
+    if isinstance(training_seed, bool) or not isinstance(training_seed, (int, np.integer)) or training_seed < 0:
+        raise ValueError(f"the training seed must be a non-negative integer, got {training_seed!r}")
+    return int(splitmix64(splitmix64(np.uint64(training_seed)) ^ np.uint64(LINK_SEED_SALT)) >> np.uint64(1))
+
+
+LOSS_MODELS = ("independent", "gilbert")
+MIXING_RULES = ("mh", "laplacian")
+
+
+@dataclass(frozen=True)
+class LinkSetup:
+    """Imperfect links for a :class:`core.trainer.Trainer` (docs/design.md, section 12).
+
+    Attributes:
+        model: the :class:`LinkModel` (its seed is the link stream's; :meth:`from_flags` derives it with
+            :func:`link_seed`). The trainer keeps its own Gilbert state; the model's is not used.
+        policy: the receivers' :class:`LossPolicy` (``--on-loss``).
+        eval_under_loss: evaluate the test metrics over the same kind of links (default: lossless links).
+        mixing_rule: how W is rebuilt on the surviving graph under link failures: ``mh`` (Metropolis-Hastings
+            with the surviving degrees) or ``laplacian`` (I - beta (D - A): the failed weights move to the
+            diagonal), as the run's ``--mixing``.
+    """
+
+    model: LinkModel
+    policy: LossPolicy = LossPolicy()
+    eval_under_loss: bool = False
+    mixing_rule: str = "mh"
+
+    def __post_init__(self):
+        object.__setattr__(self, "policy", LossPolicy.parse(self.policy))
+        if self.mixing_rule not in MIXING_RULES:
+            raise ValueError(f"unknown mixing rule {self.mixing_rule!r}; choose one of {', '.join(MIXING_RULES)}")
+
+    @property
+    def active(self) -> bool:
+        return self.model.active
+
+    @classmethod
+    def from_flags(cls, training_seed: int, loss_prob: float = 0.0, loss_model: str = "independent",
+                   gilbert_p_gb=None, gilbert_p_bg=None, gilbert_loss_good: float = 0.0, gilbert_loss_bad=None,
+                   link_failure: float = 0.0, on_loss="zero", eval_under_loss: bool = False,
+                   mixing: str = "mh") -> LinkSetup:
+        """From the command-line values (``--loss-prob``, ``--loss-model``, ``--gilbert-*``, ``--link-failure``,
+        ``--on-loss``, ``--eval-under-loss``, ``--mixing``); every problem is a one-line ValueError naming the flag.
+        The link seed is :func:`link_seed` of the training seed."""
+        if loss_model not in LOSS_MODELS:
+            raise ValueError(f"--loss-model must be one of {', '.join(LOSS_MODELS)}, got {loss_model!r}")
+        given = [flag for flag, v in (("--gilbert-p-gb", gilbert_p_gb), ("--gilbert-p-bg", gilbert_p_bg),
+                                      ("--gilbert-loss-bad", gilbert_loss_bad)) if v is not None]
+        if loss_model == "independent" and (given or gilbert_loss_good):
+            raise ValueError(f"{given[0] if given else '--gilbert-loss-good'} needs --loss-model gilbert")
+        if loss_model == "gilbert":
+            if check_probability(loss_prob, "--loss-prob") > 0:
+                raise ValueError("--loss-prob is the independent-erasure model: with --loss-model gilbert give the "
+                                 "--gilbert-* flags instead")
+            missing = [f for f in ("--gilbert-p-gb", "--gilbert-p-bg", "--gilbert-loss-bad") if f not in given]
+            if missing:
+                raise ValueError(f"--loss-model gilbert needs {missing[0]}")
+        model = LinkModel.from_flags(link_seed(training_seed), loss_prob, link_failure, gilbert_p_gb, gilbert_p_bg,
+                                     gilbert_loss_good, gilbert_loss_bad)
+        return cls(model, LossPolicy.parse(on_loss), bool(eval_under_loss), mixing)
+
+    def describe(self) -> dict:
+        """The settings as JSON-able values (config, summary and checkpoint meta)."""
+        m = self.model
+        ge = None if m.gilbert is None else {"p_gb": m.gilbert.p_gb, "p_bg": m.gilbert.p_bg,
+                                              "loss_good": m.gilbert.loss_good, "loss_bad": m.gilbert.loss_bad}
+        return {"loss_model": "gilbert" if ge else "independent", "loss_prob": m.loss_prob, "gilbert": ge,
+                "link_failure": m.link_failure, "on_loss": str(self.policy), "eval_under_loss": self.eval_under_loss,
+                "mixing_rule": self.mixing_rule, "link_seed": m.seed}
+
+
+def global_entries(op) -> tuple[np.ndarray, np.ndarray]:
+    """(receiver, sender) global node ids of each entry of an operator, in its entry order (int64).
+
+    ``op`` is a :class:`SparseOperator`, an :class:`Operator` with concrete tensors, an MPI rank's
+    :class:`core.distributed.views.OperatorView` (rows are owned nodes, columns index [owned; ghosts]) or its
+    ``transposed()`` (receiver and sender swapped)."""
+    base = getattr(op, "base", None)
+    if base is not None and hasattr(base, "ghosts"):  # a TransposedView
+        receivers, senders = global_entries(base)
+        return senders, receivers
+    if hasattr(op, "ghosts"):
+        ext = np.concatenate([np.asarray(op.owned, np.int64), np.asarray(op.ghosts, np.int64)])
+        return np.asarray(op.owned, np.int64)[np.asarray(op.rows)], ext[np.asarray(op.cols)]
+    rows, cols = tf.get_static_value(op.rows), tf.get_static_value(op.cols)
+    if rows is None or cols is None:
+        raise ValueError("the operator's pattern is not known in Python (a traced argument): bind it to the link "
+                         "context with its index arrays (LinkContext.bind)")
+    return np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+
+
+class LinkLayout:
+    """The directed links a process draws for a graph, and where each operator entry's packet is among them.
+
+    Links are the off-diagonal entries of the given operators in both directions (a transposed exchange, the
+    backward rounds of eq. 14, sends along the reverse link), as global ids sorted by code (sender << 32 |
+    receiver): the order of a plan's link axis E. ``index[name]`` is ``(forward, reverse)``, int32 (nnz,) each:
+    the link of entry k of the operator (sender = col, receiver = row) and of its transpose, -1 on diagonal
+    entries (a node's own term is never a packet). ``counted`` flags the links whose packets this process
+    counts: all of them in-process; under MPI those it receives on (receiver owned), so ranks' counts add up.
+    """
+
+    def __init__(self, operators: dict, owned=None, *, senders=None, receivers=None):
+        entries = {name: global_entries(op) for name, op in operators.items() if op is not None}
+        if senders is None:
+            parts = [np.zeros(0, np.int64)]
+            for rows, cols in entries.values():
+                off = rows != cols
+                parts += [link_codes(cols[off], rows[off]), link_codes(rows[off], cols[off])]
+            codes = np.unique(np.concatenate(parts))
+            senders, receivers = codes >> _CODE_SHIFT, codes & (2 ** _CODE_SHIFT - 1)
+        self.senders, self.receivers = np.asarray(senders, np.int64), np.asarray(receivers, np.int64)
+        self._codes = link_codes(self.senders, self.receivers)
+        self._order = np.argsort(self._codes, kind="stable")
+        self.counted = np.ones(self.num_links, bool) if owned is None else np.isin(self.receivers, owned)
+        self.index = {name: (self.entry_index(rows, cols), self.entry_index(cols, rows))
+                      for name, (rows, cols) in entries.items()}
+
+    @property
+    def num_links(self) -> int:
+        return int(self.senders.size)
+
+    def entry_index(self, receivers, senders) -> np.ndarray:
+        """int32 position of each link sender -> receiver among the layout's links; -1 where they are equal."""
+        receivers, senders = np.asarray(receivers, np.int64), np.asarray(senders, np.int64)
+        off = receivers != senders
+        query = link_codes(senders, receivers)
+        sorted_codes = self._codes[self._order]
+        pos = np.searchsorted(sorted_codes, query).clip(0, max(sorted_codes.size - 1, 0))
+        found = sorted_codes[pos] == query if sorted_codes.size else np.zeros(query.shape, bool)
+        if np.any(off & ~found):
+            k = np.flatnonzero(off & ~found)[0]
+            raise ValueError(f"link {int(senders[k])} -> {int(receivers[k])} is not among the drawn links")
+        return np.where(off, self._order[pos] if sorted_codes.size else 0, -1).astype(np.int32)
+
+
+class LinkContext:
+    """One mini-batch's losses as the exchanges of a (compiled) program see them: what a
+    :class:`core.comm.CommSimulator` applies.
+
+    Args:
+        lost: bool (T, P, E): packet p of round t lost on link e after any retransmission (a plan's ``lost``).
+        policy: the receivers' :class:`LossPolicy`.
+        stale: the :class:`StaleBuffer` (required by ``stale``).
+        layout: the :class:`LinkLayout` of the links E, to index operators whose pattern is known in Python.
+
+    An exchange finds its operator's index arrays (:meth:`bind`) by identity: an operator whose rows and cols
+    are the bound operator's (e.g. with other values: S restricted to surviving links), or swapped (its
+    transpose, the backward rounds). An MPI operator view matches by identity, its ``transposed()`` by its base.
+    """
+
+    def __init__(self, lost, policy="zero", stale: StaleBuffer | None = None, layout: LinkLayout | None = None):
+        self.lost = tf.convert_to_tensor(lost, tf.bool)
+        if self.lost.shape.rank != 3:
+            raise ValueError(f"the lost tensor must be (rounds, packets, links), got shape {self.lost.shape}")
+        self.policy = LossPolicy.parse(policy)
+        if self.policy.kind == "stale" and stale is None:
+            stale = StaleBuffer()
+        self.stale = stale
+        self.layout = layout
+        self._bound: list[tuple[object, tf.Tensor, tf.Tensor | None]] = []
+        self._masks: dict[int, tuple[object, tf.Tensor, tf.Tensor]] = {}
+
+    @classmethod
+    def from_plan(cls, plan: LossPlan, operators, policy="zero", stale: StaleBuffer | None = None) -> LinkContext:
+        """A context for one :class:`LossPlan` (eager use: tests, hand-written loops), binding ``operators``
+        (concrete :class:`Operator` s or views; transposes are found from their base)."""
+        layout = LinkLayout({}, senders=plan.senders, receivers=plan.receivers)
+        ctx = cls(plan.lost, policy, stale, layout)
+        for op in operators:
+            if op is not None:
+                ctx.bind(op)
+        return ctx
+
+    def with_stale(self, stale: StaleBuffer | None = None) -> LinkContext:
+        """The same losses, operators and policy with another stale buffer (default: a copy of this one's
+        current values, so that a replayed exchange sees what the first one saw and changes nothing here)."""
+        other = LinkContext(self.lost, self.policy, None, self.layout)
+        other.stale = stale if stale is not None else (None if self.stale is None else StaleBuffer(self.stale.values))
+        other._bound = list(self._bound)
+        return other
+
+    def bind(self, op, index=None, reverse_index=None) -> None:
+        """Register ``op`` with the plan-link index of its entries (and of its transpose's); computed from the
+        layout when not given (``op``'s pattern must then be known in Python)."""
+        if index is None:
+            rows, cols = global_entries(op)
+            index, reverse_index = self.layout.entry_index(rows, cols), self.layout.entry_index(cols, rows)
+        self._bound.append((op, tf.convert_to_tensor(index, tf.int32),
+                            None if reverse_index is None else tf.convert_to_tensor(reverse_index, tf.int32)))
+
+    def index_of(self, op) -> tf.Tensor:
+        """int32 (nnz,) plan-link index of ``op``'s entries, -1 on the diagonal (see the class docstring)."""
+        for base, index, reverse in self._bound:
+            if op is base or (_is(op, "rows", base, "rows") and _is(op, "cols", base, "cols")):
+                return index
+            if reverse is not None and (getattr(op, "base", None) is base
+                                        or (_is(op, "rows", base, "cols") and _is(op, "cols", base, "rows"))):
+                return reverse
+        if self.layout is not None:
+            try:
+                rows, cols = global_entries(op)
+            except ValueError:
+                rows = None
+            if rows is not None:
+                index = tf.constant(self.layout.entry_index(rows, cols))
+                self._bound.append((op, index, None))
+                return index
+        raise ValueError("an exchange runs over an operator the link context does not know: bind it (LinkContext."
+                         "bind) or build it with the pattern of the graph's S or W (docs/design.md, section 12)")
+
+    def mask(self, op, rounds, packet: int = 0) -> tf.Tensor:
+        """bool (len(rounds), nnz): packet ``packet`` of each round in ``rounds`` (static ints) lost on each
+        entry of ``op``; False on diagonal entries."""
+        key = id(op)
+        if key not in self._masks or self._masks[key][0] is not op:
+            index = self.index_of(op)
+            self._masks[key] = (op, tf.maximum(index, 0), tf.greater_equal(index, 0))
+        _, safe, valid = self._masks[key]
+        rounds = tf.constant(np.asarray(rounds, np.int32).reshape(-1))
+        if self.lost.shape[-1] == 0:
+            return tf.zeros([rounds.shape[0], safe.shape[0]], tf.bool)
+        per_round = tf.gather(self.lost[:, packet], rounds)  # (R, E)
+        return tf.logical_and(tf.gather(per_round, safe, axis=1), valid[None, :])
+
+
+def _is(a, name_a: str, b, name_b: str) -> bool:
+    x, y = getattr(a, name_a, None), getattr(b, name_b, None)
+    return x is not None and x is y

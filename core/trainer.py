@@ -52,10 +52,29 @@ compilation included). Rows, the parameters, the optimizer state, the generator 
 are checkpointed every ``checkpoint_every`` epochs and at the end (with the task's own
 :meth:`Task.state_arrays`, if any), so that a resumed run ends with exactly the metrics of an
 uninterrupted one.
+
+Imperfect links (``links``, a :class:`core.links.LinkSetup`; docs/design.md, section 12): before each compiled
+call the trainer draws, in Python and vectorized, the plans of its mini-batches from the link stream keyed by
+the global mini-batch counter (:func:`core.links.draw_plans`: which packets are lost after any retransmission,
+which links are down), and feeds them like the batch indices: a bool tensor (mini-batches, rounds, packets,
+links), per operator the link of each entry (computed once per graph from global node ids), and under link
+failures the up-mask of each operator's entries, from which the compiled step restricts S (failed entries 0)
+and rebuilds W on the surviving graph (:func:`core.links.surviving_mixing_tf`). The step's
+:class:`core.comm.CommSimulator` applies them to every exchange. The stale buffer (policy ``stale``) and the
+Gilbert-Elliott chain state are carried across mini-batches and epochs and checkpointed; retransmission rounds
+vary per mini-batch and are added to ``mp_rounds`` and ``floats_sent_per_node`` when the call is committed
+(each extra round after round t counts one round, and the floats of the packets of round t that were pending
+on some link in it: round t's bundle for packet 0, its parameter piece for packet 1). metrics.csv gets the
+columns ``packet_loss_rate`` and ``residual_loss_rate`` (of the row's mini-batches: lost at the first
+transmission, and never delivered, over the packets sent), ``extra_rounds`` (cumulative) and
+``link_failure_rate`` (undirected links down over link-mini-batches of the row); summary.json the same over
+the run. Test metrics are measured over lossless links unless ``eval_under_loss``. An inactive model (nothing
+can be lost or down) runs exactly the lossless programs (only the columns are added).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -70,7 +89,20 @@ from core import replicas
 from core.backend import LOCAL
 from core.comm import CommCost, CommSimulator, Schedule
 from core.executors import consensus_update
-from core.gcnn import NO_COUNT
+from core.gcnn import NO_COUNT, Exchange
+from core.links import (
+    GilbertState,
+    LinkContext,
+    LinkLayout,
+    LinkModel,
+    LinkSetup,
+    LossPolicy,
+    StaleBuffer,
+    check_diagonal,
+    draw_plans,
+    lossy_apply,
+    surviving_mixing_tf,
+)
 from core.ops import Operator
 from core.optimizers import LearningRate, Optimizer
 from core.runs import RunDir, RunDiverged, RunError, stop_requested
@@ -79,6 +111,8 @@ NO_COST = CommCost(rounds=0, floats_per_node=0, largest_message=0)
 BASE_COLUMNS = ("epoch", "step", "mp_rounds", "floats_sent_per_node", "lr")
 RENAMED_COLUMNS = {"floats_sent": "floats_sent_per_node", "lgs_rounds": "lgs_rounds_per_batch"}
 """Columns of metrics rows saved before version 0.2, by their new names (checkpoints of older runs resume)."""
+LINK_COLUMNS = ("packet_loss_rate", "residual_loss_rate", "extra_rounds", "link_failure_rate")
+"""Columns metrics.csv gets when the trainer runs with a :class:`core.links.LinkSetup` (module docstring)."""
 # What a checkpoint's meta must hold for Trainer.restore ("cost" is optional: None before a step was traced).
 META_FIELDS = ("epoch", "step", "mp_rounds", "floats_sent", "wall_s", "rng_state", "rows", "optimizer", "dtype")
 
@@ -92,6 +126,29 @@ def all_finite(theta: tf.Tensor, state: Sequence[tf.Tensor]) -> tf.Tensor:
     floats = [tf.reduce_all(tf.math.is_finite(s)) for s in state if s.dtype.is_floating]
     state_ok = tf.reduce_all(tf.stack(floats)) if floats else tf.constant(True)
     return tf.stack([tf.reduce_all(tf.math.is_finite(theta)), state_ok])
+
+
+@dataclass
+class LinkTotals:
+    """Cumulative link counts of a run: packets sent (first transmissions), lost at the first transmission,
+    never delivered, undirected link-mini-batches and those down, extra (retransmission) rounds and the floats
+    per node they broadcast (this process's links; summed over ranks under MPI)."""
+
+    packets: int = 0
+    lost: int = 0
+    still_lost: int = 0
+    links: int = 0
+    links_down: int = 0
+    extra_rounds: int = 0
+    extra_floats: int = 0
+
+    def minus(self, other: LinkTotals) -> LinkTotals:
+        return LinkTotals(**{k: v - getattr(other, k) for k, v in asdict(self).items()})
+
+    def rates(self) -> dict[str, float]:
+        return {"packet_loss_rate": self.lost / self.packets if self.packets else 0.0,
+                "residual_loss_rate": self.still_lost / self.packets if self.packets else 0.0,
+                "link_failure_rate": self.links_down / self.links if self.links else 0.0}
 
 
 class _NonFinite(Exception):
@@ -119,8 +176,14 @@ class CompiledProgram:
         self.function = function
         self._programs: list[tuple[tuple, list, object]] = []  # (static values, tensor dims, concrete function)
         self._flat_call = True
+        # trailing parameters with defaults: filled in here (a concrete function does not apply them)
+        params = list(inspect.signature(getattr(function, "python_function", function)).parameters.values())
+        self._arity = len(params)
+        self._defaults = tuple(p.default for p in params if p.default is not inspect.Parameter.empty)
 
     def __call__(self, *args):
+        if len(args) < self._arity and len(args) >= self._arity - len(self._defaults):
+            args = args + self._defaults[len(self._defaults) - (self._arity - len(args)):]
         tensors, static, shapes = [], [], []
         for x in tf.nest.flatten(args):
             if isinstance(x, tf.Tensor):
@@ -337,10 +400,11 @@ class Trainer:
         config: :class:`TrainerConfig`.
         run: the run directory for metrics, summary and checkpoints (None: keep everything in memory).
         extra_summary: entries added to summary.json (e.g. the approach's label).
+        links: imperfect links (:class:`core.links.LinkSetup`; module docstring); None: perfect links.
     """
 
     def __init__(self, task: Task, optimizer: Optimizer, lr: LearningRate, graphs, config: TrainerConfig,
-                 run: RunDir | None = None, extra_summary: Mapping | None = None):
+                 run: RunDir | None = None, extra_summary: Mapping | None = None, links: LinkSetup | None = None):
         self.task, self.optimizer, self.lr, self.graphs, self.config = task, optimizer, lr, graphs, config
         self.backend = getattr(task, "backend", None) or LOCAL
         self.run_dir = run
@@ -351,6 +415,22 @@ class Trainer:
         self.dtype = task.dtype
         self.cost: CommCost | None = None  # of one mini-batch, known once a step has been traced
         self.columns = (*BASE_COLUMNS, *task.train_metrics, *task.test_metrics, "consensus_error", "wall_s")
+        self.links = links
+        self._lossy = links is not None and links.active  # else the lossless programs run, untouched
+        self._layouts: dict[int, tuple[GraphOps, LinkLayout]] = {}
+        if links is not None:
+            self.columns = (*self.columns[:-1], *LINK_COLUMNS, "wall_s")
+            self._schedule = task.schedule(optimizer, config.batch_size)
+            if self._lossy and self._schedule is None:
+                raise ValueError("a link model needs a task whose exchanges are counted (Task.schedule returns None)")
+            if self._lossy and self.backend.distributed and links.model.link_failure > 0:
+                raise ValueError("--link-failure is not supported under the MPI backend yet (packet loss is)")
+            if self._lossy and self.backend.distributed and links.eval_under_loss:
+                raise ValueError("--eval-under-loss is not supported under the MPI backend yet")
+            if self._lossy and links.eval_under_loss and not graphs.fixed:
+                raise ValueError("--eval-under-loss needs a fixed graph (the task evaluates graphs drawn per "
+                                 "mini-batch on graphs of its own)")
+        self._eval_lossy = self._lossy and links.eval_under_loss
         # No autograph: the loop is an explicit tf.while_loop, and converting every Python call of the
         # traced code (the counting simulator loops over samples and message pieces) costs seconds.
         # MPI exchanges are tf.numpy_function calls, which XLA cannot compile: no jit under MPI
@@ -361,16 +441,21 @@ class Trainer:
         # graphs) for stacked graphs (one per mini-batch), eval_fn(theta, graph, split).
         # Closures rather than bound methods, so that TensorFlow counts retracing per trainer.
         # epoch_fn, step_fn and steps_fn also return all_finite(theta, state) as their last output.
-        def epoch(theta, state, step0, batches, graph):
-            return self._epoch(theta, state, step0, batches, graph)
+        # Under a link model they take two more arguments, the plans of their mini-batches (``links``, see
+        # _link_feed) and the stale buffer, and return the new stale buffer last.
+        def epoch(theta, state, step0, batches, graph, links=None, stale=None):
+            return self._epoch(theta, state, step0, batches, graph, links, stale)
 
-        def step(theta, state, step, indices, graph):
-            theta, state, metrics = self._step(theta, state, step, indices, graph)
-            return theta, state, metrics, all_finite(theta, state)
+        def step(theta, state, step, indices, graph, links=None, stale=None):
+            theta, state, metrics, stale = self._step(theta, state, step, indices, graph, links, stale)
+            out = (theta, state, metrics, all_finite(theta, state))
+            return out if links is None else (*out, stale)
 
-        def steps(theta, state, step0, batches, graphs):
-            theta, state, sums = self._steps(theta, state, step0, batches, lambda i: graph_at(graphs, i))
-            return theta, state, sums, all_finite(theta, state)
+        def steps(theta, state, step0, batches, graphs, links=None, stale=None):
+            theta, state, sums, stale = self._steps(theta, state, step0, batches, lambda i: graph_at(graphs, i),
+                                                    links, stale)
+            out = (theta, state, sums, all_finite(theta, state))
+            return out if links is None else (*out, stale)
 
         def evaluate(theta, graph, split):
             return self._evaluate(theta, graph, split)
@@ -392,6 +477,15 @@ class Trainer:
         self.steps_here = 0  # mini-batches run by this process (the MPI counters count since it started)
         self.wall = 0.0
         self.rows: list[dict] = []
+        # imperfect links: the Gilbert chains, the stale buffer (None until its slots are known), the counts
+        self._chain = GilbertState()
+        self._stale: dict[str, tf.Tensor] | None = None
+        self._link_totals, self._row_totals = LinkTotals(), LinkTotals()
+        self._packet_sizes: np.ndarray | None = None  # (rounds, 2) floats per packet, known once traced
+        self._prefetch = None  # (key, graph, future) of the next epoch's plans (_epoch_feed)
+        self._last_layout: LinkLayout | None = None
+        if not hasattr(self, "_pool"):
+            self._pool = None
 
     def _per_node(self, array) -> bool:
         """Whether an array of theta or the optimizer state has a node axis (one row per owned node)."""
@@ -412,15 +506,21 @@ class Trainer:
             return
         arrays = {"theta": self._global(self.theta.numpy())}
         arrays.update({f"state_{k}": self._global(s.numpy()) for k, s in enumerate(self.state)})
+        link_arrays = self._link_arrays() if self.links is not None else {}  # collective under MPI
         if self.run_dir is None:  # another rank than 0 under MPI: its rows went to rank 0
             return
         arrays.update({f"task/{k}": np.asarray(v) for k, v in self.task.state_arrays().items()})
+        arrays.update(link_arrays)
         meta = {
             "epoch": self.epoch, "step": self.step, "mp_rounds": self.rounds, "floats_sent": self.floats,
             "wall_s": self.wall, "rng_state": self.rng.bit_generator.state, "rows": self.rows,
             "optimizer": self.optimizer.name, "dtype": self.dtype.name,
             "cost": None if self.cost is None else asdict(self.cost),
         }
+        if self.links is not None:
+            meta["links"] = {"setup": self.links.describe(), "totals": asdict(self._link_totals),
+                             "row_totals": asdict(self._row_totals),
+                             "packet_sizes": None if self._packet_sizes is None else self._packet_sizes.tolist()}
         self.run_dir.save_checkpoint(arrays, meta)
         self.run_dir.write_metrics(self.columns, self.rows)
 
@@ -494,16 +594,81 @@ class Trainer:
             theta = tf.constant(self.backend.scatter_rows(theta.numpy()), self.dtype) if local(self.theta) else theta
             state = tuple(tf.constant(self.backend.scatter_rows(a.numpy()), a.dtype) if local(s) else a
                           for a, s in zip(state, self.state))
+        link_state = self._checked_link_state(arrays, meta, bad)
         try:
             self.task.load_state_arrays({k[len("task/"):]: v for k, v in arrays.items() if k.startswith("task/")})
         except (KeyError, ValueError, TypeError, IndexError) as exc:
             raise bad(f"has task state the task rejects ({type(exc).__name__}: {exc})") from None
         self.theta, self.state, self.cost = theta, state, cost
+        if link_state is not None:
+            self._chain, self._stale, self._link_totals, self._row_totals, self._packet_sizes = link_state
         self.epoch, self.step = meta["epoch"], meta["step"]
         self.rounds, self.floats, self.wall = meta["mp_rounds"], meta["floats_sent"], float(meta["wall_s"])
         self.rng.bit_generator.state = meta["rng_state"]
         self.rows = list(rows)
         return True
+
+    # ------------------------------------------------------------------ link state in checkpoints
+    def _link_arrays(self) -> dict[str, np.ndarray]:
+        """The link state to checkpoint: the Gilbert chains and the stale buffer, in global terms (under MPI,
+        collective: the union of the ranks' chains, each slot's entries in the global entry order of its
+        operator; rank 0 gets them, so a run resumes under any P)."""
+        chain = self._chain
+        if self.backend.distributed:
+            parts = self.backend.comm.gather(chain.arrays(), root=0)
+            if self.backend.is_root:  # a link drawn on two ranks (one receives, one sends) has one state
+                codes = np.concatenate([c["codes"] for c in parts])
+                _, first = np.unique(codes, return_index=True)
+                chain = GilbertState(codes[first], np.concatenate([c["bad"] for c in parts])[first],
+                                     np.concatenate([c["last"] for c in parts])[first])
+        out = {f"links/chain_{k}": v for k, v in chain.arrays().items()}
+        for slot, value in sorted((self._stale or {}).items()):
+            value = value.numpy()
+            if self.backend.distributed:
+                view = self._slot_operator(slot)
+                parts = self.backend.comm.gather((view.entries, value), root=0)
+                if self.backend.is_root:
+                    total = int(sum(e.size for e, _ in parts))
+                    value = np.zeros((total,) + value.shape[1:], value.dtype)
+                    for entries, part in parts:
+                        value[entries] = part
+            out[f"links/stale/{slot}"] = value
+        return out
+
+    def _slot_operator(self, slot: str):
+        """The operator (this rank's view) whose entries a stale slot is aligned with: S for fwd/bwd, W else."""
+        ops = self.graphs.ops if self.graphs.fixed else None
+        if ops is None:
+            raise ValueError("checkpointing the stale buffer under MPI needs a fixed graph")
+        return ops.shift if slot.split("/")[0] in ("fwd", "bwd") else ops.mixing
+
+    def _checked_link_state(self, arrays: Mapping, meta: Mapping, bad: Callable):
+        """(chain, stale, totals, row totals, packet sizes) of a checkpoint, checked against this trainer's
+        links (None for a run without links)."""
+        saved = meta.get("links")
+        if self.links is None:
+            if saved is not None:
+                raise bad("was run over imperfect links: resume it with its link settings")
+            return None
+        setup = self.links.describe()
+        if not isinstance(saved, dict) or saved.get("setup") != setup:
+            was = saved.get("setup") if isinstance(saved, dict) else "perfect links"
+            raise bad(f"was run with the link settings {was}, not {setup}")
+        try:
+            totals, row_totals = LinkTotals(**saved["totals"]), LinkTotals(**saved["row_totals"])
+            sizes = None if saved.get("packet_sizes") is None else np.asarray(saved["packet_sizes"], np.int64)
+            chain = GilbertState.from_arrays({k: arrays[f"links/chain_{k}"] for k in ("codes", "bad", "last")})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise bad(f"has unusable link state ({type(exc).__name__}: {exc})") from None
+        stale = {k[len("links/stale/"):]: v for k, v in arrays.items() if k.startswith("links/stale/")}
+        for slot, value in stale.items():
+            if value.dtype != self.dtype.as_numpy_dtype:
+                raise bad(f"has the stale slot {slot} in {value.dtype}, not {self.dtype.name}")
+            if self.backend.distributed:
+                value = self._slot_operator(slot).localize(np.moveaxis(value, 0, -1))
+                value = np.moveaxis(value, -1, 0)
+            stale[slot] = tf.constant(value, self.dtype)
+        return chain, (stale or None), totals, row_totals, sizes
 
     @staticmethod
     def _checked_array(arrays: Mapping, name: str, shape, dtype: tf.DType, bad: Callable) -> tf.Tensor:
@@ -531,12 +696,27 @@ class Trainer:
         return shape
 
     # ------------------------------------------------------------------ compiled pieces
-    def _step(self, theta, state, step, indices, graph: GraphOps):
-        """One mini-batch of Algorithm 1 (lines 5-13). Runs at trace time only in Python."""
+    def _step(self, theta, state, step, indices, graph: GraphOps, links=None, stale=None):
+        """One mini-batch of Algorithm 1 (lines 5-13). Runs at trace time only in Python.
+
+        ``links``: this mini-batch's plan (one slice of :meth:`_link_feed`), ``stale``: the stale buffer's
+        values; both None without a link model. Returns (theta, state, metrics, new stale values)."""
         schedule = self.task.schedule(self.optimizer, self.config.batch_size)
         transport = self.backend.transport
+        context = None
+        if links is not None:
+            graph = self._surviving_graph(graph, links)
+            # operators built inside the task on a constant pattern (e.g. a complete one) are indexed from the
+            # layout, when every mini-batch of the program has the same links (a fixed graph or equal shapes)
+            same_links = self.graphs.fixed or getattr(self.graphs, "same_shapes", False)
+            context = LinkContext(links["lost"], self.links.policy,
+                                  StaleBuffer(stale) if self.links.policy.kind == "stale" else None,
+                                  self._last_layout if same_links else None)
+            for name in ("shift", "mixing"):
+                if getattr(graph, name) is not None:
+                    context.bind(getattr(graph, name), links["index"][name], links["index"][f"{name}_t"])
         if schedule is not None:
-            exchange = CommSimulator(schedule, transport=None if transport is NO_COUNT else transport)
+            exchange = CommSimulator(schedule, transport=None if transport is NO_COUNT else transport, links=context)
         else:
             exchange = transport
         grad, metrics = self.task.gradients(theta, indices, graph, self.optimizer, exchange)
@@ -545,7 +725,28 @@ class Trainer:
         lr = self.lr(step, self.dtype)
         theta, state = consensus_update(self.optimizer, theta, state, grad, graph.mixing, lr, exchange)
         self.cost = exchange.cost() if schedule is not None else NO_COST  # counted while tracing
-        return theta, tuple(state), {k: tf.cast(metrics[k], self.dtype) for k in self.task.train_metrics}
+        if context is not None:
+            if exchange.bypassed():
+                raise ValueError(f"the task records payloads (e.g. {exchange.bypassed()[0]}) through CommSimulator."
+                                 f"record without applying the link model; its exchanges cannot run over imperfect "
+                                 f"links (docs/design.md, section 12)")
+            self._packet_sizes = exchange.packet_sizes()
+        new_stale = dict(context.stale.values) if context is not None and context.stale is not None else {}
+        return theta, tuple(state), {k: tf.cast(metrics[k], self.dtype) for k in self.task.train_metrics}, new_stale
+
+    def _surviving_graph(self, graph: GraphOps, links) -> GraphOps:
+        """Under link failures, S with its failed entries 0 and W rebuilt on the surviving graph (same patterns,
+        from the fed up-masks); else ``graph``."""
+        up = links.get("up")
+        if up is None:
+            return graph
+        shift, mixing = graph.shift, graph.mixing
+        if shift is not None:
+            keep = up["shift"][None, :] if shift.per_sample else up["shift"]
+            shift = shift._replace(values=tf.where(keep, shift.values, tf.zeros_like(shift.values)))
+        if mixing is not None:
+            mixing = surviving_mixing_tf(mixing, up["mixing"], self.links.mixing_rule)
+        return graph._replace(shift=shift, mixing=mixing)
 
     def _evaluate(self, theta, graph: GraphOps, split: str):
         metrics = {k: tf.cast(v, self.dtype) for k, v in self.task.evaluate(theta, graph, split).items()}
@@ -555,24 +756,142 @@ class Trainer:
             metrics["consensus_error"] = self.backend.consensus_error(theta)
         return metrics
 
-    def _steps(self, theta, state, step0, batches, graph_of: Callable):
-        """The mini-batches ``batches`` in one loop, mini-batch i on ``graph_of(i)``; returns the new
-        (theta, state) and the sums over the mini-batches of the training metrics."""
+    def _steps(self, theta, state, step0, batches, graph_of: Callable, links=None, stale=None):
+        """The mini-batches ``batches`` in one loop, mini-batch i on ``graph_of(i)`` (and on plan i of ``links``,
+        the stale buffer carried through); returns the new (theta, state), the sums over the mini-batches of
+        the training metrics and the new stale values ({} without links)."""
         sums = {k: tf.zeros([], self.dtype) for k in self.task.train_metrics}
-
-        def body(i, theta, state, sums):
-            theta, state, metrics = self._step(theta, state, step0 + tf.cast(i, tf.int64), batches[i], graph_of(i))
-            return i + 1, theta, state, {k: sums[k] + metrics[k] for k in sums}
-
         n = tf.shape(batches)[0]
-        _, theta, state, sums = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), theta, state, sums))
-        return theta, tuple(state), sums
+        if links is None:
+            def body(i, theta, state, sums):
+                theta, state, metrics, _ = self._step(theta, state, step0 + tf.cast(i, tf.int64), batches[i],
+                                                      graph_of(i))
+                return i + 1, theta, state, {k: sums[k] + metrics[k] for k in sums}
 
-    def _epoch(self, theta, state, step0, batches, graph: GraphOps):
+            _, theta, state, sums = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), theta, state, sums))
+            return theta, tuple(state), sums, {}
+
+        def lossy_body(i, theta, state, sums, stale):
+            plan = tf.nest.map_structure(lambda t: t[i], links)
+            theta, state, metrics, stale = self._step(theta, state, step0 + tf.cast(i, tf.int64), batches[i],
+                                                      graph_of(i), plan, stale)
+            return i + 1, theta, state, {k: sums[k] + metrics[k] for k in sums}, stale
+
+        _, theta, state, sums, stale = tf.while_loop(lambda i, *_: i < n, lossy_body,
+                                                     (tf.constant(0), theta, state, sums, dict(stale or {})))
+        return theta, tuple(state), sums, stale
+
+    def _epoch(self, theta, state, step0, batches, graph: GraphOps, links=None, stale=None):
         """All mini-batches of an epoch in one loop, then the test evaluation (one compiled program)."""
-        theta, state, sums = self._steps(theta, state, step0, batches, lambda i: graph)
+        theta, state, sums, stale = self._steps(theta, state, step0, batches, lambda i: graph, links, stale)
         means = {k: v / tf.cast(tf.shape(batches)[0], self.dtype) for k, v in sums.items()}
-        return theta, state, means, self._evaluate(theta, graph, "test"), all_finite(theta, state)
+        out = (theta, state, means, self._evaluate(theta, graph, "test"), all_finite(theta, state))
+        return out if links is None else (*out, stale)
+
+    # ------------------------------------------------------------------ imperfect links, in Python
+    def _layout(self, graph: GraphOps) -> LinkLayout:
+        """The links and per-operator entry indices of a graph (cached per graph object: once for a fixed graph)."""
+        key = id(graph)
+        if key not in self._layouts or self._layouts[key][0] is not graph:
+            if len(self._layouts) > 64:
+                self._layouts.clear()
+            ops = {"shift": graph.shift, "mixing": graph.mixing}
+            if self.links.model.link_failure > 0 and graph.mixing is not None:
+                check_diagonal(graph.mixing, "the mixing operator W")
+            owned = self.backend.owned if self.backend.distributed else None
+            self._layouts[key] = (graph, LinkLayout(ops, owned))
+        return self._layouts[key][1]
+
+    def _epoch_feed(self, first_step: int, graph: GraphOps, num: int):
+        """:meth:`_link_feed` of a fixed-graph epoch. Plans of independent erasures and link failures are pure
+        functions of the stream (no chain state), so the next epoch's are drawn in a background thread while
+        this epoch's compiled call runs (TensorFlow and NumPy release the GIL): a draw that matches the
+        request is taken from it, anything else (a rollback, a resume, a Gilbert chain) is drawn here."""
+        key = (first_step, num, id(graph))
+        pending, self._prefetch = self._prefetch, None
+        if pending is not None and pending[0] == key and pending[1] is graph:
+            feed = pending[2].result()
+        else:
+            feed = self._link_feed(first_step, [graph] * num)
+        if self.links.model.gilbert is None:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="link-plans")
+            nxt = (first_step + num, num, id(graph))
+            self._prefetch = (nxt, graph, self._pool.submit(self._link_feed, first_step + num, [graph] * num))
+        return feed
+
+    def _link_feed(self, first_step: int, graphs: Sequence[GraphOps]):
+        """Draw the plans of mini-batches ``first_step ..`` on ``graphs`` (one per mini-batch): the compiled
+        programs' ``links`` argument (stacked tensors: ``lost`` (n, T, P, E); ``index``: per operator the link of
+        each entry and of its transpose's; ``up``: per operator its surviving entries, under link failures) and
+        what the commit counts (the stacked plans, undirected links drawn and down)."""
+        layouts = [self._layout(g) for g in graphs]
+        layout = self._last_layout = layouts[0]
+        for other in layouts[1:]:
+            if other is not layout and not (np.array_equal(other.senders, layout.senders)
+                                            and np.array_equal(other.receivers, layout.receivers)):
+                raise ValueError("graphs drawn per mini-batch with equal shapes must have the same links under a link "
+                                 "model (a fixed pattern whose cut links are zero weights)")
+        model, n = self.links.model, len(graphs)
+        up, links_drawn, links_down = None, 0, 0
+        if model.link_failure > 0:
+            up = np.stack([model.link_up(first_step + k, layout.senders, layout.receivers) for k in range(n)])
+            once = (layout.senders < layout.receivers) & layout.counted  # each undirected link once
+            links_drawn, links_down = n * int(once.sum()), int((~up & once[None]).sum())
+        plans = draw_plans(model, first_step, n, layout.senders, layout.receivers, self._schedule.packets_per_round(),
+                           self.links.policy, chain=self._chain, active=up, counted=layout.counted)
+        feed = {"lost": plans.lost, "index": {}}
+        for name in ("shift", "mixing"):
+            if name in layout.index:
+                feed["index"][name] = tf.constant(np.stack([lay.index[name][0] for lay in layouts]))
+                feed["index"][f"{name}_t"] = tf.constant(np.stack([lay.index[name][1] for lay in layouts]))
+        if up is not None:
+            feed["up"] = {name: tf.constant(np.stack([np.where(lay.index[name][0] >= 0,
+                                                               up[k][np.maximum(lay.index[name][0], 0)], True)
+                                                      for k, lay in enumerate(layouts)]))
+                          for name in ("shift", "mixing") if name in layout.index}
+        return feed, (plans, links_drawn, links_down)
+
+    def _stale_values(self, graph: GraphOps, feed, indices) -> dict | None:
+        """The stale buffer to feed (policy ``stale``): its slots and shapes are what one traced step puts into
+        an empty buffer, found once by tracing a step (no XLA compile), all zeros to start."""
+        if self.links.policy.kind != "stale":
+            return {}
+        if self._stale is None:
+            one = tf.nest.map_structure(lambda t: t[0], feed)
+            trace = tf.function(lambda *a: self._step(*a)[3], autograph=False)
+            specs = trace.get_concrete_function(self.theta, self.state, tf.constant(self.step, tf.int64),
+                                                tf.constant(indices), graph, one, {}).structured_outputs
+            self._stale = {k: tf.zeros(v.shape, v.dtype) for k, v in specs.items()}
+        return self._stale
+
+    def _count_links(self, draws) -> tuple[int, int]:
+        """Add the draws of committed mini-batches to the link totals; returns their (extra rounds, extra floats
+        per node) for mp_rounds and floats_sent_per_node (module docstring)."""
+        sizes = self._packet_sizes
+        totals = self._link_totals
+        extra_rounds = extra_floats = 0
+        for plans, links_drawn, links_down in draws:
+            extra, retransmitted = plans.extra_rounds, plans.retransmitted
+            counts = np.array([plans.packets.sum(), plans.lost_packets.sum(), plans.still_lost.sum(), links_drawn,
+                               links_down], np.int64)
+            if self.backend.distributed:  # a retransmission round is global: the worst link of any rank
+                extra = np.asarray(self.backend.transport.allreduce_max(extra), np.int64)
+                retransmitted = np.asarray(self.backend.transport.allreduce_max(retransmitted), np.int64)
+                counts = np.asarray(self.backend.transport.allreduce_sum(counts), np.int64)
+            extra_rounds += int(extra.sum())
+            if retransmitted.size:
+                extra_floats += int((retransmitted.sum(axis=0) * sizes[:, :retransmitted.shape[-1]]).sum())
+            totals.packets += int(counts[0])
+            totals.lost += int(counts[1])
+            totals.still_lost += int(counts[2])
+            totals.links += int(counts[3])
+            totals.links_down += int(counts[4])
+        totals.extra_rounds += extra_rounds
+        totals.extra_floats += extra_floats
+        return extra_rounds, extra_floats
 
     # ------------------------------------------------------------------ the loop
     def run(self, resume: bool = False, until_epoch: int | None = None,
@@ -602,7 +921,8 @@ class Trainer:
                 start = time.perf_counter()
                 graph = self.graphs.ops if fixed else None
                 # eagerly: runs once, so compiling it would cost more than it saves
-                metrics = self._evaluate(self.theta, graph, "test")
+                metrics = self._evaluate_under_loss(self.theta, graph, 0) if self._eval_lossy else \
+                    self._evaluate(self.theta, graph, "test")
                 metrics.update(self._evaluate(self.theta, graph, "train"))
                 metrics = self.backend.reduce_metrics({k: float(v) for k, v in metrics.items()},
                                                       exclude=("consensus_error",))
@@ -619,7 +939,9 @@ class Trainer:
                 snapshot = self._snapshot()
                 start = time.perf_counter()
                 batches = self.batches.draw(self.rng)
-                if fixed and per_epoch:
+                if fixed and per_epoch and self._lossy:
+                    self._run_lossy_epoch(batches, start)
+                elif fixed and per_epoch:
                     theta, state, train, test, finite = self.epoch_fn(
                         self.theta, self.state, tf.constant(self.step, tf.int64), tf.constant(batches), self.graphs.ops)
                     self._commit(theta, state, len(batches), start, {**train, **test}, finite=finite)
@@ -700,60 +1022,124 @@ class Trainer:
 
     def _snapshot(self) -> tuple:
         """The loop state at an epoch boundary (tensors are immutable, so references suffice)."""
+        links = (self._chain.copy(), self._stale, LinkTotals(**asdict(self._link_totals)),
+                 LinkTotals(**asdict(self._row_totals)))
         return (self.theta, self.state, self.rng.bit_generator.state, self.epoch, self.step, self.rounds,
-                self.floats, self.wall, len(self.rows), self.task.state_arrays())
+                self.floats, self.wall, len(self.rows), self.task.state_arrays(), links)
 
     def _restore_snapshot(self, snapshot: tuple) -> None:
         (self.theta, self.state, rng_state, self.epoch, self.step, self.rounds, self.floats, self.wall, n,
-         task_state) = snapshot
+         task_state, links) = snapshot
         self.rng.bit_generator.state = rng_state
         self.task.load_state_arrays(task_state)
         del self.rows[n:]
+        self._chain, self._stale, self._link_totals, self._row_totals = links
+        self._chain = self._chain.copy()  # the snapshot stays valid for another rollback
 
     def _run_steps(self, batches: np.ndarray, start: float, per_epoch: bool):
         """An epoch as one compiled call per mini-batch (per-step logging, or a graph per mini-batch)."""
-        theta, state, sums, flags = self.theta, self.state, {}, []
+        theta, state, sums, flags, draws = self.theta, self.state, {}, [], []
         graph = self.graphs.ops if self.graphs.fixed else None
         step0 = self.step  # per-step logging advances self.step within the loop: t = step0 + b
+        stale = None
         for b, indices in enumerate(batches):
             if not self.graphs.fixed:
                 graph = self.graphs.draw(self.rng)
-            theta, state, metrics, finite = self.step_fn(theta, state, tf.constant(step0 + b, tf.int64),
-                                                          tf.constant(indices), graph)
+            if self._lossy:  # this mini-batch's plan, drawn before the call
+                feed, draw = self._link_feed(step0 + b, [graph])
+                stale = self._stale_values(graph, feed, indices) if stale is None else stale
+                theta, state, metrics, finite, stale = self.step_fn(
+                    theta, state, tf.constant(step0 + b, tf.int64), tf.constant(indices), graph,
+                    tf.nest.map_structure(lambda t: t[0], feed), stale)
+                draws.append(draw)
+            else:
+                theta, state, metrics, finite = self.step_fn(theta, state, tf.constant(step0 + b, tf.int64),
+                                                              tf.constant(indices), graph)
             if not per_epoch:
-                test = self.eval_fn(theta, graph, "test")
+                test = self._test_metrics(theta, graph, self.step + 1)
                 self._commit(theta, state, 1, start, {**metrics, **test}, end_of_epoch=b == len(batches) - 1,
-                             finite=finite)
+                             finite=finite, links=draws, stale=stale)
+                draws = []
                 start = time.perf_counter()
             else:
                 sums = {k: sums.get(k, 0.0) + float(v) for k, v in metrics.items()}
                 flags.append(finite)  # checked once, at the commit
         if per_epoch:
-            test = self.eval_fn(theta, graph, "test")
+            test = self._test_metrics(theta, graph, self.step + len(batches))
             means = {k: v / len(batches) for k, v in sums.items()}
-            self._commit(theta, state, len(batches), start, {**means, **test}, finite=flags)
+            self._commit(theta, state, len(batches), start, {**means, **test}, finite=flags, links=draws, stale=stale)
 
     def _run_stacked(self, batches: np.ndarray, start: float):
         """An epoch on a graph per mini-batch of equal shapes: ``steps_per_call`` mini-batches per call."""
-        theta, state, sums, flags = self.theta, self.state, {}, []
+        theta, state, sums, flags, draws = self.theta, self.state, {}, [], []
         chunk = self.config.steps_per_call
+        stale = None
         for begin in range(0, len(batches), chunk):
             indices = batches[begin:begin + chunk]
             drawn = [self.graphs.draw(self.rng) for _ in range(len(indices))]
-            theta, state, chunk_sums, finite = self.steps_fn(theta, state, tf.constant(self.step + begin, tf.int64),
-                                                             tf.constant(indices), stack_graphs(drawn))
+            step0 = tf.constant(self.step + begin, tf.int64)
+            if self._lossy:
+                feed, draw = self._link_feed(self.step + begin, drawn)
+                stale = self._stale_values(drawn[0], feed, indices[0]) if stale is None else stale
+                theta, state, chunk_sums, finite, stale = self.steps_fn(theta, state, step0, tf.constant(indices),
+                                                                        stack_graphs(drawn), feed, stale)
+                draws.append(draw)
+            else:
+                theta, state, chunk_sums, finite = self.steps_fn(theta, state, step0, tf.constant(indices),
+                                                                 stack_graphs(drawn))
             sums = {k: sums.get(k, 0.0) + v for k, v in chunk_sums.items()}  # tensors: no wait here
             flags.append(finite)  # likewise
-        test = self.eval_fn(theta, drawn[-1], "test")  # the last graph, as in _run_steps
+        test = self._test_metrics(theta, drawn[-1], self.step + len(batches))  # the last graph, as in _run_steps
         self._commit(theta, state, len(batches), start, {**{k: v / len(batches) for k, v in sums.items()}, **test},
-                     finite=flags)
+                     finite=flags, links=draws, stale=stale)
+
+    def _run_lossy_epoch(self, batches: np.ndarray, start: float):
+        """A fixed-graph epoch as one compiled call under a link model: the epoch's plans drawn first, stacked."""
+        graph = self.graphs.ops
+        feed, draw = self._epoch_feed(self.step, graph, len(batches))
+        stale = self._stale_values(graph, feed, batches[0])
+        theta, state, train, test, finite, stale = self.epoch_fn(
+            self.theta, self.state, tf.constant(self.step, tf.int64), tf.constant(batches), graph, feed, stale)
+        if self._eval_lossy:
+            test = self._test_metrics(theta, graph, self.step + len(batches))
+        self._commit(theta, state, len(batches), start, {**train, **test}, finite=finite, links=[draw], stale=stale)
+
+    def _test_metrics(self, theta, graph: GraphOps, evaluation: int) -> dict:
+        """The test metrics of a row: over lossless links (the compiled evaluation), or, with
+        ``eval_under_loss``, over links drawn for evaluation ``evaluation`` (:meth:`_evaluate_under_loss`)."""
+        if self._eval_lossy:
+            return self._evaluate_under_loss(theta, graph, evaluation)
+        return self.eval_fn(theta, graph, "test")
+
+    def _evaluate_under_loss(self, theta, graph: GraphOps, evaluation: int) -> dict:
+        """The test metrics over imperfect links (``eval_under_loss``), eagerly: the task's evaluation runs with
+        a backend whose ``eval_transport`` is an :class:`_EvaluationLinks` exchange drawing from
+        ``model.for_evaluation(evaluation)`` (fresh chains, a fresh stale buffer, its own links down), so
+        evaluating never changes the training draws. The task must evaluate through ``task.backend.eval_transport``
+        (as :class:`core.supervised.SupervisedGCNN` does)."""
+        exchange = _EvaluationLinks(self.links.model.for_evaluation(evaluation), self.links.policy,
+                                    self._schedule.L, self._layout(graph))
+        backend = self.task.backend if hasattr(self.task, "backend") else None
+        self.task.backend = _EvaluationBackend(backend or self.backend, exchange)
+        try:
+            metrics = self._evaluate(theta, graph, "test")
+        finally:
+            if backend is None:
+                del self.task.backend
+            else:
+                self.task.backend = backend
+        if not exchange.used:
+            raise ValueError("eval_under_loss needs a task whose evaluation exchanges through task.backend."
+                             "eval_transport; this one does not")
+        return metrics
 
     def _commit(self, theta, state, steps: int, start: float, metrics: Mapping, end_of_epoch: bool = True,
-                finite=None):
+                finite=None, links=(), stale=None):
         """Adopt the new parameters and log a row (after the compiled call has finished).
 
         ``finite``: the :func:`all_finite` flags of the call(s) that produced the row; a non-finite metric
-        or flag raises _NonFinite (nothing is adopted), which :meth:`run` turns into RunDiverged.
+        or flag raises _NonFinite (nothing is adopted), which :meth:`run` turns into RunDiverged. ``links``:
+        the draws of the row's mini-batches (:meth:`_link_feed`), ``stale``: the new stale buffer.
         """
         metrics = {k: float(v) for k, v in metrics.items()}  # waits for the computation
         # node-means of this process's nodes -> of all nodes (the consensus error is global already)
@@ -765,6 +1151,12 @@ class Trainer:
         self.epoch += int(end_of_epoch)
         self.rounds += steps * self.cost.rounds
         self.floats += steps * self.cost.floats_per_node
+        if links:
+            extra_rounds, extra_floats = self._count_links(links)
+            self.rounds += extra_rounds
+            self.floats += extra_floats
+        if stale:
+            self._stale = stale
         self.wall += time.perf_counter() - start
         self._log(metrics)
 
@@ -773,6 +1165,11 @@ class Trainer:
                "lr": self.lr.value(max(self.step - 1, 0))}  # alpha_t of the last update
         row.update({k: float(metrics[k]) for k in (*self.task.train_metrics, *self.task.test_metrics,
                                                    "consensus_error")})
+        if self.links is not None:  # the rates of this row's mini-batches, the extra rounds so far
+            row.update(self._link_totals.minus(self._row_totals).rates())
+            row["extra_rounds"] = self._link_totals.extra_rounds
+            self._row_totals = LinkTotals(**asdict(self._link_totals))
+            row = {c: row[c] for c in self.columns if c in row}  # the column order
         row["wall_s"] = round(self.wall, 6)
         self.rows.append(row)
 
@@ -803,6 +1200,12 @@ class Trainer:
         })
         if self.backend.distributed:  # what really went over the wire, per rank (collective)
             out.update(self.wire_counts())
+        if self.links is not None:
+            totals = self._link_totals
+            out.update(totals.rates())
+            out.update({"packets": totals.packets, "extra_rounds": totals.extra_rounds,
+                        "extra_rounds_per_batch": totals.extra_rounds / max(self.step, 1),
+                        "extra_floats_per_node": totals.extra_floats, "links": self.links.describe()})
         out.update(self.extra_summary)
         return out
 
@@ -818,3 +1221,48 @@ class Trainer:
                 "mpi_messages_sent_per_batch": [m / steps for m in counts["messages_sent"]],
                 "mpi_bytes_sent_per_batch": [b / steps for b in counts["bytes_sent"]],
                 "mpi_seconds_in_mpi": counts["seconds_in_mpi"]}
+
+
+class _EvaluationBackend:
+    """A task's backend with another ``eval_transport`` (see :meth:`Trainer._evaluate_under_loss`)."""
+
+    def __init__(self, backend, eval_transport: Exchange):
+        self._backend, self.eval_transport = backend, eval_transport
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+class _EvaluationLinks(Exchange):
+    """The forward exchanges of an evaluation over imperfect links (eager).
+
+    An exchange ``("fwd", l)`` of N samples is N rounds, sample b's in round b L + l - 1 (the ``forward``
+    schedule of N samples); the evaluation's plan over those L N rounds is drawn when the first exchange shows
+    N. Links down for the evaluation carry nothing (S restricted to the surviving links)."""
+
+    def __init__(self, model: LinkModel, policy: LossPolicy, num_layers: int, layout: LinkLayout):
+        self.model, self.policy, self.L, self.layout = model, policy, int(num_layers), layout
+        self.used = 0
+        self._context = None
+        self._up = None
+
+    def propagate(self, op: Operator, x: tf.Tensor, message=None) -> tf.Tensor:
+        kind, layer = message[0], int(message[1])
+        if kind != "fwd":
+            raise ValueError(f"an evaluation over imperfect links runs forward exchanges only, got {message}")
+        samples = int(x.shape[1]) if x.shape.rank == 3 else 1
+        if self._context is None:
+            s, r = self.layout.senders, self.layout.receivers
+            self._up = self.model.link_up(0, s, r) if self.model.link_failure > 0 else None
+            plan = self.model.plan(0, s, r, [1] * (self.L * samples), self.policy, active=self._up)
+            self._context = LinkContext(plan.lost, self.policy, StaleBuffer(), self.layout)
+        self.used += 1
+        mask = self._context.mask(op, [b * self.L + layer - 1 for b in range(samples)])
+        if x.shape.rank != 3:
+            mask = mask[0]
+        if self._up is not None:
+            index = self._context.index_of(op)
+            keep = tf.where(index >= 0, tf.gather(tf.constant(self._up), tf.maximum(index, 0)), True)
+            op = op._replace(values=tf.where(keep[None] if op.per_sample else keep, op.values,
+                                             tf.zeros_like(op.values)))
+        return lossy_apply(op, x, mask, self.policy, self._context.stale, ("fwd", layer))

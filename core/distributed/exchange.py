@@ -24,6 +24,11 @@ respect to the features only: operator values are data, as in :class:`core.comm.
 ``tf.numpy_function`` cannot be compiled by XLA: a ``tf.function(jit_compile=True)`` step cannot contain
 an MPI exchange (the compiled parts must sit between exchanges).
 
+An operator that changes from call to call of one compiled program (App C draws a conflict graph per
+mini-batch) is passed as a :class:`TensorView` (:meth:`MPIExchange.tensor_view`): the same view and plan as
+tensors that are inputs of the ``tf.function``, so one trace serves every graph whose edges lie in the union
+the exchange was built on, each exchanging its own halo.
+
 Debug mode (``debug=True`` or the environment variable ``FDTRAIN_MPI_DEBUG=1``): before each exchange
 every rank sends each neighbour a header (sequence number, operator key, direction, element count) in a
 ``Neighbor_alltoall`` and compares what it receives with what it is about to do; a difference raises
@@ -45,6 +50,7 @@ import time
 import weakref
 from dataclasses import dataclass, fields
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 
@@ -95,6 +101,51 @@ class ExchangeCounters:
             setattr(self, f.name, type(getattr(self, f.name))(0))
 
 
+class TensorView(NamedTuple):
+    """An :class:`OperatorView` as tensors, for operators that change between calls of one compiled program
+    (a graph drawn per mini-batch, App C): its index arrays, values and ghost count are inputs of the
+    ``tf.function`` instead of constants of its trace, so one trace serves every graph whose edges lie in the
+    communicator's union. ``plan`` (int64 scalar) names the registered :class:`OperatorView` whose exchange
+    plan the MPI call follows (:meth:`MPIExchange.tensor_view`); exchanged exactly like that view."""
+
+    rows: object  # (nnz_local,) int32 local receivers
+    cols: object  # (nnz_local,) int32 extended senders, into [x_own; ghost rows]
+    values: object  # (nnz_local,) or (B, nnz_local)
+    send_index: object  # (n_send,) int32 owned rows sent in the forward exchange
+    num_ghosts: object  # () int32
+    plan: object  # () int64, the view's index in the exchange's registry
+    num_nodes: int  # n_own (static: the same for every graph of the run)
+
+    @property
+    def per_sample(self) -> bool:
+        return self.values.shape.rank == 2
+
+    def transposed(self) -> TransposedTensorView:
+        return TransposedTensorView(self)
+
+
+@dataclass(frozen=True, eq=False)
+class TransposedTensorView:
+    """M^T of a :class:`TensorView`: the reverse exchange."""
+
+    base: TensorView
+
+    def transposed(self) -> TensorView:
+        return self.base
+
+    @property
+    def num_nodes(self) -> int:
+        return self.base.num_nodes
+
+    @property
+    def per_sample(self) -> bool:
+        return self.base.per_sample
+
+    @property
+    def values(self):
+        return self.base.values
+
+
 class MPIExchange(Exchange):
     """Forward and reverse exchanges of operator views over MPI (module docstring).
 
@@ -138,6 +189,7 @@ class MPIExchange(Exchange):
         self.counters = ExchangeCounters()
         self.sequence = 0  # exchanges performed so far on this rank (must be equal on all ranks)
         self._tensors = weakref.WeakKeyDictionary()  # view -> {dtype: TF constants}
+        self._plans: list[OperatorView] = []  # the views of tensor_view, by TensorView.plan
 
     # ------------------------------------------------------------------ views
     def view(self, op) -> OperatorView:
@@ -227,6 +279,10 @@ class MPIExchange(Exchange):
         used: logical counts are the simulator's, this class counts bytes.
         """
         del message
+        if isinstance(op, TensorView):
+            return self._tensor_forward_tf(op, x)
+        if isinstance(op, TransposedTensorView):
+            return self._tensor_reverse_tf(op.base, x)
         if isinstance(op, TransposedView):
             return self._reverse_tf(op.base, x)
         if isinstance(op, OperatorView):
@@ -251,6 +307,13 @@ class MPIExchange(Exchange):
                                 stateful=True, name="mpi_neighbor_alltoallv")
         out.set_shape([rows] + buffer.shape[1:].as_list())
         return out
+
+    def communicate(self, view: OperatorView, buffer, reverse: bool = False):
+        """:meth:`exchange_rows` as a TensorFlow op (stateful, so a ``tf.function`` keeps the program order):
+        the received rows, with their static shape. No gradient of its own: an exchange built on it wraps it
+        in a ``tf.custom_gradient`` whose backward is the other direction, as :meth:`propagate` does (e.g.
+        App B's exchanges on complete per-sample operators, apps/power_allocation/exchange.py)."""
+        return self._communicate_tf(view, buffer, reverse, view.num_sent if reverse else view.num_ghosts)
 
     def _forward_tf(self, view: OperatorView, x):
         import tensorflow as tf
@@ -290,6 +353,136 @@ class MPIExchange(Exchange):
 
         return reverse(x)
 
+    # ------------------------------------------------------------------ operators drawn per call (TensorView)
+    def tensor_view(self, op, dtype) -> TensorView:
+        """The :class:`TensorView` of a global operator (or of an :class:`OperatorView` made by :meth:`view`),
+        its plan registered here: pass it to a ``tf.function`` as an argument. Its edges must lie in the union
+        this exchange was built on. Eager (call it outside traced code)."""
+        import tensorflow as tf
+
+        view = op if isinstance(op, OperatorView) else self.view(op)
+        self._plans.append(view)
+        with tf.init_scope():
+            return TensorView(tf.constant(view.rows), tf.constant(view.cols), tf.constant(view.values, dtype),
+                              tf.constant(view.send_index), tf.constant(view.num_ghosts, tf.int32),
+                              tf.constant(len(self._plans) - 1, tf.int64), view.num_owned)
+
+    def _plan_exchange_tf(self, view: TensorView, buffer, reverse: bool):
+        import tensorflow as tf
+
+        def run(buffer, plan):
+            return self.exchange_rows(self._plans[int(plan)], buffer, reverse=reverse)
+
+        out = tf.numpy_function(run, [buffer, view.plan], buffer.dtype, stateful=True, name="mpi_neighbor_alltoallv")
+        out.set_shape([None] + buffer.shape[1:].as_list())
+        return out
+
+    def _tensor_forward_tf(self, view: TensorView, x):
+        import tensorflow as tf
+
+        from core.ops import Operator, apply_operator
+
+        x = tf.convert_to_tensor(x)
+
+        @tf.custom_gradient
+        def forward(x):
+            ghosts = self._plan_exchange_tf(view, tf.gather(x, view.send_index), False)
+            with tf.control_dependencies([ghosts]):  # the collective runs on every rank, even with no rows
+                y = apply_operator(Operator(view.rows, view.cols, view.values, view.num_nodes),
+                                   tf.concat([x, ghosts], axis=0))
+            return y, lambda dy: self._tensor_reverse_tf(view, dy)
+
+        return forward(x)
+
+    def _tensor_reverse_tf(self, view: TensorView, x):
+        import tensorflow as tf
+
+        from core.ops import Operator, apply_operator
+
+        x = tf.convert_to_tensor(x)
+
+        @tf.custom_gradient
+        def reverse(x):
+            n_own = view.num_nodes
+            contrib = apply_operator(Operator(view.cols, view.rows, view.values, n_own + view.num_ghosts), x)
+            back = self._plan_exchange_tf(view, contrib[n_own:], True)
+            with tf.control_dependencies([back]):  # the collective runs on every rank, even with no rows
+                y = contrib[:n_own] + tf.math.unsorted_segment_sum(back, view.send_index, n_own)
+            return y, lambda dy: self._tensor_forward_tf(view, dy)
+
+        return reverse(x)
+
+    # ------------------------------------------------------------------ exchanges with their own local arithmetic
+    def propagate_with(self, op, x, local):
+        """``op @ x`` for this rank's rows where ``local(local_operator, block)`` does the local gather + segment
+        sum that :meth:`propagate` does with :func:`core.ops.apply_operator`: e.g. :func:`core.links.lossy_apply`
+        under a lost mask aligned with the view's entries (the link model, docs/design.md, section 12).
+
+        Forward (an :class:`OperatorView`): the ghost rows are exchanged, then ``local(Operator(rows, cols,
+        values, n_own), [x_own; ghosts])``. Reverse (its ``transposed()``): ``local(Operator(cols, rows, values,
+        n_own + n_ghost), x_own)`` gives the contributions to every extended column, whose ghost part goes back
+        to the owners. The communication steps are differentiable (each one's gradient is the other
+        direction), so TensorFlow differentiates ``local`` as usual.
+        """
+        if isinstance(op, TransposedView):
+            return self._reverse_with(op.base, _tf_convert(x), local)
+        if isinstance(op, OperatorView):
+            return self._forward_with(op, _tf_convert(x), local)
+        raise TypeError(f"MPIExchange.propagate_with needs an OperatorView (exchange.view(op)) or its transposed(), "
+                        f"got {type(op).__name__}")
+
+    def _ghost_rows_tf(self, view: OperatorView, x):
+        """The ghost rows of ``view`` (forward communication); gradient: the reverse communication, added at
+        ``send_index``."""
+        import tensorflow as tf
+
+        @tf.custom_gradient
+        def ghosts(x):
+            send_index = self._constants(view, x.dtype)[3]
+            out = self._communicate_tf(view, tf.gather(x, send_index), False, view.num_ghosts)
+
+            def backward(d_ghosts):
+                back = self._communicate_tf(view, d_ghosts, True, view.num_sent)
+                return tf.math.unsorted_segment_sum(back, send_index, view.num_owned)
+
+            return out, backward
+
+        return ghosts(x)
+
+    def _returned_rows_tf(self, view: OperatorView, contributions):
+        """The ghost contributions sent back to their owners (reverse communication), as rows to add at
+        ``send_index``; gradient: the forward communication."""
+        import tensorflow as tf
+
+        @tf.custom_gradient
+        def back(contributions):
+            out = self._communicate_tf(view, contributions, True, view.num_sent)
+            return out, lambda d_back: self._communicate_tf(view, d_back, False, view.num_ghosts)
+
+        return back(contributions)
+
+    def _forward_with(self, view: OperatorView, x, local):
+        import tensorflow as tf
+
+        from core.ops import Operator
+
+        rows, cols, values, _ = self._constants(view, x.dtype)
+        ghosts = self._ghost_rows_tf(view, x)
+        with tf.control_dependencies([ghosts]):  # the collective runs on every rank, even with no rows
+            return local(Operator(rows, cols, values, view.num_owned), tf.concat([x, ghosts], axis=0))
+
+    def _reverse_with(self, view: OperatorView, x, local):
+        import tensorflow as tf
+
+        from core.ops import Operator
+
+        rows, cols, values, send_index = self._constants(view, x.dtype)
+        n_own = view.num_owned
+        contrib = local(Operator(cols, rows, values, n_own + view.num_ghosts), x)
+        back = self._returned_rows_tf(view, contrib[n_own:])
+        with tf.control_dependencies([back]):
+            return contrib[:n_own] + tf.math.unsorted_segment_sum(back, send_index, n_own)
+
     # ------------------------------------------------------------------ reductions for logged metrics
     def allreduce_sum(self, value):
         """Sum over ranks of a number or array (float64 for floats); every rank gets the result."""
@@ -326,6 +519,12 @@ class MPIExchange(Exchange):
         if self.graph_comm is not None and self.graph_comm != self.MPI.COMM_NULL:
             self.graph_comm.Free()
         self.graph_comm = None
+
+
+def _tf_convert(x):
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(x)
 
 
 def _displs(counts: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from core.links import (
     INIT,
     LOSS,
     GilbertElliott,
+    LinkContext,
     LinkModel,
     LossPolicy,
     StaleBuffer,
@@ -426,3 +427,119 @@ def test_policies_and_flags_parse():
     model = LinkModel.from_flags(3, 0.0, 0.1, 0.05, 0.2, 0.0, 0.5)
     assert model.gilbert == GilbertElliott(0.05, 0.2, 0.0, 0.5) and model.link_failure == 0.1 and model.active
     assert LinkModel.from_flags(3).gilbert is None
+
+
+# ------------------------------------------------------------------------ what the exchanges are fed
+def test_the_tensorflow_stream_and_stacked_plans_equal_the_numpy_reference_bit_for_bit():
+    from core.links import draw_plans, stream_hash_tf
+
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 2 ** 40, size=(200, 8))
+    np.testing.assert_array_equal(stream_hash_tf(*(tf.constant(k, tf.int64) for k in keys.T)).numpy(),
+                                  stream_hash(*keys.T))
+    g = graph(14, 0.4)
+    s, r = links(g)
+    s, r = np.append(s, 2), np.append(r, 2)  # a diagonal "link" is never lost
+    counts = [2] * 5 + [1] * 4
+    active = rng.random((3, s.size)) < 0.8
+    counted = rng.random(s.size) < 0.7
+    for model, policy in ((LinkModel(5, 0.3), "zero"), (LinkModel(5, 0.3), "retransmit:2"),
+                          (LinkModel(5, 0.0, link_failure=0.2), "retransmit:1"),
+                          (LinkModel(5, gilbert=GilbertElliott(0.2, 0.3, 0.1, 0.8)), "retransmit:1")):
+        batch = draw_plans(model, 7, 3, s, r, counts, policy, active=active, counted=counted)
+        ref = LinkModel(5, model.loss_prob, model.link_failure, model.gilbert)
+        for k in range(3):
+            plan = ref.plan(7 + k, s, r, counts, policy, active=active[k])
+            np.testing.assert_array_equal(batch.lost.numpy()[k], plan.lost)
+            np.testing.assert_array_equal(batch.first_lost.numpy()[k], plan.first_lost)
+            np.testing.assert_array_equal(batch.extra_rounds[k], plan.extra_rounds)
+            np.testing.assert_array_equal(batch.retransmitted[k], plan.retransmitted)
+            np.testing.assert_array_equal(plan.extra_rounds, plan.retransmitted.max(axis=1))
+            live = active[k] & (s != r) & counted
+            assert batch.packets[k] == sum(counts) * live.sum()
+            assert batch.lost_packets[k] == plan.first_lost[:, :, counted].sum()
+            assert batch.still_lost[k] == plan.lost[:, :, counted].sum()
+            assert not plan.lost[:, :, ~active[k]].any() and not plan.lost[:, :, s == r].any()
+        assert model.counters.packets == 0  # draw_plans returns its counts and leaves the model's alone
+    assert batch.extra_rounds.max() >= 1
+
+
+def test_layouts_and_contexts_give_each_operator_entry_its_link():
+    from core.links import LinkLayout
+
+    g = graph(12, 0.4)
+    shift = to_operator(g.shift_operator("normalized_laplacian"), F64)
+    mixing = to_operator(g.metropolis_hastings(), F64)
+    layout = LinkLayout({"shift": shift, "mixing": mixing})
+    assert layout.num_links == g.senders.size and layout.counted.all()
+    plan = LinkModel(seed=2, loss_prob=0.4).plan(1, layout.senders, layout.receivers, [2, 1, 2])
+    ctx = LinkContext(plan.lost, layout=layout)
+    ctx.bind(shift, *layout.index["shift"])
+    for op in (shift, shift.transposed(), mixing):  # the transpose by its base, W from the layout
+        for packet in (0, 1):
+            np.testing.assert_array_equal(ctx.mask(op, [0, 2], packet).numpy(), plan.mask_for(op, [0, 2], packet))
+    fwd, rev = layout.index["mixing"]
+    on_diag = mixing.rows.numpy() == mixing.cols.numpy()
+    assert (fwd[on_diag] == -1).all() and (fwd[~on_diag] >= 0).all()
+    np.testing.assert_array_equal(layout.senders[fwd[~on_diag]], mixing.cols.numpy()[~on_diag])
+    np.testing.assert_array_equal(layout.senders[rev[~on_diag]], mixing.rows.numpy()[~on_diag])
+    traced = tf.function(lambda op: LinkContext(plan.lost, layout=None).index_of(op))
+    with pytest.raises(ValueError, match="does not know"):
+        traced(shift)
+    with pytest.raises(ValueError, match="not among the drawn links"):
+        layout.entry_index(np.array([0]), np.array([g.num_nodes + 1]))
+
+
+def test_a_pieced_payload_loses_each_piece_on_its_own():
+    from core.links import lossy_apply_pieces
+
+    g = graph(12, 0.4)
+    w = to_operator(g.metropolis_hastings(), F64)
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.normal(size=(g.num_nodes, 7)), F64)
+    columns = np.array([0, 0, 1, 1, 1, 2, 2])
+    none = np.zeros((3, w.rows.shape[0]), bool)
+    np.testing.assert_array_equal(lossy_apply_pieces(w, x, none, columns).numpy(), apply_operator(w, x).numpy())
+    lost = rng.random((3, w.rows.shape[0])) < 0.4
+    for policy in ("zero", "stale"):
+        buf = StaleBuffer({"param": tf.constant(rng.normal(size=(w.rows.shape[0], 7)), F64)})
+        ref = StaleBuffer(dict(buf.values))
+        got = lossy_apply_pieces(w, x, lost, columns, policy, buf, "param").numpy()
+        for p in range(3):
+            cols = np.flatnonzero(columns == p)
+            piece = StaleBuffer({"param": tf.gather(ref.values["param"], cols, axis=1)})
+            want = lossy_apply(w, tf.gather(x, cols, axis=1), lost[p], policy, piece, "param", mixing=True)
+            np.testing.assert_allclose(got[:, cols], want.numpy(), rtol=0, atol=1e-15)
+            if policy == "stale":
+                np.testing.assert_array_equal(tf.gather(buf.values["param"], cols, axis=1).numpy(),
+                                              piece.values["param"].numpy())
+
+
+def test_a_padded_pattern_moves_a_lost_weight_to_one_diagonal_entry():
+    from core.links import surviving_mixing_tf
+
+    g = graph(8, 0.5)
+    w = g.metropolis_hastings()
+    padded = type(w)(np.concatenate([w.rows, [0, 0]]), np.concatenate([w.cols, [0, 0]]),
+                     np.concatenate([w.values, [0.0, 0.0]]), w.num_nodes)  # App C pads with zeros at (0, 0)
+    lost = np.zeros(padded.nnz, bool)
+    lost[np.flatnonzero(padded.rows == 0)[-3]] = True  # an off-diagonal entry of row 0
+    dense = np.zeros((8, 8))
+    np.add.at(dense, (padded.rows, padded.cols), lossy_mixing_values(padded, lost))
+    np.testing.assert_allclose(dense.sum(axis=1), 1, rtol=0, atol=1e-15)
+    up = LinkModel(seed=1, link_failure=0.4).link_up(0, padded.cols, padded.rows)
+    rebuilt = surviving_mixing_tf(to_operator(padded, F64), up)
+    dense = np.zeros((8, 8))
+    np.add.at(dense, (padded.rows, padded.cols), rebuilt.values.numpy())
+    np.testing.assert_allclose(dense, surviving_mixing(w, up[:w.nnz]).to_dense(), rtol=0, atol=1e-15)
+
+
+def test_link_seeds_and_evaluation_models_are_derived_deterministically():
+    from core.links import link_seed
+
+    assert link_seed(0) == link_seed(0) != link_seed(1)
+    assert all(0 <= link_seed(s) < 2 ** 63 for s in (0, 1, 2 ** 40))
+    model = LinkModel(seed=link_seed(3), loss_prob=0.2, link_failure=0.1)
+    a, b = model.for_evaluation(4), model.for_evaluation(4)
+    assert a.seed == b.seed != model.for_evaluation(5).seed != model.seed
+    assert (a.loss_prob, a.link_failure, a.gilbert) == (0.2, 0.1, None)
