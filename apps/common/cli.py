@@ -140,3 +140,107 @@ def check_mixing_beta(args: argparse.Namespace, adjacencies, largest_degree: int
     if largest and args.mixing_beta > 1 / largest:
         raise ValueError(f"--mixing-beta {args.mixing_beta:g} is above 1 / max degree = {1 / largest:.4g} (max degree "
                          f"{largest}): I - beta (D - A) would have negative weights")
+
+
+# ------------------------------------------------------------------------------------------- imperfect links
+def probability(text: str) -> float:
+    """argparse type: a probability in [0, 1) (a packet or link lost with probability 1 would never arrive)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1), got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value < 1.0):
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1), got {text!r}")
+    return value
+
+
+probability.__name__ = "probability"
+
+
+def loss_policy(text: str) -> str:
+    """argparse type of ``--on-loss``: ``zero``, ``stale`` or ``retransmit:R`` with an integer R >= 1."""
+    name, sep, arg = text.strip().partition(":")
+    if (name in ("zero", "stale") and not sep) or (name == "retransmit" and sep and arg.strip().isdigit()
+                                                   and int(arg) >= 1):
+        return f"{name}:{int(arg)}" if sep else name
+    raise argparse.ArgumentTypeError(f"must be zero, stale or retransmit:R with an integer R >= 1, got {text!r}")
+
+
+loss_policy.__name__ = "loss policy"
+
+GILBERT_FLAGS = ("gilbert_p_gb", "gilbert_p_bg", "gilbert_loss_bad")
+
+
+def add_link_arguments(parser: argparse.ArgumentParser, exchanges: str = "every neighbour exchange") -> None:
+    """The imperfect-link flags (docs/design.md, section 12), one meaning in every app: ``--loss-prob``,
+    ``--loss-model`` and the Gilbert-Elliott parameters, ``--link-failure``, ``--on-loss``, ``--eval-under-loss``.
+    ``exchanges`` says which messages the model applies to (e.g. App B: not the WMMSE channel sums)."""
+    links = parser.add_argument_group(
+        "imperfect links (docs/design.md, section 12; default: perfect links)",
+        f"The link model applies to {exchanges}: forward, backward and consensus messages. A packet is one round's "
+        "broadcast from a node to one neighbour; payloads piggybacked on it are lost together, a node's own term "
+        "never. Drops come from a stream of their own keyed by the run's --seed, so a run with --loss-prob 0 is "
+        "bit for bit a run without the model. Centralized approaches train over perfect links.")
+    links.add_argument("--loss-prob", type=probability, default=0.0,
+                       help="independent erasures: each packet is lost with this probability")
+    links.add_argument("--loss-model", choices=("independent", "gilbert"), default="independent",
+                       help="independent erasures (--loss-prob), or a Gilbert-Elliott chain per directed link "
+                       "(bursts; --gilbert-*), each link starting in the chain's stationary distribution")
+    links.add_argument("--gilbert-p-gb", type=probability, default=None,
+                       help="Gilbert-Elliott: probability of moving from the good to the bad state per transmission "
+                       "(> 0)")
+    links.add_argument("--gilbert-p-bg", type=probability, default=None,
+                       help="Gilbert-Elliott: probability of moving from the bad to the good state (> 0)")
+    links.add_argument("--gilbert-loss-good", type=probability, default=0.0,
+                       help="Gilbert-Elliott: loss probability in the good state")
+    links.add_argument("--gilbert-loss-bad", type=probability, default=None,
+                       help="Gilbert-Elliott: loss probability in the bad state")
+    links.add_argument("--link-failure", type=probability, default=0.0,
+                       help="each undirected link is down for a whole mini-batch with this probability; S and the "
+                       "consensus weights W are rebuilt on the surviving graph (a topology change, Algorithm 1)")
+    links.add_argument("--on-loss", type=loss_policy, default="zero",
+                       help="what a receiver does with a lost packet: zero (the neighbour's term counts as 0), stale "
+                       "(reuse the last payload of the same kind and layer received from that neighbour), or "
+                       "retransmit:R (lost packets are repeated in extra global rounds, at most R, each counted as "
+                       "a round); in consensus the lost weight moves to the receiver's own term")
+    links.add_argument("--eval-under-loss", action="store_true",
+                       help="measure the test metrics over the same imperfect links (default: over perfect links)")
+
+
+def check_link_arguments(args: argparse.Namespace) -> None:
+    """The combinations the link flags' types cannot check; ValueError with one line (before TensorFlow loads)."""
+    given = [f"--{name.replace('_', '-')}" for name in GILBERT_FLAGS if getattr(args, name) is not None]
+    if args.loss_model == "independent":
+        if given or args.gilbert_loss_good:
+            raise ValueError(f"{given[0] if given else '--gilbert-loss-good'} needs --loss-model gilbert")
+        return
+    if args.loss_prob > 0:
+        raise ValueError("--loss-prob is the independent-erasure model: with --loss-model gilbert give the "
+                         "--gilbert-* flags instead")
+    missing = [f"--{name.replace('_', '-')}" for name in GILBERT_FLAGS if getattr(args, name) is None]
+    if missing:
+        raise ValueError(f"--loss-model gilbert needs {missing[0]}")
+    for flag, value in (("--gilbert-p-gb", args.gilbert_p_gb), ("--gilbert-p-bg", args.gilbert_p_bg)):
+        if value == 0.0:
+            raise ValueError(f"{flag} must be > 0: with a zero transition probability the Gilbert-Elliott chain has "
+                             "no stationary bad state")
+
+
+def links_active(args: argparse.Namespace) -> bool:
+    """Whether the flags ask for imperfect links at all (otherwise the trainer gets no link model)."""
+    if args.loss_model == "gilbert":
+        return True  # checked: the chain is given; a chain whose states never lose still runs the model
+    return args.loss_prob > 0 or args.link_failure > 0
+
+
+def link_setup(args: argparse.Namespace, mixing: str = "mh"):
+    """The :class:`core.links.LinkSetup` of the flags (imports TensorFlow), or None for perfect links."""
+    if not links_active(args):
+        return None
+    from core.links import LinkSetup
+
+    return LinkSetup.from_flags(args.seed, args.loss_prob, args.loss_model, args.gilbert_p_gb, args.gilbert_p_bg,
+                                args.gilbert_loss_good, args.gilbert_loss_bad, args.link_failure, args.on_loss,
+                                args.eval_under_loss, mixing)

@@ -347,21 +347,29 @@ def diverged_summary(run) -> dict:
     return run.read_summary()
 
 
-def train_in_run(p, name: str, outputs, train) -> dict:
+def train_in_run(p, name: str, outputs, train, world: World | None = None) -> dict:
     """Train approach ``name`` of plan ``p`` in its claimed run directory (:func:`approach_run`) with
     ``train(run) -> summary``; returns its summary. A resumed approach that finished with every file of
     ``outputs`` present is not trained again (finished means every output exists: a run killed before
     its plot redraws it); one that diverges gives the summary the trainer wrote with the reason, so that
-    the other approaches of a group go on (:func:`raise_if_diverged` then ends the app with status 1)."""
+    the other approaches of a group go on (:func:`raise_if_diverged` then ends the app with status 1).
+    Under MPI (``world`` of several ranks) only rank 0 claims and reads the run directory (the other ranks
+    train with ``run=None``) and broadcasts what it decides and reads."""
+    from contextlib import nullcontext
+
     from core.runs import RunDiverged
 
-    with approach_run(p.out, name, p.grouped) as run:
-        if p.resume and run.finished and run.has_checkpoint() and all((run.path / f).is_file() for f in outputs):
-            return run.read_summary()
+    world = world or World()
+    root = world.is_root
+    with approach_run(p.out, name, p.grouped) if root else nullcontext() as run:
+        finished = root and p.resume and run.finished and run.has_checkpoint() and all(
+            (run.path / f).is_file() for f in outputs)
+        if world.bcast(finished):
+            return world.bcast(run.read_summary() if root else None)
         try:
             return train(run)
         except RunDiverged:
-            return diverged_summary(run)
+            return world.bcast(diverged_summary(run) if root else None)
 
 
 def raise_if_diverged(summaries: Mapping[str, Mapping], labels: Mapping[str, str]) -> None:

@@ -32,6 +32,20 @@ Modes:
   1.020/1.018/1.016, the curves climbing without the swings (published: 1.063, 1.042, untrained
   0.984); seed 1's untrained actor (1.035) was already better than its trained D-Adam.
 
+MPI (docs/design.md, section 11): ``mpiexec -n P python -m apps.link_scheduling --backend mpi`` splits the
+vertices over the P ranks by vertex index (``--partition``, contiguous blocks by default: the conflict graphs
+are Erdos-Renyi, so vertex ids carry no locality and every balanced split cuts the same share of a drawn
+graph's edges in expectation, while the union of the training graphs, which METIS would partition, is nearly
+complete at the paper's sizes). Every rank reads the dataset (``--generate`` writes it on rank 0 first); the
+actor is distributed (each rank runs its vertices' forward and backward passes and parameter copies,
+exchanging along the edges of the graph drawn for the mini-batch), the critic and the LGS measurements run at
+the server on rank 0 (apps/link_scheduling/task.py says what is sent to it and back). Rank 0 alone chooses,
+claims and writes the run directory (config.json records the backend, P, the partition and its edge cut on
+the union of the graphs and on the training graphs; summary.json the bytes and messages each rank sent per
+mini-batch next to the logical counts, which equal the in-process ones) and prints. Checkpoints hold every
+vertex's rows and the critic, so a run resumes under any P, or in-process. ``--mode authors`` is refused
+under MPI (its replay mixes with dense per-sample matrices inside the optimizer, not through exchanges).
+
 With one update per mini-batch the authors' 55 mini-batches at alpha = 5e-5 move the actor by about
 55 alpha, i.e. not at all; the defaults of ``algorithm1`` (``ALGORITHM1``) are the step sizes and the
 number of mini-batches that make that mode learn (measured in the report of issue 6). The critic must
@@ -56,6 +70,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apps.common import cli as common_cli
+from apps.common.backend import check_backend_flags, check_ranks, on_root, run_on_world, start_world
+from apps.common.backend import make_backend as shared_make_backend
+from apps.common.main import World
 from core.parallel import default_workers
 from datasets import cli
 from datasets.conflict_graphs import ConflictGraphDataset, ConflictGraphsConfig
@@ -81,6 +98,8 @@ PRESETS = {
     "paper": {"data": Path("data/conflict_graphs.h5")},  # the defaults are the paper-scale settings
     "quick": {"data": Path("data/conflict_graphs_small_test.h5"), "test_graphs": 20, "test_samples": 50},
 }
+WORLD: World = World()
+"""The processes of this run (set by :func:`main`: the ranks of mpiexec, or this process alone)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,7 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
         train, PRESETS, seed_help="seed of the initial actor and critic, the graph draws and every weight and noise "
         "draw", dtype_of="parameters, optimizer states and data",
         paper="the paper-scale settings (the defaults, data/conflict_graphs.h5)")
-    common_cli.add_run_arguments(parser, APP, checkpoint_every=50, unit="mini-batches", jobs_default=default_workers(2))
+    run = common_cli.add_run_arguments(parser, APP, checkpoint_every=50, unit="mini-batches",
+                                       jobs_default=default_workers(2))
+    common_cli.add_backend_arguments(run)
+    common_cli.add_link_arguments(parser, "the actor's neighbour exchanges (the critic is a server, the LGS a "
+                                  "measurement)")
+    # vertex ids of Erdos-Renyi graphs carry no locality (see the module docstring): contiguous blocks
+    parser.set_defaults(partition="contiguous")
     return parser
 
 
@@ -176,6 +201,8 @@ class Plan:
     data: Data
     resumed_config: dict | None = None
     grouped: bool = True  # each optimizer in <out>/<optimizer>/ (apps.common.main.is_grouped)
+    backend: object = None  # core.backend.LocalBackend / MPIBackend, made by execute (collective under MPI)
+    backend_info: dict = dataclasses.field(default_factory=dict)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -184,6 +211,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     args, config = parse_run_flags(build_parser(), argv, PRESETS, APP)
     args.resumed_config = config
+    check_backend_flags(args, argv, WORLD)
+    if args.backend == "mpi" and args.mode == "authors":
+        raise ValueError("--mode authors does not run on --backend mpi: its replay mixes the per-sample gradients "
+                         "with dense per-sample matrices inside the optimizer, not through the exchanges; use "
+                         "--mode algorithm1")
+    common_cli.check_link_arguments(args)
+    if args.mode == "authors" and common_cli.links_active(args):
+        raise ValueError("--mode authors runs over perfect links only: its replay mixes the per-sample gradients "
+                         "inside the optimizer, outside the exchanges the link model acts on; use --mode algorithm1")
     if config is not None:
         return args
     for name, value in (AUTHORS if args.mode == "authors" else ALGORITHM1).items():
@@ -220,6 +256,17 @@ def load_data(path: Path) -> Data:
                     dataset.read("test/weights", slice(None)))
 
 
+def generate_missing(config: ConflictGraphsConfig, path: Path, quiet: bool) -> None:
+    """``--generate``: write the dataset to ``path`` unless that file exists (ValueError if its folder does not)."""
+    if path.exists():
+        return
+    if not path.parent.is_dir():
+        raise ValueError(f"--data: folder {path.parent} does not exist")
+    from datasets.conflict_graphs import generate
+
+    generate(config, path, quiet=quiet)
+
+
 def plan(args: argparse.Namespace) -> Plan:
     """Validate everything and load (or generate) the data; raises ValueError with a one-line message."""
     from apps.common.main import check_resumed_dataset, is_grouped, resolve_out
@@ -228,17 +275,12 @@ def plan(args: argparse.Namespace) -> Plan:
         raise ValueError(f"--lr-decay-rate must be in (0, 1], got {args.lr_decay_rate}")
     if args.mode == "authors":
         check_authors_mode_optimizers(args.optimizer, args.d_adam_variant)
-    out = resolve_out(args, APP)
+    out = on_root(WORLD, lambda: resolve_out(args, APP))  # rank 0 picks (and checks) the path; every rank uses it
     check_memory(args)
     path = args.data
     if args.generate and args.resume is None:
         config = dataset_config(args)  # ValueError naming the flag
-        if not path.exists():
-            if not path.parent.is_dir():
-                raise ValueError(f"--data: folder {path.parent} does not exist")
-            from datasets.conflict_graphs import generate
-
-            generate(config, path, quiet=args.quiet)
+        on_root(WORLD, lambda: generate_missing(config, path, args.quiet))  # under MPI the others wait for it
     elif not path.exists():
         raise ValueError(f"--data: {path} does not exist (pass --generate to create it)")
     try:
@@ -250,6 +292,8 @@ def plan(args: argparse.Namespace) -> Plan:
                          "another --data")
     check_resumed_dataset(args.resumed_config, data.checksum, path)
     common_cli.check_mixing_beta(args, (data.train_adjacency, data.test_adjacency))
+    vertices = int(data.train_adjacency.shape[-1])
+    check_ranks(args, WORLD, vertices, PROG, f"conflict graphs of {vertices} vertices")
     if args.resumed_config is None:
         derive_mini_batches(args, data.train_adjacency.shape[0])
     return Plan(args, out, args.resume is not None, data, args.resumed_config, is_grouped(args, args.optimizer))
@@ -283,6 +327,7 @@ def run_config(p: Plan, optimizer: str) -> dict:
                            "mixing_beta": p.args.mixing_beta if p.args.mixing == "laplacian" else None,
                            "d_adam_variant": p.args.d_adam_variant},
         "dataset": {"path": str(p.data.path), "checksum": p.data.checksum, "config": p.data.config},
+        "backend": p.backend_info or {"backend": "local", "ranks": 1},
     }
 
 
@@ -320,6 +365,28 @@ def make_actor_optimizer(name: str, mode: str, consensus_rounds: int = 1, d_adam
     return Replay(make_optimizer(name, consensus_rounds))
 
 
+def make_backend(p: Plan):
+    """The backend of the run and what config.json records of it (collective under MPI: the partition of the
+    union of the training and test graphs' edges is computed on rank 0 and broadcast, the exchanges'
+    communicators are created on every rank). Under MPI the record adds the mean edge cut of the training
+    graphs, the edges a mini-batch's exchanges really cross."""
+    import numpy as np
+
+    def union():
+        from apps.link_scheduling.task import union_graph
+
+        return [union_graph(p.data.train_adjacency, p.data.test_adjacency)]
+
+    backend, info = shared_make_backend(p.args, WORLD, int(p.data.train_adjacency.shape[-1]), union)
+    if backend.distributed:
+        owner, adjacency = backend.owner, p.data.train_adjacency
+        cut = adjacency & (owner[:, None] != owner[None, :])
+        info["training_graphs_mean_edges"] = float(adjacency.sum() / 2 / len(adjacency))
+        info["training_graphs_mean_edge_cut"] = float(cut.sum() / 2 / len(adjacency))
+        info["training_graphs_edge_cut_share"] = float(np.sum(cut) / max(np.sum(adjacency), 1))
+    return backend, info
+
+
 def execute(p: Plan) -> dict[str, dict]:
     """Train every optimizer of the plan; returns their summaries by optimizer."""
     from apps.common.main import raise_if_diverged
@@ -328,12 +395,14 @@ def execute(p: Plan) -> dict[str, dict]:
     from core.runs import RunDir, atomic_write_json
 
     args = p.args
-    parent = RunDir(p.out) if p.grouped else None
+    p.backend, p.backend_info = make_backend(p)
+    root = WORLD.is_root  # under MPI only rank 0 writes; every rank trains
+    parent = RunDir(p.out) if p.grouped and root else None
     if parent is not None and not p.resume:
         parent.write_config({**run_config(p, ",".join(args.optimizer)), "grouped": True})
     jobs = {name: (p, name) for name in args.optimizer}
     summaries = run_jobs(train_job, jobs, min(args.jobs, len(jobs)), total=len(jobs) * args.mini_batches,
-                         desc="link scheduling", quiet=args.quiet, unit="mini-batch")
+                         desc="link scheduling", quiet=args.quiet or not root, unit="mini-batch")
     if parent is not None:
         atomic_write_json(parent.summary_path, summaries)
         curves = {}
@@ -353,12 +422,14 @@ def train_job(p: Plan, name: str, progress=None) -> dict:
     """
     from apps.common.main import train_in_run
 
-    return train_in_run(p, name, ["learning_curve.png"],
-                        lambda run: train_optimizer(p, name, run, run.path / "learning_curve.png", progress))
+    # under MPI only rank 0 touches the run directory (run is None on the others); every rank trains
+    return train_in_run(p, name, ["learning_curve.png"], lambda run: train_optimizer(
+        p, name, run, None if run is None else run.path / "learning_curve.png", progress), world=WORLD)
 
 
-def train_optimizer(p: Plan, name: str, run, plot: Path, progress=None) -> dict:
-    """Train the actor with optimizer ``name`` into ``run`` (resuming if asked) and draw its curve."""
+def train_optimizer(p: Plan, name: str, run, plot: Path | None, progress=None) -> dict:
+    """Train the actor with optimizer ``name`` into ``run`` (resuming if asked) and draw its curve (``run``
+    and ``plot`` are None on the ranks other than 0 under MPI)."""
     import tensorflow as tf
 
     from apps.common.plots import plot_curves
@@ -368,25 +439,31 @@ def train_optimizer(p: Plan, name: str, run, plot: Path, progress=None) -> dict:
     from core.trainer import RandomGraphs, Trainer, TrainerConfig
 
     args, data = p.args, p.data
-    if not run.config_path.is_file():
+    if run is not None and not run.config_path.is_file():
         run.write_config(run_config(p, name))
+    if p.backend is not None and p.backend.distributed:  # this optimizer's bytes only (the backend serves them all)
+        p.backend.transport.counters.reset()
     # authors: a trainer step is one mini-batch of B samples on B graphs, replayed as B updates
     task = (AuthorsTask if args.mode == "authors" else LinkSchedulingTask)(
         data.train_adjacency, data.test_adjacency, data.test_weights, batch_size=args.batch_size,
         critic_lr=args.critic_lr, seed=args.seed, dtype=tf.as_dtype(args.dtype), mixing=args.mixing,
         mixing_beta=args.mixing_beta, num_train=args.batch_size,
         critic_warmup=getattr(args, "critic_warmup", None) or 0,
-        scale_free_critic=getattr(args, "critic_input", "authors") == "scale-free")
+        scale_free_critic=getattr(args, "critic_input", "authors") == "scale-free", backend=p.backend)
     optimizer = make_actor_optimizer(name, args.mode, args.consensus_rounds, args.d_adam_variant)
     lr = LearningRate(args.lr, args.lr_schedule, args.lr_decay_rate, args.lr_decay_steps)
     config = TrainerConfig(epochs=args.mini_batches, batch_size=args.batch_size,
                            seed=args.seed, checkpoint_every=args.checkpoint_every, jit=False,
-                           quiet=args.quiet or progress is not None, description=LABELS[name], unit="mini-batch")
+                           quiet=args.quiet or progress is not None or not WORLD.is_root, description=LABELS[name],
+                           unit="mini-batch")
     untrained = float(task.evaluate(task.initial_theta(), None, "test")["test_ratio"])
-    trainer = Trainer(task, optimizer, lr, RandomGraphs(task.draw_graph), config, run,
+    links = None if optimizer.centralized else common_cli.link_setup(args, args.mixing)  # a server: perfect links
+    trainer = Trainer(task, optimizer, lr, RandomGraphs(task.draw_graph), config, run, links=links,
                       extra_summary={"optimizer": name, "label": LABELS[name], "mode": args.mode,
                                      "untrained_test_ratio": untrained})
     result = trainer.run(resume=p.resume, on_epoch=progress)
+    if plot is None:
+        return result.summary
     rows = result.rows
     x = [r["epoch"] for r in rows]
     plot_curves(plot, {"test": (x, [r["test_ratio"] for r in rows]), "train": (x, [r["train_ratio"] for r in rows]),
@@ -408,6 +485,7 @@ def print_table(summaries: dict[str, dict], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, validate, train; returns the exit status (2: bad input, 130: interrupted)."""
-    from apps.common.main import run_experiment
-
-    return run_experiment(PROG, argv, parse_args, plan, execute, lambda summaries, p: print_table(summaries, p.out))
+    global WORLD
+    WORLD = start_world()  # the ranks of mpiexec (an exception on any rank ends the job), or this process
+    return run_on_world(WORLD, PROG, argv, parse_args, plan, execute,
+                        lambda summaries, p: print_table(summaries, p.out))

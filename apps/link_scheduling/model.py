@@ -49,19 +49,22 @@ TARGET_NOISE = 0.075  # z' = z~ + U(-0.075, 0.075): the scaling under which the 
 CRITIC_L2 = 5e-4
 
 
-def actor_output(theta, shift: Operator, exchange: Exchange = NO_COUNT) -> tf.Tensor:
-    """The actor's z (|V|,) for flat shared (|theta|,) or per-node (|V|, |theta|) parameters.
+def actor_output(theta, shift: Operator, exchange: Exchange = NO_COUNT, samples: int = 1) -> tf.Tensor:
+    """The actor's z (|V|,) for flat shared (|theta|,) or per-node (|V|, |theta|) parameters; (|V|, samples)
+    for ``samples`` > 1.
 
     Algorithm 1 (line 8) runs the forward pass once per sample, but with input ones, one graph and one
     theta per mini-batch the B passes of a mini-batch are identical: the simulation computes one and
     ``exchange`` (a :class:`core.comm.CommSimulator` built for B samples) records the B per-sample
     payloads that the network sends. By linearity, the backward pass of the summed output gradient
     is the sum of the B per-sample backward passes, and is counted for B samples in the same way.
+    Over imperfect links the B passes differ (each sample's rounds lose other packets): the caller then
+    asks for all B (``samples`` = B).
     """
     params = unflatten(theta, ACTOR.param_shapes())
-    ones = tf.ones([shift.num_nodes, 1, 1], theta.dtype)
+    ones = tf.ones([shift.num_nodes, samples, 1], theta.dtype)
     z, _ = ACTOR.forward(params, ones, shift, exchange=exchange)
-    return z[:, 0, 0]
+    return z[:, 0, 0] if samples == 1 else z[:, :, 0]
 
 
 class DenseExchange(Exchange):

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from apps.common import cli as common_cli
+from apps.common.backend import check_backend_flags, check_ranks, on_root, run_on_world, start_world
+from apps.common.backend import make_backend as shared_make_backend
 from apps.common.main import World
 from core.parallel import default_workers
 from datasets import cli
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        jobs_default=default_workers(len(common_cli.PAPER_OPTIMIZERS)))
     run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training epoch")
     common_cli.add_backend_arguments(run)
+    common_cli.add_link_arguments(parser)
     return parser
 
 
@@ -120,32 +121,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if config is not None and "data_seed" not in config["flags"]:
         args.data_seed = args.seed  # saved before --data-seed existed, when --seed was the data seed too
     args.resumed_config = config
-    if WORLD.size > 1 and args.backend != "mpi":
-        raise ValueError(f"started by mpiexec on {WORLD.size} ranks with --backend local (every rank would train "
-                         f"the whole network); give --backend mpi, or run without mpiexec")
-    if args.backend == "mpi":
-        typed = sys.argv[1:] if argv is None else argv
-        if args.jobs > 1 and any(a == "--jobs" or a.startswith("--jobs=") for a in typed):
-            raise ValueError("--jobs: the MPI backend trains one approach at a time (its ranks are the parallelism); "
-                             "leave --jobs out or give --jobs 1")
-        args.jobs = 1
+    check_backend_flags(args, argv, WORLD)
+    common_cli.check_link_arguments(args)
     return args
-
-
-def _on_root(fn):
-    """``fn()`` on rank 0 only, its result (or its ValueError) broadcast to every rank."""
-    if WORLD.size == 1:
-        return fn()
-    result = None
-    if WORLD.is_root:
-        try:
-            result = ("ok", fn())
-        except ValueError as exc:
-            result = ("error", str(exc))
-    result = WORLD.bcast(result)
-    if result[0] == "error":
-        raise ValueError(result[1])
-    return result[1]
 
 
 def load_data(args: argparse.Namespace) -> tuple[nr.NodeRegressionData, dict]:
@@ -172,7 +150,7 @@ def plan(args: argparse.Namespace) -> Plan:
     """Validate everything and load (or generate) the data; raises ValueError with a one-line message."""
     from apps.common.main import check_resumed_dataset, is_grouped, resolve_out
 
-    out = _on_root(lambda: resolve_out(args, APP))  # rank 0 picks (and checks) the path; every rank uses it
+    out = on_root(WORLD, lambda: resolve_out(args, APP))  # rank 0 picks (and checks) the path; every rank uses it
     check_memory(args)  # before generating the data in memory
     data, dataset = load_data(args)
     if args.data is not None:  # the file's sizes, not the flags'
@@ -185,15 +163,7 @@ def plan(args: argparse.Namespace) -> Plan:
         raise ValueError(f"--lr-decay-rate must be in (0, 1], got {args.lr_decay_rate}")
     common_cli.check_mixing_beta(args, [data.adjacency])
     nodes = int(data.adjacency.shape[0])
-    if args.backend == "mpi" and WORLD.size > nodes:
-        raise ValueError(f"--backend mpi: {WORLD.size} ranks for a graph of {nodes} nodes; every rank must own at "
-                         f"least one node (start at most {nodes} ranks)")
-    if args.backend == "mpi" and WORLD.size == 1 and not args.quiet:
-        from core.distributed.launch import under_mpiexec
-
-        if not under_mpiexec():
-            print(f"{PROG}: note: --backend mpi without mpiexec runs with P = 1 (start it with `mpiexec -n P "
-                  f"{PROG} ...` to split the nodes over P processes)", file=sys.stderr)
+    check_ranks(args, WORLD, nodes, PROG, f"a graph of {nodes} nodes")
     return Plan(args, tuple(args.optimizer), out, args.resume is not None, data, dataset, args.resumed_config,
                 is_grouped(args, args.optimizer))
 
@@ -252,28 +222,9 @@ def graph_operators(args: argparse.Namespace, data: nr.NodeRegressionData):
 
 
 def make_backend(args: argparse.Namespace, data: nr.NodeRegressionData):
-    """The backend of the run and what config.json records of it (collective under MPI: the partition is
-    computed on rank 0 and broadcast, the exchanges' communicators are created on every rank)."""
-    from core.backend import LocalBackend
-
-    if args.backend != "mpi" or not isinstance(WORLD, _mpi_world()):
-        info = {"backend": args.backend, "ranks": 1}
-        if args.backend == "mpi":
-            info.update({"partition": args.partition, "edge_cut": 0})
-        return LocalBackend(int(data.adjacency.shape[0])), info
-    from core.backend import MPIBackend
-    from core.distributed.partition import partition
-
-    ops = graph_operators(args, data)
-    owner = WORLD.bcast(partition(list(ops), WORLD.size, args.partition) if WORLD.is_root else None)
-    backend = MPIBackend(owner, list(ops), partition=args.partition)
-    return backend, backend.describe()
-
-
-def _mpi_world():
-    from apps.common.main import MPIWorld
-
-    return MPIWorld
+    """The backend of the run and what config.json records of it (collective under MPI: the partition of S
+    and W is computed on rank 0 and broadcast, the exchanges' communicators are created on every rank)."""
+    return shared_make_backend(args, WORLD, int(data.adjacency.shape[0]), lambda: list(graph_operators(args, data)))
 
 
 def build_task(args: argparse.Namespace, data: nr.NodeRegressionData, backend=None):
@@ -312,7 +263,8 @@ def make_trainer(args: argparse.Namespace, task, graphs, approach: str, run=None
     config = TrainerConfig(epochs=args.epochs, batch_size=args.batch_size, seed=seeds(args.seed)[1],
                            checkpoint_every=args.checkpoint_every, jit=not args.no_jit, quiet=args.quiet,
                            description=LABELS[approach])
-    return Trainer(task, optimizer, lr, graphs, config, run,
+    links = None if optimizer.centralized else common_cli.link_setup(args, args.mixing)  # a server: perfect links
+    return Trainer(task, optimizer, lr, graphs, config, run, links=links,
                    extra_summary={"optimizer": approach, "label": LABELS[approach]})
 
 
@@ -345,31 +297,29 @@ def train_approach(p: Plan, approach: str, progress=None) -> dict:
 
     ``progress``: a :mod:`core.parallel` progress report (None: the trainer's own progress bar).
     """
-    from apps.common.main import approach_run, diverged_summary
-    from apps.common.plots import plot_curves
-    from core.runs import RunDiverged
+    from apps.common.main import train_in_run
 
-    root = WORLD.is_root  # under MPI only rank 0 touches the run directory; every rank trains
-    with approach_run(p.out, approach, p.grouped) if root else nullcontext() as run:
-        plot = run.path / "learning_curve.png" if root else None
-        finished = root and p.resume and run.finished and run.has_checkpoint() and plot.is_file()
-        if WORLD.bcast(finished):
-            return WORLD.bcast(run.read_summary() if root else None)  # finished: every output exists
-        if root and not run.config_path.is_file():
-            run.write_config(run_config(p, approach))
-        task, graphs = build_task(p.args, p.data, p.backend)
-        quiet = progress is not None or not root
-        args = argparse.Namespace(**{**vars(p.args), "quiet": True}) if quiet else p.args
-        try:
-            result = make_trainer(args, task, graphs, approach, run).run(resume=p.resume, on_epoch=progress)
-        except RunDiverged:
-            # the other approaches go on; the app exits with status 1 at the end
-            return WORLD.bcast(diverged_summary(run) if root else None)
-        if root:
-            curves = {name: _curve(result.rows, name) for name in ("test_mse", "train_mse")}
-            plot_curves(plot, curves, xlabel="message-passing rounds", ylabel="MSE", logx=True, logy=True,
-                        title=f"{LABELS[approach]}: node regression")
-        return result.summary
+    # under MPI only rank 0 touches the run directory (run is None on the others); every rank trains
+    return train_in_run(p, approach, ["learning_curve.png"], lambda run: _train_approach(p, approach, run, progress),
+                        world=WORLD)
+
+
+def _train_approach(p: Plan, approach: str, run, progress) -> dict:
+    from apps.common.plots import plot_curves
+
+    root = WORLD.is_root
+    if root and not run.config_path.is_file():
+        run.write_config(run_config(p, approach))
+    task, graphs = build_task(p.args, p.data, p.backend)
+    p.backend.reset_counters()  # this approach's wire counts only (a group run reuses the backend)
+    quiet = progress is not None or not root
+    args = argparse.Namespace(**{**vars(p.args), "quiet": True}) if quiet else p.args
+    result = make_trainer(args, task, graphs, approach, run).run(resume=p.resume, on_epoch=progress)
+    if root:
+        curves = {name: _curve(result.rows, name) for name in ("test_mse", "train_mse")}
+        plot_curves(run.path / "learning_curve.png", curves, xlabel="message-passing rounds", ylabel="MSE",
+                    logx=True, logy=True, title=f"{LABELS[approach]}: node regression")
+    return result.summary
 
 
 def _curve(rows, name):
@@ -388,16 +338,6 @@ def print_table(summaries: dict[str, dict], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse, validate, train; returns the exit status (2: bad input, 130: interrupted)."""
     global WORLD
-    from apps.common.main import run_experiment, world_from_env
-
-    WORLD = world_from_env()
-    if WORLD.size > 1:
-        from core.distributed.faults import install_abort_on_exception
-
-        install_abort_on_exception()  # an exception on any rank ends the job with one line
-    with WORLD.quiet_unless_root():
-        status = run_experiment(PROG, argv, parse_args, plan, execute,
-                                lambda summaries, p: print_table(summaries, p.out), world=WORLD)
-    if status not in (0, 2) and WORLD.size > 1:
-        WORLD.abort(status)  # a rank that stopped must not leave the others waiting in a collective
-    return status
+    WORLD = start_world()  # the ranks of mpiexec (an exception on any rank ends the job), or this process
+    return run_on_world(WORLD, PROG, argv, parse_args, plan, execute,
+                        lambda summaries, p: print_table(summaries, p.out))

@@ -15,6 +15,18 @@ with ``tape_backward`` the transposed exchange of the GradientTape backward pass
 (``dense_apply``); one exchange then carries all of them, which is what bundling them in a round
 means. tests/apps/power_allocation/test_uwmmse.py checks values, gradients and counts against the
 simulator's own gather/segment-sum path.
+
+Under MPI (docs/design.md, section 11) the N pairs are split over the ranks by pair i: rank r holds the
+rows of its pairs, and of the stacked copies p*N + i of the GCNNs (apps/power_allocation/uwmmse.py) those
+of its pairs, part-major (p*n_own + k for its k-th pair). :class:`RankRowsExchange` is then what moves the
+data of every exchange (``DenseExchange(..., transport=...)``, and the consensus rounds through the
+trainer's simulator): the rows of the owned pairs go to every other rank in one ``Neighbor_alltoallv``
+(on the complete pattern every rank neighbours every other), and each rank computes the rows of its pairs
+with the owned rows of the operator, ``M[owned, :] @ x``, as a dense product. The transposed operator (the
+backward pass) computes the owned rows' contributions to every column and sends the other ranks' parts back,
+to be summed at their owner (the reverse exchange). :class:`PairsBackend` is the
+:class:`core.backend.MPIBackend` whose transports are these exchanges. The logical counts are recorded as
+in-process (the simulator never sees a rank); the bytes really sent are the MPI exchange's counters.
 """
 
 from __future__ import annotations
@@ -24,8 +36,10 @@ from functools import lru_cache
 import numpy as np
 import tensorflow as tf
 
+from core.backend import MPIBackend
 from core.comm import CommSimulator, Message
 from core.gcnn import Exchange
+from core.graph import SparseOperator
 from core.ops import Operator
 
 
@@ -53,12 +67,21 @@ def complete_operator(values: tf.Tensor, num_nodes: int, pattern=None) -> Operat
     return Operator(tf.convert_to_tensor(rows), tf.convert_to_tensor(cols), values, n)
 
 
-def stacked_parts(op: Operator, x: tf.Tensor) -> int:
-    """How many parts x stacks on its node axis: x is (P*N, B, g), part-major (rows p*N .. p*N + N - 1)."""
-    rows = int(x.shape[0])
-    if rows % op.num_nodes:
-        raise ValueError(f"{rows} feature rows are not a whole number of copies of the {op.num_nodes} nodes")
-    return rows // op.num_nodes
+def complete_sparse_operator(num_nodes: int) -> SparseOperator:
+    """The complete pattern (all N x N entries, unit values) as a NumPy operator: what the MPI backend
+    partitions and builds its communicator and exchange plans on."""
+    rows, cols = complete_pattern(num_nodes)
+    n = int(num_nodes)
+    return SparseOperator(rows.astype(np.int64), cols.astype(np.int64), np.ones(n * n), n)
+
+
+def stacked_parts(op: Operator, x: tf.Tensor, num_nodes: int | None = None) -> int:
+    """How many parts x stacks on its node axis: x is (P*n, B, g), part-major (rows p*n .. p*n + n - 1),
+    with n = ``num_nodes`` (default the operator's N; under MPI the rank's pairs)."""
+    rows, n = int(x.shape[0]), op.num_nodes if num_nodes is None else int(num_nodes)
+    if rows % n:
+        raise ValueError(f"{rows} feature rows are not a whole number of copies of the {n} nodes")
+    return rows // n
 
 
 def dense_apply(op: Operator, x: tf.Tensor, transpose: bool = False) -> tf.Tensor:
@@ -87,14 +110,26 @@ class DenseExchange(Exchange):
             ``fwd`` exchange (distributed training: a network running that backward pass sends it).
         offset, part: as :meth:`core.comm.CommSimulator.view`: forward/backward payload l is recorded
             as index l + offset, tagged ``part`` (parallel parts share the round).
+        transport: what moves and computes the data: None for :func:`dense_apply` on the whole network,
+            or a :class:`RankRowsExchange` for the pairs of this MPI rank (features hold its rows only).
     """
 
-    def __init__(self, sim: CommSimulator | None, tape_backward: bool = False, offset: int = 0, part: str = ""):
+    def __init__(self, sim: CommSimulator | None, tape_backward: bool = False, offset: int = 0, part: str = "",
+                 transport: RankRowsExchange | None = None):
         self.sim, self.tape_backward, self.offset, self.part = sim, bool(tape_backward), int(offset), part
+        self.transport = transport
 
     def view(self, offset: int = 0, part: str = "") -> DenseExchange:
         """The same exchange, numbering payloads from ``offset`` and tagging them ``part``."""
-        return DenseExchange(self.sim, self.tape_backward, self.offset + offset, part)
+        return DenseExchange(self.sim, self.tape_backward, self.offset + offset, part, self.transport)
+
+    def _apply(self, op: Operator, x: tf.Tensor, transpose: bool = False) -> tf.Tensor:
+        if self.transport is None:
+            return dense_apply(op, x, transpose)
+        return self.transport.apply(op, x, transpose)
+
+    def _parts(self, op: Operator, x: tf.Tensor) -> int:
+        return stacked_parts(op, x, None if self.transport is None else self.transport.num_owned)
 
     def propagate(self, op: Operator, x: tf.Tensor, message=None) -> tf.Tensor:
         if message is None:
@@ -103,10 +138,10 @@ class DenseExchange(Exchange):
         if kind not in ("fwd", "bwd"):
             raise ValueError(f"DenseExchange carries fwd/bwd payloads only, got {kind!r}")
         index += self.offset
-        self._record(kind, index, stacked_parts(op, x) * int(x.shape[-1]))  # stacked parts travel together
+        self._record(kind, index, self._parts(op, x) * int(x.shape[-1]))  # stacked parts travel together
         if self.tape_backward and kind == "fwd":
             return self._with_counted_backward(op, x, index)
-        return dense_apply(op, x)
+        return self._apply(op, x)
 
     def _record(self, kind: str, index: int, size: int) -> None:
         if self.sim is not None:  # batched: the B per-sample payloads of this exchange
@@ -122,9 +157,138 @@ class DenseExchange(Exchange):
         @tf.custom_gradient
         def exchange(x):
             def backward(dy):
-                self._record("bwd", index, stacked_parts(op, dy) * int(dy.shape[-1]))
-                return dense_apply(op, dy, transpose=True)
+                self._record("bwd", index, self._parts(op, dy) * int(dy.shape[-1]))
+                return self._apply(op, dy, transpose=True)
 
-            return dense_apply(op, x), backward
+            return self._apply(op, x), backward
 
         return exchange(x)
+
+
+class RankRowsExchange(Exchange):
+    """``op @ x`` (and ``op^T @ x``) for this MPI rank's pairs, on :func:`complete_operator` operators.
+
+    Args:
+        mpi: a :class:`core.distributed.exchange.MPIExchange` built (collectively) on
+            :func:`complete_sparse_operator` and the owner array of the pairs: its communicator links
+            every rank with every other, and it counts the bytes and messages really sent.
+
+    Operators are the global ones (every rank holds the whole mini-batch's H and W): values (N*N,) or
+    per sample (B, N*N), row-major (:func:`complete_operator`; not ``Operator.transposed()``: ask for the
+    transpose with ``transpose=True``). Features are this rank's rows: (n_own, ...) for one part, or
+    (P*n_own, B, g) for P stacked parts, part-major (module docstring).
+
+    Forward, ``(M x)[owned]``: send the owned rows to every other rank, receive theirs (the ghost rows),
+    reorder them into global order, multiply by ``M[owned, :]`` (per sample: ``einsum("bij,jpbg->pibg")``,
+    the product :func:`dense_apply` computes on the whole network). Transposed, ``(M^T x)[owned]``:
+    ``M[owned, :]^T x_own`` gives this rank's contributions to every pair's row; the other ranks' parts
+    go back to them (the reverse exchange) and each rank adds what it receives to its own part. Each
+    direction is a ``tf.custom_gradient`` whose backward is the other one, so ``tf.GradientTape``
+    through an exchange is exact (the reverse exchange is the adjoint of the forward one); the operator's
+    values get no gradient (channel data). No XLA on this path (the communication is a
+    ``tf.numpy_function``).
+    """
+
+    def __init__(self, mpi):
+        self.mpi = mpi
+        self.num_nodes = n = int(mpi.num_nodes)
+        self.plan = plan = mpi.view(complete_sparse_operator(n))
+        self.owned = plan.owned
+        self.num_owned = plan.num_owned
+        if plan.num_owned + plan.num_ghosts != n:  # a rank without pairs would read nothing
+            raise ValueError(f"rank {plan.rank} owns {plan.num_owned} of {n} pairs and reads {plan.num_ghosts} "
+                             f"others: every rank must own at least one pair")
+        extended = np.concatenate([plan.owned, plan.ghosts])  # the global pair of each extended row
+        with tf.init_scope():  # eager constants, even when first used while tracing a tf.function
+            self._owned = tf.constant(plan.owned, tf.int32)
+            self._send = tf.constant(plan.send_index, tf.int32)
+            self._extended = tf.constant(extended, tf.int32)  # global order -> extended rows
+            self._to_global = tf.constant(np.argsort(extended), tf.int32)  # extended rows -> global order
+
+    @property
+    def counters(self):
+        """What this rank really sent and received (:class:`core.distributed.exchange.ExchangeCounters`)."""
+        return self.mpi.counters
+
+    def propagate(self, op: Operator, x: tf.Tensor, message=None) -> tf.Tensor:
+        del message  # the logical counts are the simulator's; this class moves the data
+        return self.apply(op, x)
+
+    def apply(self, op: Operator, x: tf.Tensor, transpose: bool = False) -> tf.Tensor:
+        """``(M x)[owned]``, or ``(M^T x)[owned]`` with ``transpose`` (class docstring)."""
+        n = self.num_nodes
+        if op.num_nodes != n or op.values.shape[-1] != n * n:
+            raise ValueError(f"RankRowsExchange needs complete operators on the {n} pairs (values (..., {n * n})), "
+                             f"got {op.num_nodes} nodes and values {op.values.shape}")
+        own_rows = tf.gather(tf.reshape(op.values, [-1, n, n] if op.per_sample else [n, n]), self._owned,
+                             axis=-2)  # M[owned, :]: (B, n_own, N) or (n_own, N)
+        return self._exchange(own_rows, tf.convert_to_tensor(x), bool(transpose))
+
+    def _exchange(self, own_rows: tf.Tensor, x: tf.Tensor, transpose: bool) -> tf.Tensor:
+        @tf.custom_gradient
+        def exchange(x):
+            y = self._reverse(own_rows, x) if transpose else self._forward(own_rows, x)
+            return y, lambda dy: self._exchange(own_rows, dy, not transpose)
+
+        return exchange(x)
+
+    # node-first rows (n_own, parts, ...) <-> the part-major features (parts * n_own, ...)
+    def _node_first(self, x: tf.Tensor) -> tf.Tensor:
+        rows, n_own = int(x.shape[0]), self.num_owned
+        if rows % n_own:
+            raise ValueError(f"{rows} feature rows are not a whole number of copies of this rank's {n_own} pairs")
+        x = _split_rows(x, rows // n_own, n_own)
+        return tf.transpose(x, [1, 0, *range(2, x.shape.rank)])
+
+    @staticmethod
+    def _part_major(y: tf.Tensor) -> tf.Tensor:
+        return _merge_rows(tf.transpose(y, [1, 0, *range(2, y.shape.rank)]))
+
+    def _forward(self, own_rows: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+        rows = self._node_first(x)
+        ghosts = self.mpi.communicate(self.plan, tf.gather(rows, self._send))
+        with tf.control_dependencies([ghosts]):  # the collective runs on every rank, even without ghosts
+            full = tf.gather(tf.concat([rows, ghosts], axis=0), self._to_global)  # (N, parts, ...) in pair order
+            if own_rows.shape.rank == 3:  # per sample: full is (N, parts, B, g)
+                return _merge_rows(tf.einsum("bij,jpbg->pibg", own_rows, full))
+            return self._part_major(tf.tensordot(own_rows, full, axes=[[1], [0]]))
+
+    def _reverse(self, own_rows: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+        rows = self._node_first(x)
+        if own_rows.shape.rank == 3:  # contributions M_ij x_i of the owned i to every pair j: (N, parts, B, g)
+            contributions = tf.einsum("bij,ipbg->jpbg", own_rows, rows)
+        else:
+            contributions = tf.tensordot(own_rows, rows, axes=[[0], [0]])
+        extended = tf.gather(contributions, self._extended)  # owned pairs first, then the others' (by rank)
+        n_own = self.num_owned
+        back = self.mpi.communicate(self.plan, extended[n_own:], reverse=True)
+        with tf.control_dependencies([back]):  # the collective runs on every rank, even without ghosts
+            y = extended[:n_own] + tf.math.unsorted_segment_sum(back, self._send, n_own)
+        return self._part_major(y)
+
+
+def _split_rows(x: tf.Tensor, a: int, b: int) -> tf.Tensor:
+    """(a*b, ...) -> (a, b, ...), keeping the static trailing shape (some of it may be unknown)."""
+    y = tf.reshape(x, tf.concat([[a, b], tf.shape(x)[1:]], axis=0))
+    y.set_shape([a, b, *x.shape[1:]])
+    return y
+
+
+def _merge_rows(y: tf.Tensor) -> tf.Tensor:
+    """(a, b, ...) -> (a*b, ...), keeping the static trailing shape."""
+    a, b = y.shape[0], y.shape[1]
+    x = tf.reshape(y, tf.concat([[-1], tf.shape(y)[2:]], axis=0))
+    x.set_shape([a * b if a is not None and b is not None else None, *y.shape[2:]])
+    return x
+
+
+class PairsBackend(MPIBackend):
+    """The :class:`core.backend.MPIBackend` of App B: the pairs split over the ranks by ``owner`` (N,),
+    on the complete pattern, with :class:`RankRowsExchange` transports for training and evaluation
+    (construction is collective)."""
+
+    def __init__(self, owner, comm=None, *, debug: bool | None = None, partition: str = ""):
+        owner = np.asarray(owner)
+        super().__init__(owner, [complete_sparse_operator(owner.size)], comm, debug=debug, partition=partition)
+        self.transport = RankRowsExchange(self.transport)
+        self.eval_transport = RankRowsExchange(self.eval_transport)

@@ -18,6 +18,18 @@ does not exist (the paper preset of docs/design.md, section 7, or the quick pres
 
 Seeds: ``--seed`` derives the initial parameters (the same for every approach) and the trainer's
 generator, which orders the training batches of every epoch.
+
+MPI (docs/design.md, section 11): ``mpiexec -n P python -m apps.power_allocation --backend mpi`` splits the N
+transmitter-receiver pairs over the P ranks (``--partition``; pair i's copies of the 8 GCNNs go with it).
+Rank 0 alone chooses the run path, generates the dataset (``--generate``; the other ranks wait for it),
+verifies it, computes the WMMSE baselines (centralized computations without messages: once is enough, and
+the other ranks would only take CPU from it; their numbers are broadcast) and writes the run directory
+(config.json records the backend, P, the partition and its edge cut; summary.json the bytes and messages each
+rank sent per mini-batch, next to the logical counts, which equal the in-process ones). Every rank reads the
+HDF5 file (read-only: the whole mini-batch's H, from which it computes its pairs' rows) and trains its pairs,
+every exchange going over MPI (:class:`apps.power_allocation.exchange.PairsBackend`). Checkpoints hold every
+pair's rows, so a run resumes under any P, or in-process. Started without mpiexec, ``--backend mpi`` runs
+with P = 1 (and says so); ``--jobs`` and P > N are refused.
 """
 
 from __future__ import annotations
@@ -29,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apps.common import cli as common_cli
+from apps.common.backend import check_backend_flags, check_ranks, make_backend, on_root, run_on_world, start_world
+from apps.common.main import World
 from core.parallel import default_workers
 from datasets import cli
 from datasets import power_allocation as pa
@@ -52,6 +66,8 @@ PRESETS = {
     "quick": {"epochs": 10, "lr": 3e-2, "checkpoint_every": 5},
 }
 TRAIN_EVAL_BATCHES = 20  # training batches on which the initial model's train_sum_rate is measured
+WORLD: World = World()
+"""The processes of this run (set by :func:`main`: the ranks of mpiexec, or this process alone)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="training batches read ahead by a background thread (keep it above the 50 mini-batches "
                           "trained per compiled call)")
     run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training step")
+    common_cli.add_backend_arguments(run)
     return parser
 
 
@@ -129,6 +146,8 @@ class Plan:
     dataset: dict = field(default_factory=dict)
     resumed_config: dict | None = None
     grouped: bool = True  # each approach in <out>/<approach>/ (apps.common.main.is_grouped)
+    backend: object = None  # core.backend.LocalBackend / PairsBackend, made by execute (collective under MPI)
+    backend_info: dict = field(default_factory=dict)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -139,6 +158,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if config is not None:
         args.generate = False  # the resumed run's dataset exists already
     args.resumed_config = config
+    check_backend_flags(args, argv, WORLD)
     return args
 
 
@@ -148,19 +168,26 @@ def plan(args: argparse.Namespace) -> Plan:
 
     if not 0 < args.lr_decay_rate <= 1:
         raise ValueError(f"--lr-decay-rate must be in (0, 1], got {args.lr_decay_rate}")
-    out = resolve_out(args, APP)
+    out = on_root(WORLD, lambda: resolve_out(args, APP))  # rank 0 picks (and checks) the path; every rank uses it
     path = args.data if args.data is not None else DEFAULT_DATA[args.preset or "paper"]
-    if not path.exists():
-        if not args.generate:
-            raise ValueError(f"--data: {path} does not exist; pass --generate to create it")
-        _generate(args, path)
-    dataset = check_dataset(path, args)
+    # rank 0 alone generates and verifies the dataset; the others wait for its answer, then read the file
+    dataset = on_root(WORLD, lambda: _prepare_dataset(args, path))
     check_memory(args, dataset)
     check_resumed_dataset(args.resumed_config, dataset["checksum"], path)
     # a batch's consensus graph links some of its N pairs: at most N - 1 neighbours, whatever the batch
     common_cli.check_mixing_beta(args, (), largest_degree=dataset["pairs"] - 1)
+    check_ranks(args, WORLD, dataset["pairs"], PROG, f"{dataset['pairs']} transmitter-receiver pairs")
     return Plan(args, tuple(args.optimizer), out, args.resume is not None, path, dataset, args.resumed_config,
                 is_grouped(args, args.optimizer))
+
+
+def _prepare_dataset(args: argparse.Namespace, path: Path) -> dict:
+    """The checked dataset of ``path`` (generated first if asked and missing); what config.json records."""
+    if not path.exists():
+        if not args.generate:
+            raise ValueError(f"--data: {path} does not exist; pass --generate to create it")
+        _generate(args, path)
+    return check_dataset(path, args)
 
 
 def _generate(args: argparse.Namespace, path: Path) -> None:
@@ -230,6 +257,7 @@ def run_config(p: Plan, approach: str) -> dict:
                  "d_adam_variant": p.args.d_adam_variant,
                  "consensus_graph": "links up in both directions in every sample of the mini-batch"},
         "dataset": p.dataset,
+        "backend": p.backend_info or {"backend": "local", "ranks": 1},
     }
 
 
@@ -274,20 +302,28 @@ def execute(p: Plan) -> tuple[dict[str, dict], dict[str, float]]:
     from core.runs import RunDir, atomic_write_json
 
     args, info = p.args, p.dataset
-    with pa.PowerAllocationDataset(p.data_path) as data:
-        test_H = np.stack([data.batch("test", k).H for k in range(data.num_batches("test"))])
-    baselines = wmmse_baselines(test_H, info["noise_power_w"], info["pmax_w"],
-                                {"wmmse": args.wmmse_iterations, "wmmse_tr": args.layers}, jit=not args.no_jit)
-    reference = {"wmmse_test_sum_rate": baselines["wmmse"][0], "wmmse_tr_test_sum_rate": baselines["wmmse_tr"][0],
-                 "wmmse_iterations": args.wmmse_iterations, "wmmse_tr_iterations": args.layers,
-                 "bandwidth_hz": info["bandwidth_hz"]}
-    parent = RunDir(p.out) if p.grouped else None
+    root = WORLD.is_root
+    # the pairs of the exchanges: all N x N entries (per-sample values; a cut link is a zero weight), so the
+    # partition only balances the pairs over the ranks, each of which exchanges with every other
+    p.backend, p.backend_info = make_backend(args, WORLD, info["pairs"],
+                                             lambda: _exchange_pattern(info["pairs"]), build=_pairs_backend)
+    reference, powers = None, None
+    if root:  # the baselines are centralized computations without messages: rank 0 alone
+        with pa.PowerAllocationDataset(p.data_path) as data:
+            test_H = np.stack([data.batch("test", k).H for k in range(data.num_batches("test"))])
+        baselines = wmmse_baselines(test_H, info["noise_power_w"], info["pmax_w"],
+                                    {"wmmse": args.wmmse_iterations, "wmmse_tr": args.layers}, jit=not args.no_jit)
+        reference = {"wmmse_test_sum_rate": baselines["wmmse"][0],
+                     "wmmse_tr_test_sum_rate": baselines["wmmse_tr"][0], "wmmse_iterations": args.wmmse_iterations,
+                     "wmmse_tr_iterations": args.layers, "bandwidth_hz": info["bandwidth_hz"]}
+        powers = {name: baseline[1] for name, baseline in baselines.items()} if args.save_powers else None
+    reference = WORLD.bcast(reference)
+    parent = RunDir(p.out) if p.grouped and root else None
     if parent is not None and not p.resume:
         parent.write_config({**run_config(p, ",".join(p.approaches)), "grouped": True})
-    powers = {name: baseline[1] for name, baseline in baselines.items()} if args.save_powers else None
     jobs = {approach: (p, approach, reference, powers) for approach in p.approaches}
     summaries = run_jobs(train_approach, jobs, min(args.jobs, len(jobs)), total=len(jobs) * args.epochs,
-                         desc="power allocation", quiet=args.quiet)
+                         desc="power allocation", quiet=args.quiet or not root)
     if parent is not None:
         atomic_write_json(parent.summary_path, summaries)
         curves = {LABELS[a]: _curve(RunDir(p.out / a, create=False).read_metrics(), "test_sum_rate")
@@ -297,17 +333,32 @@ def execute(p: Plan) -> tuple[dict[str, dict], dict[str, float]]:
     return summaries, reference
 
 
+def _exchange_pattern(pairs: int):
+    """All N x N entries: what every exchange of App B runs on (imported late: it imports TensorFlow)."""
+    from apps.power_allocation.exchange import complete_sparse_operator
+
+    return complete_sparse_operator(pairs)
+
+
+def _pairs_backend(owner, sources, partition: str):
+    from apps.power_allocation.exchange import PairsBackend
+
+    del sources  # the complete pattern of _exchange_pattern, which PairsBackend builds itself
+    return PairsBackend(owner, partition=partition)
+
+
 def train_approach(p: Plan, approach: str, reference: dict, powers: dict | None, progress=None) -> dict:
     """Train one approach into its run directory (resuming if asked); returns its summary.
 
-    ``powers``: the baselines' test powers to store beside UWMMSE's (``--save-powers``), or None;
+    ``powers``: the baselines' test powers to store beside UWMMSE's (``--save-powers``; on rank 0), or None;
     ``progress``: a :mod:`core.parallel` progress report (None: the trainer's own progress bar).
     """
     from apps.common.main import train_in_run
 
-    outputs = ["learning_curve.png"] + (["test_powers.npz"] if powers is not None else [])
+    outputs = ["learning_curve.png"] + (["test_powers.npz"] if p.args.save_powers else [])
+    # under MPI only rank 0 touches the run directory (run is None on the others); every rank trains
     return train_in_run(p, approach, outputs,
-                        lambda run: _train_approach(p, approach, reference, powers, run, progress))
+                        lambda run: _train_approach(p, approach, reference, powers, run, progress), world=WORLD)
 
 
 def _train_approach(p: Plan, approach: str, reference: dict, powers: dict | None, run, progress) -> dict:
@@ -323,7 +374,8 @@ def _train_approach(p: Plan, approach: str, reference: dict, powers: dict | None
     from core.trainer import RandomGraphs, Trainer, TrainerConfig
 
     args, info = p.args, p.dataset
-    if not run.config_path.is_file():
+    root = WORLD.is_root
+    if root and not run.config_path.is_file():
         run.write_config(run_config(p, approach))
     dtype = tf.as_dtype(args.dtype)
     init_seed, trainer_seed = derived_seeds(args.seed)
@@ -335,25 +387,28 @@ def _train_approach(p: Plan, approach: str, reference: dict, powers: dict | None
         model = UWMMSE(args.layers, args.hidden)
         task = PowerAllocationTask(model, model.init_theta(init_seed, dtype), num_train, data.batch_size,
                                    info["noise_power_w"], info["pmax_w"], test_H, train_eval_H, dtype,
-                                   info["bandwidth_hz"])
+                                   info["bandwidth_hz"], backend=p.backend)
         optimizer = make_optimizer(approach, args.consensus_rounds, authors_variant=args.d_adam_variant == "authors")
         lr = LearningRate(args.lr, args.lr_schedule, args.lr_decay_rate, args.lr_decay_steps)
         config = TrainerConfig(epochs=args.epochs, batch_size=data.batch_size, seed=trainer_seed,
                                checkpoint_every=args.checkpoint_every, jit=not args.no_jit,
-                               quiet=args.quiet or progress is not None, description=LABELS[approach])
+                               quiet=args.quiet or progress is not None or not root, description=LABELS[approach])
         mixing = None if optimizer.centralized else args.mixing
+        p.backend.reset_counters()  # this approach's wire counts only (a group run reuses the backend)
         with TrainingBatches(data, dtype, mixing, args.mixing_beta, args.prefetch) as batches:
             trainer = Trainer(task, optimizer, lr, RandomGraphs(batches.draw, same_shapes=True), config, run,
                               extra_summary={"optimizer": approach, "label": LABELS[approach], **reference})
             result = trainer.run(resume=p.resume, on_epoch=progress)
     summary = with_mbps({**result.summary, "initial_test_sum_rate": result.rows[0]["test_sum_rate"]},
                         info["bandwidth_hz"])
-    run.write_summary(summary)
-    _plot(run.path / "learning_curve.png", {f"{LABELS[approach]} test": _curve(result.rows, "test_sum_rate"),
-                                      f"{LABELS[approach]} train": _curve(result.rows, "train_sum_rate")},
-          reference, title=f"{LABELS[approach]}: UWMMSE power allocation")
-    if powers is not None:
-        atomic_savez(run.path / "test_powers.npz", uwmmse=task.powers(result.theta), **powers)
+    uwmmse_powers = task.powers(result.theta) if args.save_powers else None  # collective under MPI
+    if root:
+        run.write_summary(summary)
+        _plot(run.path / "learning_curve.png", {f"{LABELS[approach]} test": _curve(result.rows, "test_sum_rate"),
+                                                f"{LABELS[approach]} train": _curve(result.rows, "train_sum_rate")},
+              reference, title=f"{LABELS[approach]}: UWMMSE power allocation")
+        if uwmmse_powers is not None:
+            atomic_savez(run.path / "test_powers.npz", uwmmse=uwmmse_powers, **powers)
     return summary
 
 
@@ -390,8 +445,8 @@ def print_table(summaries: dict[str, dict], reference: dict, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, validate, train; returns the exit status (2: bad input, 1: unreadable data, 130: interrupted)."""
-    from apps.common.main import run_experiment
-
+    global WORLD
+    WORLD = start_world()  # the ranks of mpiexec (an exception on any rank ends the job), or this process
     # DatasetError mid-run: only with --no-verify, a batch that fails its checks
-    return run_experiment(PROG, argv, parse_args, plan, execute,
-                          lambda result, p: print_table(*result, p.out), failures=(DatasetError,))
+    return run_on_world(WORLD, PROG, argv, parse_args, plan, execute, lambda result, p: print_table(*result, p.out),
+                        failures=(DatasetError,))

@@ -44,6 +44,16 @@ from epoch 7, 0.10 after epoch 10; consensus error 2e-5 - 2e-4).
 Metrics: ``train_sum_rate`` (the mean over the mini-batch of sum_i rate_i, in bit/s/Hz, measured
 before the update) and ``test_sum_rate`` (the same on the whole test split). Distributed models are
 evaluated as they run: every node with its own parameter copy.
+
+MPI (docs/design.md, section 11; ``backend``: an :class:`apps.power_allocation.exchange.PairsBackend`): every
+rank holds the whole mini-batch's H and W (each rank reads the HDF5 file) and computes the rows of its pairs
+only, every exchange going over MPI (:class:`~apps.power_allocation.exchange.RankRowsExchange`; training and
+evaluation on separate communicators so that their bytes are counted apart). theta is the rank's rows
+(n_own, |theta|) for a distributed optimizer (their local gradients, eq. 8c, arrive through the reverse
+exchanges), or the shared theta, of which each rank computes the gradient of its pairs' share
+-sum_b sum_{i owned} rate_i(b) / N; the trainer sums the ranks' parts (an Allreduce). Metrics are reported
+as N times the mean over the rank's pairs, so that the trainer's node-weighted mean over ranks
+(:meth:`core.backend.MPIBackend.reduce_metrics`) is the sum over all pairs.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ import tensorflow as tf
 
 from apps.power_allocation.exchange import DenseExchange
 from apps.power_allocation.uwmmse import UWMMSE, Channel
+from core.backend import LOCAL
 from core.comm import CommSimulator, Schedule
 from core.optimizers import Optimizer
 from core.trainer import GraphOps, Task
@@ -72,6 +83,8 @@ class PowerAllocationTask(Task):
         dtype: float dtype of parameters and data.
         bandwidth_hz: the channel bandwidth, for the sum-rates in Mbps (bit/s/Hz x bandwidth) beside
             those in bit/s/Hz.
+        backend: :class:`core.backend.LocalBackend` (default: every pair here) or the
+            :class:`~apps.power_allocation.exchange.PairsBackend` of an MPI run (module docstring).
     """
 
     train_metrics = ("train_sum_rate", "train_sum_rate_mbps")
@@ -80,12 +93,19 @@ class PowerAllocationTask(Task):
     maximize = frozenset({"train_sum_rate", "test_sum_rate", "train_sum_rate_mbps", "test_sum_rate_mbps"})
 
     def __init__(self, model: UWMMSE, theta0, num_train_batches: int, batch_size: int, sigma2: float, pmax: float,
-                 test_H: np.ndarray, train_eval_H: np.ndarray, dtype=tf.float32, bandwidth_hz: float = 20e6):
+                 test_H: np.ndarray, train_eval_H: np.ndarray, dtype=tf.float32, bandwidth_hz: float = 20e6,
+                 backend=None):
         self.model, self.dtype = model, tf.as_dtype(dtype)
+        self.backend = LOCAL if backend is None else backend
         self.theta0 = tf.convert_to_tensor(theta0, self.dtype)
         self.batch_size = int(batch_size)
         self.num_train = int(num_train_batches) * self.batch_size  # one mini-batch per file batch and epoch
-        self.num_nodes = int(test_H.shape[-1])
+        self.pairs = int(test_H.shape[-1])  # N
+        # this process's pairs: all of them, or an MPI rank's (then node-means are scaled, module docstring)
+        self._split = bool(self.backend.distributed)
+        self.num_nodes = self.backend.num_owned if self._split else self.pairs
+        self._owned = tf.constant(self.backend.owned, tf.int32) if self._split else None
+        self._scale = self.pairs / self.num_nodes
         self.sigma2, self.pmax = float(sigma2), float(pmax)
         self.mbps_per_bit_s_hz = float(bandwidth_hz) / 1e6
         # variables, not constants: the compiled evaluation reads them instead of embedding megabytes
@@ -108,21 +128,35 @@ class PowerAllocationTask(Task):
         return Schedule(optimizer.schedule, self.model.num_exchanges, batch_size, optimizer.consensus_rounds,
                         optimizer.payload_size(self.model.num_params))
 
+    def _network(self, sim: CommSimulator | None = None, tape_backward: bool = False, train: bool = True):
+        """The exchanges of one pipeline: dense on the whole network, or over MPI for this rank's pairs."""
+        transport = None
+        if self._split:
+            transport = self.backend.transport if train else self.backend.eval_transport
+        return DenseExchange(sim, tape_backward, transport=transport)
+
+    def _over_all_pairs(self, total: tf.Tensor) -> tf.Tensor:
+        """A sum over this process's pairs as the trainer reduces it: itself, or on an MPI rank N times the
+        mean over its pairs (module docstring)."""
+        return total * tf.constant(self._scale, total.dtype) if self._split else total
+
     def gradients(self, theta, indices, graph: GraphOps, optimizer: Optimizer, exchange):
         del indices  # the mini-batch is the graph's channel (module docstring)
-        channel = Channel.from_shift(graph.shift)
+        channel = Channel.from_shift(graph.shift, self._owned)
         distributed = not optimizer.centralized
         counter = exchange if isinstance(exchange, CommSimulator) else None
-        network = DenseExchange(counter, tape_backward=distributed)
+        network = self._network(counter, tape_backward=distributed)
         with tf.GradientTape() as tape:
             tape.watch(theta)
             rates, _ = self.model.rates(theta, channel, self.sigma2, self.pmax, network)
             if distributed:
                 objective = -tf.reduce_sum(rates)  # sum_b sum_j l_j(b): node i's copy gets eq. (8c)
+            elif self._split:  # this rank's share sum_b (1/N) sum_{i owned} l_i(b); the ranks' parts are summed
+                objective = -tf.reduce_sum(rates) / tf.constant(self.pairs, rates.dtype)
             else:
                 objective = -tf.reduce_sum(tf.reduce_mean(rates, axis=1))  # sum_b (1/N) sum_i l_i(b)
         grad = tape.gradient(objective, theta)
-        rate = tf.reduce_mean(tf.reduce_sum(rates, axis=1))
+        rate = self._over_all_pairs(tf.reduce_mean(tf.reduce_sum(rates, axis=1)))
         return grad, {"train_sum_rate": rate, "train_sum_rate_mbps": rate * self.mbps_per_bit_s_hz}
 
     def evaluate(self, theta, graph: GraphOps | None, split: str) -> dict[str, tf.Tensor]:
@@ -131,18 +165,25 @@ class PowerAllocationTask(Task):
         num_batches = data.shape[0]
 
         def body(k, total):
-            rates, _ = self.model.rates(theta, Channel.from_matrices(data[k]), self.sigma2, self.pmax)
-            return k + 1, total + tf.reduce_sum(rates)
+            rates, _ = self.model.rates(theta, Channel.from_matrices(data[k], self._owned), self.sigma2, self.pmax,
+                                        self._network(train=False))
+            return k + 1, total + self._over_all_pairs(tf.reduce_sum(rates))
 
         _, total = tf.while_loop(lambda k, _: k < num_batches, body, (tf.constant(0), tf.zeros([], self.dtype)))
         mean = total / tf.cast(num_batches * data.shape[1], self.dtype)
         return {f"{split}_sum_rate": mean, f"{split}_sum_rate_mbps": mean * self.mbps_per_bit_s_hz}
 
-    def powers(self, theta, split: str = "test") -> np.ndarray:
-        """Allocated powers p (T, B, N) in W of theta on the stored batches of ``split``."""
+    def powers(self, theta, split: str = "test") -> np.ndarray | None:
+        """Allocated powers p (T, B, N) in W of theta on the stored batches of ``split``; under MPI
+        (collective) gathered to rank 0 in pair order (None on the other ranks)."""
         data = self._eval_data[split]
-        return np.stack([self._powers_fn(theta, data[k]).numpy() for k in range(data.shape[0])])
+        p = np.stack([self._powers_fn(theta, data[k]).numpy() for k in range(data.shape[0])])
+        if not self._split:
+            return p
+        rows = self.backend.gather_rows(np.moveaxis(p, -1, 0))  # (N, T, B) on rank 0
+        return None if rows is None else np.moveaxis(rows, 0, -1)
 
     @tf.function(autograph=False)
     def _powers_fn(self, theta, H):
-        return self.model.rates(theta, Channel.from_matrices(H), self.sigma2, self.pmax)[1]
+        return self.model.rates(theta, Channel.from_matrices(H, self._owned), self.sigma2, self.pmax,
+                                self._network(train=False))[1]

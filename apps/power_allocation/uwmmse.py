@@ -57,7 +57,9 @@ class Channel(NamedTuple):
     ``shift``: S = H for the GCNNs; ``interference``: M_ij = H_ji² off the diagonal, so that (M p)_i =
     Σ_{j≠i} H_ji² p_j; ``feedback``: M_ij = H_ij², so that (M x)_i = Σ_j H_ij² x_j. All are
     :func:`~apps.power_allocation.exchange.complete_operator` operators with per-sample values.
-    ``direct`` is diag(H), sample-major (B, N).
+    ``direct`` is diag(H), sample-major (B, N); on an MPI rank (``owned``: its pairs, sorted) only its
+    pairs' (B, n_own), while the operators stay those of the whole network (the rank's exchange,
+    :class:`~apps.power_allocation.exchange.RankRowsExchange`, takes their owned rows).
     """
 
     H: tf.Tensor
@@ -67,21 +69,22 @@ class Channel(NamedTuple):
     feedback: Operator
 
     @classmethod
-    def from_matrices(cls, H) -> Channel:
+    def from_matrices(cls, H, owned=None) -> Channel:
         H = tf.convert_to_tensor(H)
         n = int(H.shape[-1])
         flat = [-1, n * n]
         H_sq = tf.square(H)
         direct = tf.linalg.diag_part(H)
         interference = tf.transpose(tf.linalg.set_diag(H_sq, tf.zeros_like(direct)), [0, 2, 1])
-        return cls(H, direct, complete_operator(tf.reshape(H, flat), n),
+        mine = direct if owned is None else tf.gather(direct, owned, axis=-1)
+        return cls(H, mine, complete_operator(tf.reshape(H, flat), n),
                    complete_operator(tf.reshape(interference, flat), n), complete_operator(tf.reshape(H_sq, flat), n))
 
     @classmethod
-    def from_shift(cls, shift: Operator) -> Channel:
+    def from_shift(cls, shift: Operator, owned=None) -> Channel:
         """The channel whose GCNN shift is ``shift`` (a per-sample complete operator, S = H)."""
         n = shift.num_nodes
-        return cls.from_matrices(tf.reshape(shift.values, [-1, n, n]))
+        return cls.from_matrices(tf.reshape(shift.values, [-1, n, n]), owned)
 
 
 class NetworkSums:
@@ -119,7 +122,8 @@ def unfold(H, sigma2, pmax, coefficients, channel: Channel | None = None, exchan
     """
     H = tf.convert_to_tensor(H)
     pmax = in_dtype(pmax, H.dtype)  # built in H's dtype, never through float32
-    v = tf.ones_like(H[..., 0]) * tf.sqrt(pmax)  # v^0 = √Pmax (docs/design.md, section 8)
+    # v^0 = √Pmax (docs/design.md, section 8), for the pairs whose amplitudes are computed here
+    v = tf.ones_like(H[..., 0] if channel is None else channel.direct) * tf.sqrt(pmax)
     for k, (a, b) in enumerate(coefficients, start=1):
         if exchange is None:
             sums = ChannelSums(H)
@@ -165,7 +169,10 @@ class UWMMSE:
         Shared θ (|θ|,) gives per-block parameters (P, ...): the N virtual nodes of GCNN p share its
         copy (core.gcnn's per-block form: one batched product per GCNN instead of one per virtual node,
         ~7 % of a centralized training step). Per-node copies (N, |θ|) are regrouped part-major, so that
-        virtual node p*N + i holds node i's copy of GCNN p.
+        virtual node p*N + i holds node i's copy of GCNN p. On an MPI rank, ``num_nodes`` is its n_own
+        pairs and θ its rows (n_own, |θ|): virtual row p*n_own + k is its k-th pair's copy of GCNN p, the
+        layout of its exchanges (apps/power_allocation/exchange.py); checkpoints hold θ per pair, never
+        this layout.
         """
         parts, size = len(self.parts), self.gcnn.num_params
         if theta.shape.rank == 1:
@@ -176,8 +183,9 @@ class UWMMSE:
         return unflatten(stacked, self.gcnn.param_shapes())
 
     def coefficients(self, theta, channel: Channel, exchange) -> list[tuple[tf.Tensor, tf.Tensor]]:
-        """(a^k, b^k) per unfolded layer, sample-major (B, N); exchanges 1 and 2 (all GCNNs bundled)."""
-        n, parts, batch = channel.shift.num_nodes, len(self.parts), tf.shape(channel.direct)[0]
+        """(a^k, b^k) per unfolded layer, sample-major (B, N) (on an MPI rank (B, n_own), its pairs);
+        exchanges 1 and 2 (all GCNNs bundled)."""
+        n, parts, batch = int(channel.direct.shape[-1]), len(self.parts), tf.shape(channel.direct)[0]
         x = tf.ones([parts * n, batch, 1], channel.H.dtype)  # input features: ones (N x 1) for every GCNN
         self_factor = tf.tile(tf.transpose(channel.direct), [parts, 1])  # diag(H), node-major (P*N, B)
         y, _ = self.gcnn.forward(self.stacked_params(theta, n), x, channel.shift, self_factor,

@@ -8,6 +8,10 @@ what they compare with the in-process run, in float64 to rtol 1e-10 / atol 1e-12
   ``-n 2`` also runs ``apps.node_regression --backend mpi`` (rank 0's run directory against the in-process
   run; --jobs and P > |V| refused with one line); ``-n 3`` also checkpoints under 3 ranks and resumes
   in-process and the reverse, then one rank raises mid-run: the job must end within 30 s with one line;
+- both launches also run App B's cases (tests/core/distributed/power_allocation_cases.py: UWMMSE with C-Adam and
+  distributed Adams through the trainer and the app, resume across P);
+- and App C's (tests/core/distributed/link_scheduling_cases.py: the actor on the ranks with a graph drawn per
+  mini-batch, the critic on rank 0; D-Adam, C-Adam and D-SGD, the app, resume across P, refused flags);
 - ``-n 6`` on a 6-node graph, one process per network node: a ``slow`` test (six more TensorFlow
   start-ups); the default suite runs that graph under ``-n 3``.
 
@@ -24,6 +28,8 @@ pytest.importorskip("mpi4py", reason="the MPI backend needs mpi4py (requirements
 
 from core.distributed.launch import find_mpiexec  # noqa: E402
 from tests.core.distributed.launching import assert_failure_ended_the_job, kill_group, launch, wait_all  # noqa: E402
+from tests.core.distributed.link_scheduling_cases import CASES as LS_CASES  # noqa: E402
+from tests.core.distributed.power_allocation_cases import CASES as PA_CASES  # noqa: E402
 
 SCRIPT = Path(__file__).with_name("trainer_cases.py")
 CORE_CASES = [f"ba_with_isolated_node/{o}" for o in ("d-sgd", "d-amsgrad", "d-naive-pb", "c-sgd")]
@@ -32,6 +38,10 @@ CASES = {2: CORE_CASES + ["rank_without_boundary/d-sgd", "ba_with_isolated_node/
          3: CORE_CASES + ["rank_without_boundary/c-sgd/per_step", "six_nodes/d-sgd", "six_nodes/c-sgd",
                           "resume_across_p/d-amsgrad", "resume_across_p/c-sgd"],
          6: ["six_nodes/d-sgd", "six_nodes/c-sgd", "six_nodes/d-amsgrad"]}
+for _n, _names in PA_CASES.items():  # App B (tests/core/distributed/power_allocation_cases.py)
+    CASES[_n] = CASES[_n] + _names
+for _n, _names in LS_CASES.items():  # App C (tests/core/distributed/link_scheduling_cases.py)
+    CASES[_n] = CASES[_n] + _names
 TIMEOUT_S = 120  # per launch; a hang fails the test instead of blocking the suite
 FAULT_BOUND_S = 30
 

@@ -244,6 +244,14 @@ def main() -> None:
         import mpi_app_cases
 
         mpi_app_cases.run(args.out, RANK, P, COMM, ok)
+    if args.out is not None and not args.small:  # App B's cases (their names: power_allocation_cases.CASES)
+        import power_allocation_cases
+
+        power_allocation_cases.run(args.out, RANK, P, COMM, ok, compare)
+    if args.out is not None and not args.small:  # App C's cases (their names: link_scheduling_cases.CASES)
+        import link_scheduling_cases
+
+        link_scheduling_cases.run(args.out, RANK, P, COMM, ok)
     print(f"DONE rank={RANK} seconds={time.time() - start:.1f}", flush=True)
     if args.fault:
         fault()
