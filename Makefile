@@ -15,9 +15,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
-# The quick versions of all three experiments, then Fig. 2a-c and Table I, into runs/demo/.
+# The quick versions of all three experiments, then Fig. 2a-c and Table I, into runs/demo/; then the quick
+# robustness sweep (App A over lossy links) into runs/demo/robustness/ (continued if it is there already).
 demo: $(STAMP)
 	$(PY) -m apps.figures --quick --runs runs/demo
+	@if [ -f runs/demo/robustness/config.json ]; then \
+		$(PY) -m apps.robustness --resume runs/demo/robustness; \
+	else $(PY) -m apps.robustness --quick --out runs/demo/robustness; fi
 
 # The paper-scale experiments (resumable: run it again to continue), then the figures, into runs/paper/.
 reproduce: $(STAMP)

@@ -26,6 +26,7 @@ SCRIPTS = {
     "fdtrain-power-allocation": "apps.power_allocation.experiment:main",
     "fdtrain-link-scheduling": "apps.link_scheduling.experiment:main",
     "fdtrain-figures": "apps.figures.__main__:main",
+    "fdtrain-robustness": "apps.robustness.__main__:main",
     "fdtrain-datasets": "datasets.__main__:main",
 }
 # top-level folders of the checkout that are not copied for the build (environments, outputs, caches)

@@ -11,6 +11,7 @@ checkpoints short, and killing them would lose them. No new child starts once a 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -51,12 +52,12 @@ def run_app(command: list[str], stop: StopRequest) -> int:
 
 def run_children(commands: Mapping, stop: StopRequest, parallel: int = 1,
                  on_done: Callable[[object, int], None] | None = None, on_poll: Callable[[], None] | None = None,
-                 **popen) -> dict:
+                 log_of: Callable[[object], os.PathLike] | None = None) -> dict:
     """Run the ``{key: command}`` children, at most ``parallel`` at a time, in order; their exit statuses.
 
     ``on_done(key, status)`` is called as each child ends, ``on_poll()`` every 0.2 s (e.g. to update a progress
-    bar); ``popen`` is passed to :class:`subprocess.Popen` (e.g. ``stdout``). Keys whose child never started
-    because a stop was requested are missing from the result.
+    bar); ``log_of(key)``: a file that the child's output (stdout and stderr) is appended to, instead of this
+    process's streams. Keys whose child never started because a stop was requested are missing from the result.
     """
     from core.parallel import parent_death_preexec
 
@@ -68,7 +69,13 @@ def run_children(commands: Mapping, stop: StopRequest, parallel: int = 1,
         try:
             while queue and len(running) < max(1, int(parallel)) and not stop.requested:
                 key, command = queue.pop(0)
-                running[key] = subprocess.Popen(command, preexec_fn=parent_death_preexec(signal.SIGTERM), **popen)
+                if log_of is None:
+                    running[key] = subprocess.Popen(command, preexec_fn=parent_death_preexec(signal.SIGTERM))
+                else:
+                    with open(log_of(key), "ab") as log:  # the child keeps its own descriptor
+                        running[key] = subprocess.Popen(command, preexec_fn=parent_death_preexec(signal.SIGTERM),
+                                                        stdout=log, stderr=subprocess.STDOUT,
+                                                        stdin=subprocess.DEVNULL)
             if stop.requested:
                 queue.clear()
                 if not forwarded:
