@@ -17,8 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-RTOL, ATOL = 1e-10, 1e-12
-COUNTS = ("epoch", "step", "mp_rounds", "floats_sent_per_node")
+from tests.core.distributed.comparing import ATOL, COUNTS, RTOL
+from tests.core.distributed.comparing import in_process as run_in_process
+
+
+def node_regression_in_process(argv: list[str]) -> int:
+    from apps.node_regression import experiment
+
+    return run_in_process(experiment, argv)
+
 
 
 def tiny(nodes: int) -> list[str]:
@@ -32,18 +39,6 @@ def read_metrics(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def in_process(argv: list[str]) -> int:
-    """Rank 0: the app as one process, although started by mpiexec."""
-    from apps.common.main import World, run_experiment
-    from apps.node_regression import experiment as ex
-
-    saved, ex.WORLD = ex.WORLD, World()
-    try:
-        return run_experiment(ex.PROG, argv, ex.parse_args, ex.plan, ex.execute, lambda *a: None, world=World())
-    finally:
-        ex.WORLD = saved
-
-
 def run(out: Path, rank: int, size: int, comm, ok) -> None:
     from apps.node_regression.experiment import main
 
@@ -54,7 +49,7 @@ def run(out: Path, rank: int, size: int, comm, ok) -> None:
         status = main([*argv, "--backend", "mpi", "--partition", method, "--out", str(mpi_dir)])
         assert status == 0, status
         if rank == 0:
-            assert in_process([*argv, "--no-jit", "--out", str(local_dir)]) == 0
+            assert node_regression_in_process([*argv, "--no-jit", "--out", str(local_dir)]) == 0
             got, want = read_metrics(mpi_dir / "metrics.csv"), read_metrics(local_dir / "metrics.csv")
             assert len(got) == len(want) == 3, (len(got), len(want))
             for g, w in zip(got, want):

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.core.distributed.comparing import ATOL, COUNTS, RTOL, compare_rows, in_process
+
 CASES = {2: ["link_scheduling/d-adam", "link_scheduling/c-adam", "link_scheduling/app"],
          3: ["link_scheduling/d-sgd", "link_scheduling/resume_across_p", "link_scheduling/app_validation"]}
 """The cases of each launch, by P (trainer_cases.py runs them; test_mpi_trainer.py checks their lines)."""
-RTOL, ATOL = 1e-10, 1e-12
-COUNTS = ("epoch", "step", "mp_rounds", "floats_sent_per_node")
 V, B, MINI_BATCHES = 12, 3, 4
 MESSAGES = {"d-adam": 6, "c-adam": 5}  # per rank and mini-batch under 2 ranks (one message per exchange)
 
@@ -82,18 +82,6 @@ def mpi_backend(data, size: int, method: str):
 
     union = union_graph(data[0], data[1])
     return MPIBackend(partition(union, size, method), [union], partition=method)
-
-
-def compare_rows(name: str, rows, ref_rows) -> None:
-    assert len(rows) == len(ref_rows), (name, len(rows), len(ref_rows))
-    for r, e in zip(rows, ref_rows):
-        for k in e:
-            if k == "wall_s":
-                continue
-            if k in COUNTS:
-                assert r[k] == e[k], (name, k, r[k], e[k])
-            else:
-                np.testing.assert_allclose(r[k], e[k], rtol=RTOL, atol=ATOL, err_msg=f"{name}: {k}")
 
 
 def compare_state(name: str, theta, task, ref_theta, ref_task) -> None:
@@ -191,7 +179,7 @@ def app_case(out: Path, rank: int, size: int, comm) -> str:
             "--dtype", "float64", "--checkpoint-every", "1", "-q", "--seed", "2", "--jobs", "1"]  # no forks under MPI
     assert ex.main([*argv, "--backend", "mpi", "--out", str(mpi_dir)]) == 0
     if rank == 0:
-        assert _in_process(ex, [*argv, "--out", str(local_dir)]) == 0
+        assert in_process(ex, [*argv, "--out", str(local_dir)]) == 0
         assert json.loads((mpi_dir / "config.json").read_text())["grouped"] is True
         assert set(json.loads((mpi_dir / "summary.json").read_text())) == {"c-adam", "d-adam"}
         for name in ("c-adam", "d-adam"):
@@ -247,17 +235,6 @@ def app_validation(out: Path, rank: int, size: int, comm) -> str:
 def _metrics(path: Path) -> list[dict]:
     with open(path / "metrics.csv") as f:
         return [{k: (int(v) if k in COUNTS else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _in_process(ex, argv: list[str]) -> int:
-    """Rank 0: the app as one process, although started by mpiexec."""
-    from apps.common.main import World, run_experiment
-
-    saved, ex.WORLD = ex.WORLD, World()
-    try:
-        return run_experiment(ex.PROG, argv, ex.parse_args, ex.plan, ex.execute, lambda *a: None, world=World())
-    finally:
-        ex.WORLD = saved
 
 
 def run(out: Path, rank: int, size: int, comm, ok) -> None:

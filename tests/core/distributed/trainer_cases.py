@@ -50,13 +50,12 @@ from core.replicas import flatten  # noqa: E402
 from core.runs import RunDir  # noqa: E402
 from core.supervised import SupervisedGCNN  # noqa: E402
 from core.trainer import FixedGraph, GraphOps, Trainer, TrainerConfig  # noqa: E402
+from tests.core.distributed.comparing import ATOL, COUNTS, RTOL, compare  # noqa: E402, F401  (the cases share them)
 
 COMM = mpi().COMM_WORLD
 RANK, P = COMM.Get_rank(), COMM.Get_size()
 F64 = tf.float64
-RTOL, ATOL = 1e-10, 1e-12
 OPTIMIZERS = ("d-sgd", "d-amsgrad", "d-naive-pb", "c-sgd")
-COUNTS = ("epoch", "step", "mp_rounds", "floats_sent_per_node")
 
 
 _LAST = [time.time()]
@@ -121,20 +120,6 @@ def make_trainer(task, graphs, name: str, epochs: int = 2, run=None, per_step: b
 def gathered(backend, trainer) -> np.ndarray | None:
     theta = trainer.theta.numpy()
     return theta if trainer.optimizer.centralized else backend.gather_rows(theta)
-
-
-def compare(name: str, rows, theta, ref_rows, ref_theta) -> None:
-    """Rank 0: the MPI run against the in-process one."""
-    assert len(rows) == len(ref_rows), (name, len(rows), len(ref_rows))
-    for r, e in zip(rows, ref_rows):
-        for k in e:
-            if k == "wall_s":
-                continue
-            if k in COUNTS:
-                assert r[k] == e[k], (name, k, r[k], e[k])
-            else:
-                np.testing.assert_allclose(r[k], e[k], rtol=RTOL, atol=ATOL, err_msg=f"{name}: {k}")
-    np.testing.assert_allclose(theta, ref_theta, rtol=RTOL, atol=ATOL, err_msg=f"{name}: parameters")
 
 
 def equal_to_in_process(problem, name: str, per_step: bool = False) -> None:

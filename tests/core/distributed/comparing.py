@@ -1,0 +1,40 @@
+"""What the MPI case scripts share: the tolerances, the comparison of an MPI run with the in-process one, and
+running an app in-process inside a rank (imported by the case modules; no side effects, no MPI)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+RTOL, ATOL = 1e-10, 1e-12  # float64: MPI sums in another order than one process
+COUNTS = ("epoch", "step", "mp_rounds", "floats_sent_per_node")
+"""Columns that must be equal exactly (the logical counts)."""
+
+
+def compare_rows(name: str, rows, ref_rows) -> None:
+    """Rank 0: the logged rows of the MPI run against the in-process ones (counts exactly, the rest to RTOL/ATOL)."""
+    assert len(rows) == len(ref_rows), (name, len(rows), len(ref_rows))
+    for r, e in zip(rows, ref_rows):
+        for k in e:
+            if k == "wall_s":
+                continue
+            if k in COUNTS:
+                assert r[k] == e[k], (name, k, r[k], e[k])
+            else:
+                np.testing.assert_allclose(r[k], e[k], rtol=RTOL, atol=ATOL, err_msg=f"{name}: {k}")
+
+
+def compare(name: str, rows, theta, ref_rows, ref_theta) -> None:
+    """Rank 0: rows and the final parameters of the MPI run against the in-process one."""
+    compare_rows(name, rows, ref_rows)
+    np.testing.assert_allclose(theta, ref_theta, rtol=RTOL, atol=ATOL, err_msg=f"{name}: parameters")
+
+
+def in_process(ex, argv: list[str]) -> int:
+    """Rank 0: the app of experiment module ``ex`` as one process, although started by mpiexec."""
+    from apps.common.main import World, run_experiment
+
+    saved, ex.WORLD = ex.WORLD, World()
+    try:
+        return run_experiment(ex.PROG, argv, ex.parse_args, ex.plan, ex.execute, lambda *a: None, world=World())
+    finally:
+        ex.WORLD = saved
