@@ -16,6 +16,17 @@ with ``tape_backward`` the transposed exchange of the GradientTape backward pass
 means. tests/apps/power_allocation/test_uwmmse.py checks values, gradients and counts against the
 simulator's own gather/segment-sum path.
 
+Imperfect links (docs/design.md, sections 8 and 12). Under a simulator with a link context each exchange
+takes the lost mask of its rounds from ``sim.lost_mask`` ((B, N*N) on the complete pattern: sample b's
+round in row b; the tape backward's on the reverse links of the ``bwd`` rounds) and records its payloads as
+``lossy_handled``. Stacked parts share one packet per link and round, so the (sample, entry) mask applies
+to every part. ``zero`` and ``retransmit:R`` (what is still lost after the retransmissions counts as 0) zero
+the lost weights and keep the dense product; ``stale`` goes through :func:`core.links.lossy_apply` (gather +
+segment sum) with the parts as extra feature columns, so its slot ``(kind, index, part)`` holds (N*N, P*g).
+A ``measurement`` exchange (the WMMSE interference and feedback sums of
+:class:`apps.power_allocation.uwmmse.NetworkSums`: received powers and feedback that the radio measures on
+the channel itself, not messages) is counted as before and never lost.
+
 Under MPI (docs/design.md, section 11) the N pairs are split over the ranks by pair i: rank r holds the
 rows of its pairs, and of the stacked copies p*N + i of the GCNNs (apps/power_allocation/uwmmse.py) those
 of its pairs, part-major (p*n_own + k for its k-th pair). :class:`RankRowsExchange` is then what moves the
@@ -24,7 +35,10 @@ trainer's simulator): the rows of the owned pairs go to every other rank in one 
 (on the complete pattern every rank neighbours every other), and each rank computes the rows of its pairs
 with the owned rows of the operator, ``M[owned, :] @ x``, as a dense product. The transposed operator (the
 backward pass) computes the owned rows' contributions to every column and sends the other ranks' parts back,
-to be summed at their owner (the reverse exchange). :class:`PairsBackend` is the
+to be summed at their owner (the reverse exchange). Under packet loss (``zero`` and ``retransmit:R``; ``stale``
+is refused under MPI) the lost weights of the global operator are zeroed before its owned rows are taken, and
+the simulator's lossy consensus rounds come through :meth:`RankRowsExchange.propagate_with`. :class:`PairsBackend`
+is the
 :class:`core.backend.MPIBackend` whose transports are these exchanges. The logical counts are recorded as
 in-process (the simulator never sees a rank); the bytes really sent are the MPI exchange's counters.
 """
@@ -40,6 +54,7 @@ from core.backend import MPIBackend
 from core.comm import CommSimulator, Message
 from core.gcnn import Exchange
 from core.graph import SparseOperator
+from core.links import lossy_apply
 from core.ops import Operator
 
 
@@ -105,23 +120,33 @@ class DenseExchange(Exchange):
     """Computes exchanges on :func:`complete_operator` operators densely; counts them on ``sim``.
 
     Args:
-        sim: the simulator that records the payloads (None: compute only, e.g. for evaluation).
+        sim: the simulator that records the payloads (None: compute only, e.g. for evaluation); under its link
+            context (``sim.lossy``) the exchanges lose the packets of its plan (module docstring).
         tape_backward: also record the ``bwd`` payload when GradientTape differentiates through a
             ``fwd`` exchange (distributed training: a network running that backward pass sends it).
         offset, part: as :meth:`core.comm.CommSimulator.view`: forward/backward payload l is recorded
             as index l + offset, tagged ``part`` (parallel parts share the round).
         transport: what moves and computes the data: None for :func:`dense_apply` on the whole network,
             or a :class:`RankRowsExchange` for the pairs of this MPI rank (features hold its rows only).
+        measurement: the payloads are physical measurements of the channel (the WMMSE sums), not messages:
+            counted in their rounds, never lost.
     """
 
     def __init__(self, sim: CommSimulator | None, tape_backward: bool = False, offset: int = 0, part: str = "",
-                 transport: RankRowsExchange | None = None):
+                 transport: RankRowsExchange | None = None, measurement: bool = False):
         self.sim, self.tape_backward, self.offset, self.part = sim, bool(tape_backward), int(offset), part
-        self.transport = transport
+        self.transport, self.measurement = transport, bool(measurement)
 
-    def view(self, offset: int = 0, part: str = "") -> DenseExchange:
-        """The same exchange, numbering payloads from ``offset`` and tagging them ``part``."""
-        return DenseExchange(self.sim, self.tape_backward, self.offset + offset, part, self.transport)
+    def view(self, offset: int = 0, part: str = "", measurement: bool | None = None) -> DenseExchange:
+        """The same exchange, numbering payloads from ``offset``, tagging them ``part`` (and, with
+        ``measurement``, as physical measurements that are never lost)."""
+        return DenseExchange(self.sim, self.tape_backward, self.offset + offset, part, self.transport,
+                             self.measurement if measurement is None else measurement)
+
+    @property
+    def lossy(self) -> bool:
+        """Whether this exchange loses packets: messages under a simulator with a link context."""
+        return self.sim is not None and self.sim.lossy and not self.measurement
 
     def _apply(self, op: Operator, x: tf.Tensor, transpose: bool = False) -> tf.Tensor:
         if self.transport is None:
@@ -141,26 +166,52 @@ class DenseExchange(Exchange):
         self._record(kind, index, self._parts(op, x) * int(x.shape[-1]))  # stacked parts travel together
         if self.tape_backward and kind == "fwd":
             return self._with_counted_backward(op, x, index)
-        return self._apply(op, x)
+        return self._exchange(op, x, kind, index)
 
     def _record(self, kind: str, index: int, size: int) -> None:
         if self.sim is not None:  # batched: the B per-sample payloads of this exchange
+            # under a link context: the loss is applied by _exchange, or deliberately not (a measurement)
             for b in range(self.sim.schedule.B):
-                self.sim.record(Message(kind, b, index, self.part), size)
+                self.sim.record(Message(kind, b, index, self.part), size, lossy_handled=self.sim.lossy)
+
+    def _exchange(self, op: Operator, x: tf.Tensor, kind: str, index: int, transpose: bool = False) -> tf.Tensor:
+        """``op @ x`` (``op^T @ x`` with ``transpose``), under loss without the packets of its rounds."""
+        if not self.lossy:
+            return self._apply(op, x, transpose)
+        sent = op.transposed() if transpose else op  # the backward travels on the reverse links
+        mask = self.sim.lost_mask(sent, (kind, index))  # (B, N*N), aligned with op's entries either way
+        policy = self.sim.links.policy
+        if policy.kind == "stale":
+            return self._stale(sent, x, mask, (kind, index, self.part))
+        # zero, or retransmit:R (the mask is what is still lost): a lost term counts as 0
+        values = op.values if op.per_sample else tf.broadcast_to(op.values[None, :], tf.shape(mask))
+        return self._apply(op._replace(values=tf.where(mask, tf.zeros_like(values), values)), x, transpose)
+
+    def _stale(self, sent: Operator, x: tf.Tensor, mask: tf.Tensor, slot) -> tf.Tensor:
+        """:func:`core.links.lossy_apply` under ``stale`` with the P stacked parts as feature columns: one packet
+        per link and round carries every part, so the (sample, entry) mask loses all of them together."""
+        if self.transport is not None:
+            raise ValueError("--on-loss stale is not supported under the MPI backend in App B")
+        n = sent.num_nodes
+        parts, g = stacked_parts(sent, x), int(x.shape[-1])
+        columns = tf.reshape(tf.transpose(tf.reshape(x, [parts, n, -1, g]), [1, 2, 0, 3]), [n, -1, parts * g])
+        y = lossy_apply(sent, columns, mask, self.sim.links.policy, self.sim.links.stale, slot)
+        return tf.reshape(tf.transpose(tf.reshape(y, [n, -1, parts, g]), [2, 0, 1, 3]), [parts * n, -1, g])
 
     def _with_counted_backward(self, op: Operator, x: tf.Tensor, index: int) -> tf.Tensor:
         """op @ x whose gradient op^T dy (eq. 14's kind of message) is recorded as ``bwd`` ``index``.
 
         The gradient is taken with respect to x only: operator weights are channel data, not trained.
+        Under loss both directions lose their packets, the backward those of its ``bwd`` rounds.
         """
 
         @tf.custom_gradient
         def exchange(x):
             def backward(dy):
                 self._record("bwd", index, self._parts(op, dy) * int(dy.shape[-1]))
-                return self._apply(op, dy, transpose=True)
+                return self._exchange(op, dy, "bwd", index, transpose=True)
 
-            return self._apply(op, x), backward
+            return self._exchange(op, x, "fwd", index), backward
 
         return exchange(x)
 
@@ -213,6 +264,31 @@ class RankRowsExchange(Exchange):
     def propagate(self, op: Operator, x: tf.Tensor, message=None) -> tf.Tensor:
         del message  # the logical counts are the simulator's; this class moves the data
         return self.apply(op, x)
+
+    def propagate_with(self, op: Operator, x: tf.Tensor, local) -> tf.Tensor:
+        """``(M x)[owned]`` where ``local(operator, block)`` does the arithmetic on the whole network's operator:
+        what :class:`core.comm.CommSimulator` calls for an exchange under a link context (the consensus rounds of
+        eqs. 15 and 17; its lost masks are on the global entries of ``op``, as the trainer draws them on every
+        rank). Every rank's rows go to every other, then each rank applies ``local`` to the global operator and
+        all N rows and keeps its own: N / n_own times the arithmetic of the rank's rows, a few thousand
+        multiply-adds for App B's consensus payloads. Not differentiable (consensus rounds are not)."""
+        n = self.num_nodes
+        if op.num_nodes != n or op.values.shape[-1] != n * n:
+            raise ValueError(f"RankRowsExchange needs complete operators on the {n} pairs (values (..., {n * n})), "
+                             f"got {op.num_nodes} nodes and values {op.values.shape}")
+        x = tf.convert_to_tensor(x)
+        ghosts = self.mpi.communicate(self.plan, tf.gather(x, self._send))
+        with tf.control_dependencies([ghosts]):  # the collective runs on every rank, even without ghosts
+            full = tf.gather(tf.concat([x, ghosts], axis=0), self._to_global)  # (N, ...) in pair order
+            return tf.gather(local(op, full), self._owned)
+
+    def allreduce_sum(self, value):
+        """The sum over ranks (the trainer's link counts; :class:`core.distributed.exchange.MPIExchange`'s)."""
+        return self.mpi.allreduce_sum(value)
+
+    def allreduce_max(self, value):
+        """The maximum over ranks (the trainer's extra rounds of retransmissions)."""
+        return self.mpi.allreduce_max(value)
 
     def apply(self, op: Operator, x: tf.Tensor, transpose: bool = False) -> tf.Tensor:
         """``(M x)[owned]``, or ``(M^T x)[owned]`` with ``transpose`` (class docstring)."""

@@ -30,6 +30,13 @@ HDF5 file (read-only: the whole mini-batch's H, from which it computes its pairs
 every exchange going over MPI (:class:`apps.power_allocation.exchange.PairsBackend`). Checkpoints hold every
 pair's rows, so a run resumes under any P, or in-process. Started without mpiexec, ``--backend mpi`` runs
 with P = 1 (and says so); ``--jobs`` and P > N are refused.
+
+Imperfect links (docs/design.md, sections 8 and 12): the shared link flags (``--loss-prob``, ``--loss-model
+gilbert``, ``--on-loss``) apply to the distributed approaches' GCNN messages and consensus rounds; the WMMSE
+sums are channel measurements and never lost; centralized approaches train over perfect links (a server).
+Refused with one line (:func:`check_link_flags`): ``--link-failure`` (S = H is also the measured channel),
+``--eval-under-loss`` (graphs drawn per batch), ``d-naive`` under loss (per-sample gradients) and ``--on-loss
+stale`` under ``--backend mpi``.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +54,7 @@ from apps.common.main import World
 from core.parallel import default_workers
 from datasets import cli
 from datasets import power_allocation as pa
-from datasets.storage import DatasetError
+from datasets.storage import DatasetError, OutputBusyError, claim_output
 
 APP = "power_allocation"
 PROG = "python -m apps.power_allocation"
@@ -65,7 +73,12 @@ PRESETS = {
     "paper": {},  # the defaults are the paper's settings (200 epochs, alpha 1e-2, B = 64)
     "quick": {"epochs": 10, "lr": 3e-2, "checkpoint_every": 5},
 }
+GENERATE_WAIT_S = 1800  # how long --generate waits for another run writing the same dataset file
 TRAIN_EVAL_BATCHES = 20  # training batches on which the initial model's train_sum_rate is measured
+LINK_EXCHANGES = ("the 8 GCNNs' neighbour exchanges and the consensus rounds (not to the WMMSE interference and "
+                  "feedback sums: physical measurements of the channel, never lost; refused here: --link-failure, "
+                  "--eval-under-loss, d-naive under loss, --on-loss stale with --backend mpi)")
+"""What App B's link model applies to (docs/design.md, section 8): the text of its link flags' group."""
 WORLD: World = World()
 """The processes of this run (set by :func:`main`: the ranks of mpiexec, or this process alone)."""
 
@@ -131,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "trained per compiled call)")
     run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training step")
     common_cli.add_backend_arguments(run)
+    common_cli.add_link_arguments(parser, LINK_EXCHANGES)
     return parser
 
 
@@ -159,7 +173,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.generate = False  # the resumed run's dataset exists already
     args.resumed_config = config
     check_backend_flags(args, argv, WORLD)
+    check_link_flags(args)
     return args
+
+
+def check_link_flags(args: argparse.Namespace) -> None:
+    """The link flags (docs/design.md, sections 8 and 12) App B cannot honour; ValueError with one line."""
+    common_cli.check_link_arguments(args)
+    if args.link_failure > 0:
+        raise ValueError("--link-failure is not available in App B: the trainer rebuilds S on the surviving links, "
+                         "and S = H is also the channel whose interference the WMMSE sums measure, which a failed "
+                         "message link does not change; use --loss-prob or --loss-model gilbert")
+    if args.eval_under_loss:
+        raise ValueError("--eval-under-loss is not available in App B: its mini-batches are graphs drawn per batch "
+                         "and the test split is evaluated over perfect links")
+    if not common_cli.links_active(args):
+        return
+    if "d-naive" in args.optimizer:
+        raise ValueError("--optimizer d-naive cannot run over imperfect links in App B: each sample's gradient must "
+                         "be mixed in its own rounds, and UWMMSE's GradientTape gives the batch's sum; use "
+                         "d-naive-pb")
+    if args.backend == "mpi" and args.on_loss == "stale":
+        raise ValueError("--on-loss stale is not available with --backend mpi in App B (zero and retransmit:R are)")
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -198,10 +233,26 @@ def _generate(args: argparse.Namespace, path: Path) -> None:
     sizes = GENERATED[args.preset or "paper"]
     config = pa.PowerAllocationConfig(**sizes, pairs=args.pairs or pa.PowerAllocationConfig.pairs,
                                       seed=args.data_seed)
-    if not args.quiet:
-        print(f"generating {path} ({config.num_batches['train']} training and {config.test_batches} test batches)",
-              file=sys.stderr)
-    pa.generate(config, path, quiet=args.quiet)
+    # Runs started side by side with --generate (e.g. the cells of python -m apps.robustness) ask for the same
+    # file: one writes it, the others wait for its claim (datasets/storage.py) and then read what it wrote.
+    deadline, waiting = time.monotonic() + GENERATE_WAIT_S, False
+    while True:
+        try:
+            with claim_output(path):
+                if path.exists():
+                    return  # written by the run we waited for
+                if not args.quiet:
+                    print(f"generating {path} ({config.num_batches['train']} training and {config.test_batches} "
+                          "test batches)", file=sys.stderr)
+                pa.generate(config, path, quiet=args.quiet)
+                return
+        except OutputBusyError as exc:
+            if time.monotonic() > deadline:
+                raise ValueError(f"--generate: {exc} for more than {GENERATE_WAIT_S} s") from None
+            if not waiting and not args.quiet:
+                print(f"--generate: {exc}; waiting for it", file=sys.stderr)
+            waiting = True
+            time.sleep(0.5)
 
 
 def check_dataset(path: Path, args: argparse.Namespace) -> dict:
@@ -394,10 +445,12 @@ def _train_approach(p: Plan, approach: str, reference: dict, powers: dict | None
                                checkpoint_every=args.checkpoint_every, jit=not args.no_jit,
                                quiet=args.quiet or progress is not None or not root, description=LABELS[approach])
         mixing = None if optimizer.centralized else args.mixing
+        links = None if optimizer.centralized else common_cli.link_setup(args, args.mixing)  # a server: perfect links
         p.backend.reset_counters()  # this approach's wire counts only (a group run reuses the backend)
         with TrainingBatches(data, dtype, mixing, args.mixing_beta, args.prefetch) as batches:
             trainer = Trainer(task, optimizer, lr, RandomGraphs(batches.draw, same_shapes=True), config, run,
-                              extra_summary={"optimizer": approach, "label": LABELS[approach], **reference})
+                              extra_summary={"optimizer": approach, "label": LABELS[approach], **reference},
+                              links=links)
             result = trainer.run(resume=p.resume, on_epoch=progress)
     summary = with_mbps({**result.summary, "initial_test_sum_rate": result.rows[0]["test_sum_rate"]},
                         info["bandwidth_hz"])

@@ -35,6 +35,10 @@ receiver i's rate) is a real message; counting the forward exchange too keeps th
 Schedule's form (backward exchange l mirrors forward exchange l, exchange 1 has no backward since its
 inputs are constants) and costs one float per round. Under the eq. (17) schedule a mini-batch takes
 LB + L - 1 rounds (649 for B = 64, K = 4).
+
+Over imperfect links (docs/design.md, sections 8 and 12) packets are lost on the GCNN exchanges (forward 1 and
+2, backward 2) and in the consensus rounds; the WMMSE sums are measurements of the channel and are never lost,
+their backward included (issue #16's model: the loss applies to the GCNN messages and consensus only).
 """
 
 from __future__ import annotations
@@ -91,12 +95,15 @@ class NetworkSums:
     """The neighbour sums of `wmmse.wmmse_step` / `wmmse.link_rates` as exchanges of ``exchange``.
 
     ``interference_index`` and ``feedback_index`` number the two exchanges in the pipeline (see the
-    module docstring); payloads are tagged with the part ``"wmmse"``.
+    module docstring); payloads are tagged with the part ``"wmmse"``. They are physical measurements of the
+    channel (received power, the feedback of the reciprocal link), not messages: counted in their rounds, but
+    never lost over imperfect links (docs/design.md, section 8), in either direction.
     """
 
-    def __init__(self, channel: Channel, exchange, interference_index: int, feedback_index: int | None = None):
+    def __init__(self, channel: Channel, exchange: DenseExchange, interference_index: int,
+                 feedback_index: int | None = None):
         self.channel, self.direct = channel, channel.direct
-        self.exchange = exchange.view(0, "wmmse")
+        self.exchange = exchange.view(0, "wmmse", measurement=True)
         self.interference_index, self.feedback_index = interference_index, feedback_index
 
     def interference(self, p):
