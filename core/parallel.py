@@ -68,7 +68,7 @@ def default_workers(num_jobs: int) -> int:
 
 
 def run_jobs(target: Callable, jobs: Mapping[str, tuple], workers: int, *, total: int, desc: str = "",
-             quiet: bool = False, unit: str = "epoch") -> dict:
+             quiet: bool = False, unit: str = "epoch", threads: int | None = None) -> dict:
     """Run ``target(*args, progress=...)`` for every ``name: args`` of ``jobs``; return results by name.
 
     Args:
@@ -80,12 +80,13 @@ def run_jobs(target: Callable, jobs: Mapping[str, tuple], workers: int, *, total
         desc: label of the progress bar.
         quiet: no progress bar.
         unit: what the bar counts (what the targets' progress reports count: epochs, or mini-batches).
+        threads: TensorFlow threads of each worker (default: the cores shared by the workers).
     """
     if workers <= 1 or len(jobs) <= 1 or _mpi_initialized():
         return {name: target(*args, progress=None) for name, args in jobs.items()}
     context = mp.get_context("spawn")
     progress_queue, stop = context.Queue(), context.Event()
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = int(threads) if threads else max(1, (os.cpu_count() or 1) // workers)
     bar = tqdm(total=total, desc=desc, unit=unit, disable=quiet, dynamic_ncols=True)
     done = dict.fromkeys(jobs, 0)
     results = {}

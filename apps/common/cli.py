@@ -73,6 +73,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, app: str, checkpoint_ever
                          help="approaches trained side by side in worker processes, with cores/jobs TensorFlow "
                          "threads each (one per CPU core here, at most one per approach); the thread count can "
                          "change the last bits of a result, so a resume keeps it")
+    run.add_argument("--threads", type=positive_int, default=None,
+                     help="TensorFlow intra-op threads of each training process (default: every core; cores / jobs "
+                     "per worker with --jobs; cores / local ranks under mpiexec); the thread count can change the "
+                     "last bits of a result, so a resume keeps the one recorded")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
     add_version_argument(parser)
     return run

@@ -215,6 +215,7 @@ def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures:
         args = parse_args(argv)
         p = plan(args)
         lock = claim_run_dir(p.out, new=not p.resume) if world.is_root else nullcontext()
+        use_threads(getattr(args, "threads", None))
         reuse_threads(getattr(args, "resumed_config", None))
     except ValueError as exc:
         error = str(exc)
@@ -245,6 +246,15 @@ def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures:
     if not args.quiet:
         report(result, p)
     return 0
+
+
+def use_threads(threads: int | None) -> None:
+    """``--threads``: TensorFlow's intra- and inter-op thread counts, set before TensorFlow is imported (it reads
+    them then); worker processes get the same count (:func:`core.parallel.run_jobs`)."""
+    import os
+
+    if threads:
+        os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(int(threads))
 
 
 def reuse_threads(config: Mapping | None) -> None:

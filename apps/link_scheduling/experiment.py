@@ -402,7 +402,7 @@ def execute(p: Plan) -> dict[str, dict]:
         parent.write_config({**run_config(p, ",".join(args.optimizer)), "grouped": True})
     jobs = {name: (p, name) for name in args.optimizer}
     summaries = run_jobs(train_job, jobs, min(args.jobs, len(jobs)), total=len(jobs) * args.mini_batches,
-                         desc="link scheduling", quiet=args.quiet or not root, unit="mini-batch")
+                         desc="link scheduling", quiet=args.quiet or not root, unit="mini-batch", threads=args.threads)
     if parent is not None:
         atomic_write_json(parent.summary_path, summaries)
         curves = {}

@@ -282,7 +282,7 @@ def execute(p: Plan) -> dict[str, dict]:
         parent.write_config({**run_config(p, ",".join(p.approaches)), "grouped": True})
     jobs = {approach: (p, approach) for approach in p.approaches}
     summaries = run_jobs(train_approach, jobs, min(p.args.jobs, len(jobs)), total=len(jobs) * p.args.epochs,
-                         desc="node regression", quiet=p.args.quiet or not root)
+                         desc="node regression", quiet=p.args.quiet or not root, threads=p.args.threads)
     if parent is not None:
         atomic_write_json(parent.summary_path, summaries)
         curves = {LABELS[a]: _curve(RunDir(p.out / a, create=False).read_metrics(), "test_mse") for a in p.approaches}

@@ -374,7 +374,7 @@ def execute(p: Plan) -> tuple[dict[str, dict], dict[str, float]]:
         parent.write_config({**run_config(p, ",".join(p.approaches)), "grouped": True})
     jobs = {approach: (p, approach, reference, powers) for approach in p.approaches}
     summaries = run_jobs(train_approach, jobs, min(args.jobs, len(jobs)), total=len(jobs) * args.epochs,
-                         desc="power allocation", quiet=args.quiet or not root)
+                         desc="power allocation", quiet=args.quiet or not root, threads=args.threads)
     if parent is not None:
         atomic_write_json(parent.summary_path, summaries)
         curves = {LABELS[a]: _curve(RunDir(p.out / a, create=False).read_metrics(), "test_sum_rate")

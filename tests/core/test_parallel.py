@@ -220,3 +220,13 @@ print(set(run_jobs(pid, {"a": (), "b": ()}, 2, total=2, quiet=True).values()) ==
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=repo)
     assert out.stdout.strip().splitlines()[-1:] == ["True"], out.stderr
+
+
+def _worker_threads(progress=None):
+    return os.environ.get("TF_NUM_INTRAOP_THREADS")
+
+
+def test_workers_get_the_thread_count_asked_for():
+    assert set(run_jobs(_worker_threads, {"a": (), "b": ()}, 2, total=2, quiet=True, threads=3).values()) == {"3"}
+    default = str(max(1, (os.cpu_count() or 1) // 2))
+    assert set(run_jobs(_worker_threads, {"a": (), "b": ()}, 2, total=2, quiet=True).values()) == {default}

@@ -186,3 +186,16 @@ def test_help_and_bad_flag_as_a_process(tmp_path):
                          text=True, timeout=60)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_threads_flag_sets_tensorflow_threads_and_is_recorded(tmp_path):
+    """--threads reaches TensorFlow (read when it is imported: a process of its own) and config.json records it."""
+    out = tmp_path / "run"
+    repo = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, "-m", "apps.node_regression", "--optimizer", "d-sgd", "--nodes", "12",
+                           "--train-samples", "8", "--test-samples", "2", "--batch-size", "4", "--epochs", "1",
+                           "--threads", "1", "--out", str(out), "-q"], cwd=repo, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["threads"] == 1 and config["flags"]["threads"] == 1
