@@ -45,9 +45,42 @@ def stop_requests():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_app(command: list[str], stop: StopRequest) -> int:
-    """Run ``command`` to its end as a child process that cannot outlive this one; its exit status."""
-    return run_children({0: command}, stop, parallel=1)[0]
+def run_app(command: list[str], stop: StopRequest) -> int | None:
+    """Run ``command`` to its end as a child process that cannot outlive this one; its exit status (None if a
+    stop request came before it started)."""
+    return run_children({0: command}, stop, parallel=1).get(0)
+
+
+HELD = {signal.SIGINT, signal.SIGTERM}
+
+
+def _start(command: list[str], **popen) -> subprocess.Popen:
+    """Popen of a child that unblocks the signals :func:`_signals_held` holds back (a signal mask is inherited
+    across exec) and asks for its parent-death signal before it runs."""
+    from core.parallel import parent_death_preexec
+
+    death = parent_death_preexec(signal.SIGTERM)
+
+    def preexec():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
+        death()
+
+    return subprocess.Popen(command, preexec_fn=preexec, **popen)
+
+
+@contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM held back in the block (main thread): a Ctrl-C landing inside Popen would lose the
+    handle of a child that has already started, which then could not be waited for. A signal that came
+    meanwhile is delivered when the block ends, after the handle is stored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def run_children(commands: Mapping, stop: StopRequest, parallel: int = 1,
@@ -59,8 +92,6 @@ def run_children(commands: Mapping, stop: StopRequest, parallel: int = 1,
     bar); ``log_of(key)``: a file that the child's output (stdout and stderr) is appended to, instead of this
     process's streams. Keys whose child never started because a stop was requested are missing from the result.
     """
-    from core.parallel import parent_death_preexec
-
     queue = list(commands.items())
     running: dict = {}
     statuses: dict = {}
@@ -70,12 +101,11 @@ def run_children(commands: Mapping, stop: StopRequest, parallel: int = 1,
             while queue and len(running) < max(1, int(parallel)) and not stop.requested:
                 key, command = queue.pop(0)
                 if log_of is None:
-                    running[key] = subprocess.Popen(command, preexec_fn=parent_death_preexec(signal.SIGTERM))
+                    with _signals_held():
+                        running[key] = _start(command)
                 else:
-                    with open(log_of(key), "ab") as log:  # the child keeps its own descriptor
-                        running[key] = subprocess.Popen(command, preexec_fn=parent_death_preexec(signal.SIGTERM),
-                                                        stdout=log, stderr=subprocess.STDOUT,
-                                                        stdin=subprocess.DEVNULL)
+                    with open(log_of(key), "ab") as log, _signals_held():  # the child keeps its own descriptor
+                        running[key] = _start(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             if stop.requested:
                 queue.clear()
                 if not forwarded:
