@@ -51,8 +51,11 @@ def start_figures(tmp_path, **popen):
     (tmp_path / "fake_app.py").write_text(FAKE_APP)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
     runs = tmp_path / "runs"
+    # Ctrl-C's default disposition, whatever this process inherited (a shell's background job ignores SIGINT, and
+    # an ignored SIGINT stays ignored across exec: Python would then never raise KeyboardInterrupt)
     figures = subprocess.Popen([sys.executable, "-c", LAUNCH, "--quick", "--runs", str(runs), "-q"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
     pid_file = runs / "first" / "pid"
     deadline = time.monotonic() + 20
     while not pid_file.is_file() or not pid_file.read_text():
