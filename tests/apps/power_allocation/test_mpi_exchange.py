@@ -22,7 +22,6 @@ from core.comm import CommSimulator, Schedule
 from core.distributed.exchange import ExchangeCounters
 from core.distributed.views import OperatorView, route
 from core.replicas import replicate
-from datasets import power_allocation as pa
 
 F64 = tf.float64
 N, B = 6, 3
@@ -133,15 +132,6 @@ def test_forward_transposed_and_gradients_equal_the_dense_products(size):
             stacked = parts if value.ndim == 3 else 1
             np.testing.assert_allclose(value, own_rows(want[key], owned, stacked), rtol=1e-12, atol=1e-14,
                                        err_msg=key)
-
-
-@pytest.fixture(scope="module")
-def channels(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "pa.h5"
-    pa.generate(pa.PowerAllocationConfig(pairs=N, batch_size=B, layouts=1, batches_per_layout=1, test_batches=1,
-                                         area=300.0, seed=3), path)
-    with pa.PowerAllocationDataset(path) as data:
-        return data.batch("train", 0).H.astype(np.float64), data.noise_power_w, data.pmax_w
 
 
 @pytest.mark.parametrize("size", [2, 3])

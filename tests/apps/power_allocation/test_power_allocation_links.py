@@ -38,16 +38,6 @@ def context(lost, policy: str, stale: StaleBuffer | None = None) -> LinkContext:
     return LinkContext(lost, policy, stale, LAYOUT)
 
 
-@pytest.fixture(scope="module")
-def channels(tmp_path_factory):
-    """(H (B, N, N) float64 from the generator, σ², Pmax)."""
-    path = tmp_path_factory.mktemp("data") / "pa.h5"
-    pa.generate(pa.PowerAllocationConfig(pairs=N, batch_size=B, layouts=1, batches_per_layout=1, test_batches=1,
-                                         area=300.0, seed=3), path)
-    with pa.PowerAllocationDataset(path) as data:
-        return data.batch("train", 0).H.astype(np.float64), data.noise_power_w, data.pmax_w
-
-
 # ------------------------------------------------------------------------------------------ exchange level
 @pytest.mark.parametrize("policy", ["zero", "stale"])
 def test_dense_lossy_exchange_equals_core_lossy_apply_per_stacked_part(policy):

@@ -18,20 +18,9 @@ from core.graph import Graph
 from core.ops import apply_operator, to_operator
 from core.optimizers import make_optimizer
 from core.replicas import replicate, unflatten
-from datasets import power_allocation as pa
 
 F64 = tf.float64
 N, B = 6, 5
-
-
-@pytest.fixture(scope="module")
-def channels(tmp_path_factory):
-    """(H (B, N, N) float64 from the generator, σ², Pmax)."""
-    path = tmp_path_factory.mktemp("data") / "pa.h5"
-    pa.generate(pa.PowerAllocationConfig(pairs=N, batch_size=B, layouts=1, batches_per_layout=1, test_batches=1,
-                                         area=300.0, seed=3), path)
-    with pa.PowerAllocationDataset(path) as data:
-        return data.batch("train", 0).H.astype(np.float64), data.noise_power_w, data.pmax_w
 
 
 def perturbed_copies(model, seed, scale=0.3):
