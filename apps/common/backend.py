@@ -5,7 +5,8 @@ An app that supports ``--backend {local,mpi}`` (flags: :func:`apps.common.cli.ad
 - :func:`start_world` and :func:`run_on_world` in its ``main()``: the processes of the run (the ranks of
   ``mpiexec``, or this process alone; TensorFlow threads = cores / ranks on the machine), an uncaught
   exception on any rank ending the whole job, other ranks silent, and a rank that stopped with a failure
-  aborting the others instead of leaving them in a collective;
+  or an interrupt aborting the others instead of leaving them in a collective (after rank 0 has finished
+  writing the run directory);
 - :func:`check_backend_flags` in ``parse_args``: ``--backend local`` under mpiexec with P > 1 and ``--jobs``
   under MPI are refused (the ranks are the parallelism);
 - :func:`check_ranks` in ``plan``: P > |V| is refused, P = 1 without mpiexec is said;
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from apps.common.main import MPIWorld, World, run_experiment, world_from_env
@@ -53,12 +55,28 @@ def threads_per_rank() -> int:
     return max(1, (os.cpu_count() or 1) // ranks)
 
 
+ROOT_GRACE_S = 10.0
+"""How long a rank other than 0 that ended with status 1 or 130 waits for rank 0 to abort the job before it
+aborts the job itself (:func:`run_on_world`)."""
+
+
 def run_on_world(world: World, prog: str, argv, parse_args, plan, execute, report, failures: tuple = ()) -> int:
     """:func:`apps.common.main.run_experiment` on ``world``: only rank 0 prints, and a rank that ends with a
-    status other than 0 (done) or 2 (bad input, which every rank agrees on) aborts the job."""
+    status other than 0 (done) or 2 (bad input, which every rank agrees on) aborts the job: rank 0 at once,
+    the others only if rank 0 has not done so within :data:`ROOT_GRACE_S`."""
     with world.quiet_unless_root():
         status = run_experiment(prog, argv, parse_args, plan, execute, report, failures=failures, world=world)
     if status not in (0, 2) and world.size > 1:
+        if not world.is_root:
+            # Rank 0 alone writes the run directory. After a stop that all ranks meet together (SIGTERM or
+            # Ctrl-C at the trainer's agreed epoch boundary, a divergence) rank 0 may still be writing the
+            # checkpoint, metrics.csv or summary.json, and printing the --resume line, when this rank, which
+            # writes nothing, gets here: an abort from here would kill it half-way (seen with slow writes: the
+            # stop epoch's checkpoint saved, its metrics.csv not, no --resume line). So rank 0's abort ends
+            # this rank; only a rank that stopped alone (rank 0 still waiting in a collective) aborts the job
+            # itself, after the grace. A further signal during the wait ends this rank at once (the default
+            # handlers are back), and mpiexec the others.
+            time.sleep(ROOT_GRACE_S)
         world.abort(status)  # a rank that stopped must not leave the others waiting in a collective
     return status
 

@@ -1,7 +1,11 @@
-"""What the MPI case scripts share: the tolerances, the comparison of an MPI run with the in-process one, and
-running an app in-process inside a rank (imported by the case modules; no side effects, no MPI)."""
+"""What the MPI case scripts share: the tolerances, the comparison of an MPI run with the in-process one, a run
+directory's metrics.csv as numbers, and running an app in-process inside a rank (imported by the case modules
+and tests; no side effects, no MPI)."""
 
 from __future__ import annotations
+
+import csv
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +25,12 @@ def compare_rows(name: str, rows, ref_rows) -> None:
                 assert r[k] == e[k], (name, k, r[k], e[k])
             else:
                 np.testing.assert_allclose(r[k], e[k], rtol=RTOL, atol=ATOL, err_msg=f"{name}: {k}")
+
+
+def metrics_rows(path: Path) -> list[dict]:
+    """The rows of a metrics.csv, the counts as int and the other columns as float (for :func:`compare_rows`)."""
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k in COUNTS else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def compare(name: str, rows, theta, ref_rows, ref_theta) -> None:

@@ -22,7 +22,6 @@ edges (:class:`core.distributed.exchange.TensorView`) on the communicator of the
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.core.distributed.comparing import ATOL, COUNTS, RTOL, compare_rows, in_process
+from tests.core.distributed.comparing import ATOL, RTOL, compare_rows, in_process, metrics_rows
 
 CASES = {2: ["link_scheduling/d-adam", "link_scheduling/c-adam", "link_scheduling/app"],
          3: ["link_scheduling/d-sgd", "link_scheduling/resume_across_p", "link_scheduling/app_validation"]}
@@ -233,8 +232,7 @@ def app_validation(out: Path, rank: int, size: int, comm) -> str:
 
 
 def _metrics(path: Path) -> list[dict]:
-    with open(path / "metrics.csv") as f:
-        return [{k: (int(v) if k in COUNTS else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+    return metrics_rows(path / "metrics.csv")
 
 
 def run(out: Path, rank: int, size: int, comm, ok) -> None:

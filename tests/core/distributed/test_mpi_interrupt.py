@@ -22,20 +22,13 @@ import pytest
 pytest.importorskip("mpi4py", reason="the MPI backend needs mpi4py (requirements.txt)")
 
 from core.distributed.launch import find_mpiexec, mpi_environment, mpiexec_command  # noqa: E402
-from tests.core.distributed.launching import REPO, kill_group  # noqa: E402
+from tests.core.distributed.launching import REPO, kill_group, rank_pids  # noqa: E402
 
 STOP_BOUND_S = 30
 EPOCHS = 5000  # a tiny problem (one mini-batch per epoch): far more epochs than run before the signal
 APP = ["-m", "apps.node_regression", "--optimizer", "d-sgd", "--dtype", "float64", "--no-jit", "--seed", "3", "-q",
        "--nodes", "30", "--train-samples", "20", "--batch-size", "20", "--test-samples", "5", "--epochs", str(EPOCHS),
        "--checkpoint-every", "1000"]
-
-
-def _rank_pids(mpiexec_pid: int) -> list[int]:
-    """The ranks: the python children of the launcher."""
-    out = subprocess.run(["ps", "-o", "pid=,ppid=,args=", "-e"], capture_output=True, text=True).stdout
-    return sorted(int(line.split()[0]) for line in out.splitlines()
-                  if int(line.split()[1]) == mpiexec_pid and "apps.node_regression" in line)
 
 
 def _rows(path):
@@ -58,7 +51,7 @@ def test_sigterm_to_one_rank_stops_all_at_an_agreed_epoch_and_resumes(tmp_path):
             time.sleep(0.2)
         assert (run / "metrics.csv").is_file(), "the run did not start training in 120 s"
         time.sleep(2)  # some epochs in
-        ranks = _rank_pids(proc.pid)
+        ranks = rank_pids(proc.pid, "apps.node_regression")
         assert len(ranks) == 2, ranks
         os.kill(ranks[1], signal.SIGTERM)  # the rank that does not write the run
         sent = time.time()
