@@ -100,6 +100,7 @@ from core.links import (
     StaleBuffer,
     check_diagonal,
     draw_plans,
+    global_entries,
     lossy_apply,
     surviving_mixing_tf,
 )
@@ -483,6 +484,8 @@ class Trainer:
         self._link_totals, self._row_totals = LinkTotals(), LinkTotals()
         self._packet_sizes: np.ndarray | None = None  # (rounds, 2) floats per packet, known once traced
         self._prefetch = None  # (key, graph, future) of the next epoch's plans (_epoch_feed)
+        self._index_feed = None  # (key, layouts, stacked index tensors) of the last feed (_stacked_index)
+        self._pattern_layouts: dict[tuple, LinkLayout] = {}  # LinkLayout per operator pattern (_layout)
         self._last_layout: LinkLayout | None = None
         if not hasattr(self, "_pool"):
             self._pool = None
@@ -790,16 +793,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ imperfect links, in Python
     def _layout(self, graph: GraphOps) -> LinkLayout:
-        """The links and per-operator entry indices of a graph (cached per graph object: once for a fixed graph)."""
+        """The links and per-operator entry indices of a graph: cached per graph object (a fixed graph: once),
+        and per pattern, so that graphs drawn per mini-batch with one pattern (App B's, whose cut links are
+        zero weights) share one layout, and the stacked index of a feed (:meth:`_stacked_index`) with it."""
         key = id(graph)
         if key not in self._layouts or self._layouts[key][0] is not graph:
             if len(self._layouts) > 64:
                 self._layouts.clear()
             ops = {"shift": graph.shift, "mixing": graph.mixing}
-            if self.links.model.link_failure > 0 and graph.mixing is not None:
-                check_diagonal(graph.mixing, "the mixing operator W")
-            owned = self.backend.owned if self.backend.distributed else None
-            self._layouts[key] = (graph, LinkLayout(ops, owned))
+            entries = {name: global_entries(op) for name, op in ops.items() if op is not None}
+            pattern = tuple((name, rows.tobytes(), cols.tobytes()) for name, (rows, cols) in entries.items())
+            layout = self._pattern_layouts.get(pattern)
+            if layout is None:
+                if self.links.model.link_failure > 0 and graph.mixing is not None:
+                    check_diagonal(graph.mixing, "the mixing operator W")
+                owned = self.backend.owned if self.backend.distributed else None
+                if len(self._pattern_layouts) > 64:
+                    self._pattern_layouts.clear()
+                layout = self._pattern_layouts[pattern] = LinkLayout(ops, owned)
+            self._layouts[key] = (graph, layout)
         return self._layouts[key][1]
 
     def _epoch_feed(self, first_step: int, graph: GraphOps, num: int):
@@ -842,17 +854,27 @@ class Trainer:
             links_drawn, links_down = n * int(once.sum()), int((~up & once[None]).sum())
         plans = draw_plans(model, first_step, n, layout.senders, layout.receivers, self._schedule.packets_per_round(),
                            self.links.policy, chain=self._chain, active=up, counted=layout.counted)
-        feed = {"lost": plans.lost, "index": {}}
-        for name in ("shift", "mixing"):
-            if name in layout.index:
-                feed["index"][name] = tf.constant(np.stack([lay.index[name][0] for lay in layouts]))
-                feed["index"][f"{name}_t"] = tf.constant(np.stack([lay.index[name][1] for lay in layouts]))
+        feed = {"lost": plans.lost, "index": self._stacked_index(layouts)}
         if up is not None:
             feed["up"] = {name: tf.constant(np.stack([np.where(lay.index[name][0] >= 0,
                                                                up[k][np.maximum(lay.index[name][0], 0)], True)
                                                       for k, lay in enumerate(layouts)]))
                           for name in ("shift", "mixing") if name in layout.index}
         return feed, (plans, links_drawn, links_down)
+
+    def _stacked_index(self, layouts: Sequence[LinkLayout]) -> dict[str, tf.Tensor]:
+        """The feed's ``index``: per operator the plan-link index of each entry (and of its transpose's), stacked
+        over the mini-batches' layouts; kept for the last layouts drawn (a fixed graph: every epoch the same)."""
+        key = tuple(id(lay) for lay in layouts)
+        if self._index_feed is None or self._index_feed[0] != key or any(
+                a is not b for a, b in zip(self._index_feed[1], layouts)):
+            index = {}
+            for name in ("shift", "mixing"):
+                if name in layouts[0].index:
+                    index[name] = tf.constant(np.stack([lay.index[name][0] for lay in layouts]))
+                    index[f"{name}_t"] = tf.constant(np.stack([lay.index[name][1] for lay in layouts]))
+            self._index_feed = (key, list(layouts), index)
+        return self._index_feed[2]
 
     def _stale_values(self, graph: GraphOps, feed, indices) -> dict | None:
         """The stale buffer to feed (policy ``stale``): its slots and shapes are what one traced step puts into
