@@ -10,7 +10,9 @@ the same inputs every repeat. Configurations, each in a process (or ``mpiexec`` 
 TensorFlow reads its thread counts when it starts:
 
 - ``local``: :class:`core.backend.LocalBackend`, XLA, with 1 and with 2 intra-op threads (``--local-threads``);
-- ``mpi``: :class:`core.backend.MPIBackend` (no XLA: the exchanges are ``tf.numpy_function`` calls) on
+- ``mpi``: :class:`core.backend.MPIBackend` (the exchanges are ``tf.numpy_function`` calls, so the step is not
+  one XLA program; XLA auto-clustering compiles the stretches between exchanges, as the apps do, unless
+  ``--mpi-xla off``: :func:`core.backend.enable_xla_autoclustering`) on
   P = 1, 2, 4 ranks (``--ranks``; 4 is oversubscribed on 2 cores) with cores / P threads per rank (at
   least 1), plus P = 1 with 1 thread (the reference of the strong-scaling efficiency). The partition is
   METIS (seed 0), computed once in this driver process with PyMetis and handed to the ranks.
@@ -107,6 +109,11 @@ def worker(args) -> None:
     owner = data[f"owner_{size}"] if size > 1 else np.zeros(n, np.int64)
 
     import tensorflow as tf  # the thread counts come from the environment mpi_environment set
+
+    if distributed and args.mpi_xla == "auto":
+        from core.backend import enable_xla_autoclustering
+
+        enable_xla_autoclustering()  # before the first compilation, as apps.common.backend.make_backend does
 
     from core.backend import MPIBackend
     from core.gcnn import GCNN
@@ -232,10 +239,11 @@ def plan_configs(sizes, local_threads, ranks, cores: int, weak_nodes: int | None
     return unique
 
 
-def launch(config: Config, data: Path, result: Path, repeats: int, timeout: float) -> dict | None:
+def launch(config: Config, data: Path, result: Path, repeats: int, timeout: float,
+           mpi_xla: str = "auto") -> dict | None:
     """One configuration in a fresh process (local) or mpiexec job; its process group is killed at the end."""
     args = ["--worker", config.backend, "--data", data, "--result", result, "--batch-size", config.batch,
-            "--repeats", repeats]
+            "--repeats", repeats, "--mpi-xla", mpi_xla]
     script = os.path.abspath(__file__)
     command = mpiexec_command(config.ranks, script, *args) if config.backend == "mpi" else \
         [sys.executable, script, *map(str, args)]
@@ -453,6 +461,9 @@ def parse_args(argv=None):
                         default=[8, 16, 32, 64, 128, 256], help="machines P of the network model")
     parser.add_argument("--network", type=network_arg, action="append", default=None,
                         help="NAME=LATENCY_US,GBYTES_PER_S (repeatable; replaces the assumed 10/25/100 GbE)")
+    parser.add_argument("--mpi-xla", choices=("auto", "off"), default="auto",
+                        help="MPI steps with XLA auto-clustering between the exchanges (auto, as the apps run them) "
+                             "or without XLA (off)")
     parser.add_argument("--worker", choices=("local", "mpi"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -509,14 +520,15 @@ def main(argv=None) -> int:
     configs = plan_configs(args.resolved_sizes, args.local_threads, args.ranks, cores, args.weak_nodes,
                            args.batch_size)
     print(f"D-SGD training step (Trainer.step_fn), widths {'-'.join(map(str, WIDTHS))}, BA m = 2, normalized "
-          f"Laplacian, MH mixing, float32; local backend with XLA, MPI backend without; METIS; {cores} cores; "
+          f"Laplacian, MH mixing, float32; local backend with XLA, MPI backend "
+          f"{'with XLA auto-clustering' if args.mpi_xla == 'auto' else 'without XLA'}; METIS; {cores} cores; "
           f"best of {args.repeats} steps, slowest rank")
     results, failed = [], 0
     with tempfile.TemporaryDirectory(prefix="bench_mpi_") as tmp:
         inputs = Inputs(Path(tmp))
         for k, config in enumerate(configs):
             data = inputs.prepare(config.nodes, args.ranks)
-            out = launch(config, data, Path(tmp) / f"result_{k}.json", args.repeats, args.timeout)
+            out = launch(config, data, Path(tmp) / f"result_{k}.json", args.repeats, args.timeout, args.mpi_xla)
             if out is None:
                 failed += 1
                 continue

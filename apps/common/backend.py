@@ -129,7 +129,7 @@ def on_root(world: World, fn: Callable):
 
 
 def make_backend(args: argparse.Namespace, world: World, num_nodes: int, sources: Callable,
-                 build: Callable | None = None):
+                 build: Callable | None = None, autocluster: bool = True):
     """The backend of a run and what config.json records of it.
 
     In-process (``--backend local``, or ``mpi`` started without mpiexec): a :class:`core.backend.LocalBackend`.
@@ -137,7 +137,9 @@ def make_backend(args: argparse.Namespace, world: World, num_nodes: int, sources
     exchanges along (called only then); the owner array of ``--partition`` on the union of their edges
     (:func:`core.distributed.partition.partition`) is computed on rank 0 and broadcast, then
     ``build(owner, sources, partition)`` (default :class:`core.backend.MPIBackend`) is called on every rank
-    (collective: it creates the exchanges' communicators).
+    (collective: it creates the exchanges' communicators). With ``autocluster`` (an app whose step keeps its
+    shapes) and without ``--no-jit``, XLA compiles the stretches of the step between exchanges
+    (:func:`core.backend.enable_xla_autoclustering`; config.json records ``"xla": "autoclustering"``).
     """
     from core.backend import LocalBackend
 
@@ -156,4 +158,10 @@ def make_backend(args: argparse.Namespace, world: World, num_nodes: int, sources
         backend = MPIBackend(owner, sources, partition=args.partition)
     else:
         backend = build(owner, sources, args.partition)
-    return backend, backend.describe()
+    info = backend.describe()
+    if autocluster and not getattr(args, "no_jit", False):
+        from core.backend import enable_xla_autoclustering
+
+        enable_xla_autoclustering()
+        info["xla"] = "autoclustering"
+    return backend, info

@@ -377,7 +377,10 @@ def make_backend(p: Plan):
 
         return [union_graph(p.data.train_adjacency, p.data.test_adjacency)]
 
-    backend, info = shared_make_backend(p.args, WORLD, int(p.data.train_adjacency.shape[-1]), union)
+    # no XLA auto-clustering: the actor's operators change shape with every drawn graph (each new shape would
+    # compile the step's clusters anew)
+    backend, info = shared_make_backend(p.args, WORLD, int(p.data.train_adjacency.shape[-1]), union,
+                                        autocluster=False)
     if backend.distributed:
         owner, adjacency = backend.owner, p.data.train_adjacency
         cut = adjacency & (owner[:, None] != owner[None, :])

@@ -68,6 +68,7 @@ def run(out: Path, rank: int, size: int, comm, ok) -> None:
             backend = json.loads((mpi_dir / "config.json").read_text())["backend"]
             assert backend["backend"] == "mpi" and backend["ranks"] == size and backend["partition"] == method, backend
             assert isinstance(backend["edge_cut"], int), backend
+            assert backend["xla"] == "autoclustering", backend  # the stretches between exchanges run as XLA
             print(f"APP {approach} P={size} bytes/batch={s_mpi['mpi_bytes_sent_per_batch']} "
                   f"edge_cut={backend['edge_cut']}/{backend['num_edges']}", flush=True)
         comm.Barrier()
