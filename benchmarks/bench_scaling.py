@@ -2,8 +2,10 @@
 
 One mini-batch of B samples on a Barabasi-Albert graph (m = 2, normalized Laplacian shift S,
 Metropolis-Hastings mixing W) with the App A widths 10 -> 10 -> 1 (sigmoid): forward, local
-backpropagation, one consensus round on the parameters and the update (the batched executor, compiled
-with XLA), with every exchange counted. Fully distributed training should cost about the same per node at
+backpropagation, one consensus round on the parameters and the update (the batched executor), with every
+exchange counted: compiled with XLA as one program (kernel ``xla``, exchanges as gather + segment sum) and
+with the exchanges as CSR products outside XLA (``csr``, what the trainer runs for fixed graphs from
+``core.ops.CSR_MIN_NODES`` nodes; ``--kernel``). Fully distributed training should cost about the same per node at
 every size (linear total time), since every node only talks to its neighbours. Per size it prints:
 
 - ms per step, us per node, message-passing rounds and the peak resident memory of the process so far;
@@ -128,18 +130,23 @@ class Problem:
         self.lr = tf.constant(1e-3, tf.float32)
 
 
-def step_time(pb: Problem) -> tuple[float, int]:
-    """Best seconds of the XLA-compiled training step, and its message-passing rounds."""
+def step_time(pb: Problem, kernel: str = "xla") -> tuple[float, int]:
+    """Best seconds of the training step, and its message-passing rounds: ``xla``, the whole step compiled
+    with XLA (exchanges as gather + segment sum); ``csr``, the exchanges as CSR products (core.ops.csr_apply)
+    in a plain tf.function, as the trainer runs fixed graphs of at least core.ops.CSR_MIN_NODES nodes."""
     import tensorflow as tf
 
     from core.executors import BatchedExecutor
+    from core.ops import CSRKernels, csr_layout
 
     executor = BatchedExecutor(pb.gcnn)
     rounds = []
+    layouts = [(pb.shift, csr_layout(pb.shift)), (pb.mixing, csr_layout(pb.mixing))] if kernel == "csr" else []
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=kernel == "xla")
     def step(theta):
-        result = executor.train_step(theta, pb.state, pb.x, pb.y, pb.shift, pb.mixing, pb.optimizer, pb.lr)
+        result = executor.train_step(theta, pb.state, pb.x, pb.y, pb.shift, pb.mixing, pb.optimizer, pb.lr,
+                                     kernels=CSRKernels(layouts) if layouts else None)
         rounds.append(result.cost.rounds)
         return result.theta
 
@@ -246,38 +253,51 @@ def main(argv=None) -> int:
     parser.add_argument("--copy-mb", type=_common.positive_int, default=256,
                         help="size of the array whose NumPy copy measures the memory bandwidth")
     parser.add_argument("--no-phases", action="store_true", help="skip the per-phase breakdown")
+    parser.add_argument("--kernel", choices=("both", "auto", "xla", "csr"), default="both",
+                        help="how the step's exchanges run: xla (one XLA program, gather + segment sum), csr (CSR "
+                             "products, no XLA), auto (the trainer's choice: csr from core.ops.CSR_MIN_NODES "
+                             "nodes), both (a row each; the targets judge auto's)")
     args = parser.parse_args(argv)
     if args.threads:
         _common.set_threads(args.threads)  # before TensorFlow is imported (Problem imports it)
+    from core.ops import CSR_MIN_NODES  # imports TensorFlow: after the thread settings
+
     sizes = [(n, b or args.batch_size) for n, b in args.sizes] + ([(10**6, 10)] if args.million else [])
     bandwidth = copy_bandwidth(args.copy_mb)
     cores = _common.cpu_cores()
     threads = f"{args.threads} thread{'s' * (args.threads > 1)}" if args.threads else \
         f"TensorFlow's default threads ({cores} cores)"
-    print(f"D-SGD step, widths {'-'.join(map(str, WIDTHS))}, BA m = 2, normalized Laplacian, MH mixing, XLA, float32, "
+    print(f"D-SGD step, widths {'-'.join(map(str, WIDTHS))}, BA m = 2, normalized Laplacian, MH mixing, float32, "
           f"{threads}; memory bandwidth (NumPy copy of {args.copy_mb} MB, read + write) {bandwidth / 1e9:.1f} GB/s")
-    head = (f"{'|V|':>8} {'B':>4} {'ms/step':>10} {'us/node':>8} {'rounds':>6} {'MB moved':>9} {'MFLOP':>8} "
-            f"{'GFLOP/s':>8} {'floor ms':>9} {'bound':>6} {'step/floor':>10} {'peak RSS MB':>11}")
+    head = (f"{'|V|':>8} {'B':>4} {'kernel':>6} {'ms/step':>10} {'us/node':>8} {'rounds':>6} {'MB moved':>9} "
+            f"{'MFLOP':>8} {'GFLOP/s':>8} {'floor ms':>9} {'bound':>6} {'step/floor':>10} {'peak RSS MB':>11}")
     print(head)
     rows, breakdowns = [], []
     for n, b in sizes:
         pb = Problem(n, b)
-        seconds, rounds = step_time(pb)
+        auto = "csr" if n >= CSR_MIN_NODES else "xla"
+        kernels = ("xla", "csr") if args.kernel == "both" else (auto if args.kernel == "auto" else args.kernel,)
         rate = matmul_rate(pb)
         traffic = step_traffic(n, b, pb.nnz_s, pb.nnz_w)
         moved = FLOAT_BYTES * sum(f for f, _ in traffic.values())
         flops = sum(f for _, f in traffic.values())
         floor = max(moved / bandwidth, flops / rate)
         bound = "memory" if moved / bandwidth >= flops / rate else "flops"
-        rows.append((n, b, seconds, floor))
-        print(f"{n:>8} {b:>4} {1e3 * seconds:>10.2f} {1e6 * seconds / n:>8.2f} {rounds:>6} {moved / 1e6:>9.1f} "
-              f"{flops / 1e6:>8.1f} {rate / 1e9:>8.2f} {1e3 * floor:>9.2f} {bound:>6} {seconds / floor:>10.2f} "
-              f"{_common.peak_rss_mb():>11.0f}", flush=True)
-        if not args.no_phases:
-            breakdowns.append((n, b, seconds, phase_times(pb), traffic, bandwidth, rate))
+        xla_seconds = None
+        for kernel in kernels:
+            seconds, rounds = step_time(pb, kernel)
+            if kernel == auto or len(kernels) == 1:
+                rows.append((n, b, seconds, floor))
+            if kernel == "xla":
+                xla_seconds = seconds
+            print(f"{n:>8} {b:>4} {kernel:>6} {1e3 * seconds:>10.2f} {1e6 * seconds / n:>8.2f} {rounds:>6} "
+                  f"{moved / 1e6:>9.1f} {flops / 1e6:>8.1f} {rate / 1e9:>8.2f} {1e3 * floor:>9.2f} {bound:>6} "
+                  f"{seconds / floor:>10.2f} {_common.peak_rss_mb():>11.0f}", flush=True)
+        if not args.no_phases and xla_seconds is not None:
+            breakdowns.append((n, b, xla_seconds, phase_times(pb), traffic, bandwidth, rate))
         del pb
     for n, b, seconds, phases, traffic, bw, rate in breakdowns:
-        print(f"\nper phase at |V| = {n}, B = {b} (each phase's ops compiled with XLA and timed alone):")
+        print(f"\nper phase at |V| = {n}, B = {b}, the XLA step (each phase's ops compiled with XLA and timed alone):")
         print(f"  {'phase':<20} {'ms':>9} {'% step':>7} {'floor ms':>9} {'x floor':>8}")
         for name in PHASES:
             floats, flops = traffic[name]

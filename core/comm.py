@@ -46,7 +46,7 @@ import tensorflow as tf
 
 from core.gcnn import Exchange
 from core.links import LinkContext, StaleBuffer, lossy_apply, lossy_apply_pieces
-from core.ops import Operator, apply_operator
+from core.ops import CSRKernels, Operator, apply_operator
 
 SCHEDULES = ("forward", "naive", "batch", "piggyback", "dopt")
 
@@ -222,13 +222,16 @@ class CommSimulator(Exchange):
     """
 
     def __init__(self, schedule: Schedule, degree=None, count_tape_backward: bool = False,
-                 transport: Exchange | None = None, links: LinkContext | None = None):
+                 transport: Exchange | None = None, links: LinkContext | None = None,
+                 kernels: CSRKernels | None = None):
         self.schedule = schedule
         self.count_tape_backward = count_tape_backward
         # what moves the data: in-process operators (None), or e.g. a core.distributed.exchange.MPIExchange
         # on this rank's operator views; the logical counts are the same either way
         self.transport = transport
         self.links = links
+        # in-process exchanges over the operators of these kernels run as CSR products (core.ops.csr_apply)
+        self.kernels = kernels
         self._active = 1.0 if degree is None else float(np.mean(np.asarray(degree) > 0))
         self._sent: dict[Message, int] = {}
         self._round_size: dict[int, int] = defaultdict(int)
@@ -295,8 +298,10 @@ class CommSimulator(Exchange):
         return self._move(op, x)
 
     def _move(self, op, x: tf.Tensor) -> tf.Tensor:
-        """op @ x by the transport (in-process: apply_operator)."""
-        return apply_operator(op, x) if self.transport is None else self.transport.propagate(op, x)
+        """op @ x by the transport (in-process: apply_operator, or the operator's CSR kernel)."""
+        if self.transport is not None:
+            return self.transport.propagate(op, x)
+        return apply_operator(op, x) if not self.kernels else self.kernels.apply(op, x)
 
     # ------------------------------------------------------------------ under a link context
     def _rounds(self, kind: str, index: int, sample: list) -> list[int]:

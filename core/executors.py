@@ -33,7 +33,7 @@ from core.backprop import backward_products, layer_gradients, local_backprop
 from core.comm import CommCost, CommSimulator, Schedule, ScheduleError
 from core.gcnn import GCNN, NO_COUNT, ForwardCache
 from core.links import LinkContext
-from core.ops import Operator
+from core.ops import CSRKernels, Operator
 from core.optimizers import Optimizer
 
 
@@ -156,10 +156,11 @@ class BatchedExecutor(_Executor):
         return (flatten_per_sample(grads) if per_sample else flatten(grads)), loss
 
     def train_step(self, theta, state, x, y, shift: Operator, mixing: Operator | None,
-                   optimizer: Optimizer, lr, self_factor=None, links: LinkContext | None = None) -> StepResult:
+                   optimizer: Optimizer, lr, self_factor=None, links: LinkContext | None = None,
+                   kernels: CSRKernels | None = None) -> StepResult:
         """One mini-batch: gradients, consensus per the optimizer's schedule, local update (under the link
-        model of ``links``, if given)."""
-        sim = CommSimulator(self.schedule_for(optimizer, x.shape[0]), links=links)
+        model of ``links``, if given; exchanges over the operators of ``kernels`` as CSR products)."""
+        sim = CommSimulator(self.schedule_for(optimizer, x.shape[0]), links=links, kernels=kernels)
         if optimizer.centralized:
             grad, loss = self.centralized_gradient(theta, x, y, shift, self_factor, sim)
         else:

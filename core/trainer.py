@@ -70,6 +70,11 @@ transmission, and never delivered, over the packets sent), ``extra_rounds`` (cum
 ``link_failure_rate`` (undirected links down over link-mini-batches of the row); summary.json the same over
 the run. Test metrics are measured over lossless links unless ``eval_under_loss``. An inactive model (nothing
 can be lost or down) runs exactly the lossless programs (only the columns are added).
+
+Exchange kernels (``TrainerConfig.kernel``, docs/design.md, section 2): ``auto`` runs the exchanges of a fixed
+graph of at least ``core.ops.CSR_MIN_NODES`` nodes, in-process over perfect links, as CSR sparse-dense products
+(:func:`core.ops.csr_apply`), and the training programs then without XLA (the evaluation keeps it); ``xla``
+always uses gather + segment sum; ``csr`` insists (ValueError naming why it cannot). summary.json records it.
 """
 
 from __future__ import annotations
@@ -104,12 +109,14 @@ from core.links import (
     lossy_apply,
     surviving_mixing_tf,
 )
-from core.ops import Operator
+from core.ops import CSR_MIN_NODES, CSRKernels, Operator, csr_layout
 from core.optimizers import LearningRate, Optimizer
 from core.runs import RunDir, RunDiverged, RunError, stop_requested
 
 NO_COST = CommCost(rounds=0, floats_per_node=0, largest_message=0)
 BASE_COLUMNS = ("epoch", "step", "mp_rounds", "floats_sent_per_node", "lr")
+KERNELS = ("auto", "xla", "csr")
+"""TrainerConfig.kernel: how in-process exchanges over a fixed graph run (Trainer._csr_layouts)."""
 RENAMED_COLUMNS = {"floats_sent": "floats_sent_per_node", "lgs_rounds": "lgs_rounds_per_batch"}
 """Columns of metrics rows saved before version 0.2, by their new names (checkpoints of older runs resume)."""
 LINK_COLUMNS = ("packet_loss_rate", "residual_loss_rate", "extra_rounds", "link_failure_rate")
@@ -375,11 +382,14 @@ class TrainerConfig:
     quiet: bool = False
     description: str = ""
     unit: str = "epoch"
+    kernel: str = "auto"
 
     def __post_init__(self):
         if (self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 0 or self.seed < 0
                 or self.steps_per_call < 1):
             raise ValueError(f"invalid trainer settings {self}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
 
 
 @dataclass
@@ -432,11 +442,15 @@ class Trainer:
                 raise ValueError("--eval-under-loss needs a fixed graph (the task evaluates graphs drawn per "
                                  "mini-batch on graphs of its own)")
         self._eval_lossy = self._lossy and links.eval_under_loss
+        self._csr = self._csr_layouts()  # (shift, mixing) CSR layouts when the exchanges run as CSR products
+        self.kernel = "csr" if self._csr is not None else "xla"
         # No autograph: the loop is an explicit tf.while_loop, and converting every Python call of the
         # traced code (the counting simulator loops over samples and message pieces) costs seconds.
-        # MPI exchanges are tf.numpy_function calls, which XLA cannot compile: no jit under MPI
-        compile_ = dict(jit_compile=config.jit and not self.backend.distributed, reduce_retracing=True,
-                        autograph=False)
+        # MPI exchanges are tf.numpy_function calls, which XLA cannot compile: no jit under MPI; nor with
+        # CSR exchanges (TensorFlow's kernel, outside XLA), except the evaluation, which does not use them
+        jit = config.jit and not self.backend.distributed
+        compile_ = dict(jit_compile=jit and self._csr is None, reduce_retracing=True, autograph=False)
+        eval_compile = dict(compile_, jit_compile=jit)
         # The compiled programs (public for benchmarks; see CompiledProgram): epoch_fn(theta, state, step0,
         # batches, graph), step_fn(theta, state, step, indices, graph), steps_fn(theta, state, step0, batches,
         # graphs) for stacked graphs (one per mini-batch), eval_fn(theta, graph, split).
@@ -464,8 +478,37 @@ class Trainer:
         self.epoch_fn = CompiledProgram(tf.function(epoch, **compile_))
         self.step_fn = CompiledProgram(tf.function(step, **compile_))
         self.steps_fn = CompiledProgram(tf.function(steps, **compile_))
-        self.eval_fn = CompiledProgram(tf.function(evaluate, **compile_))
+        self.eval_fn = CompiledProgram(tf.function(evaluate, **eval_compile))
         self._reset()
+
+    def _csr_layouts(self) -> tuple | None:
+        """``config.kernel`` resolved: the CSR layouts of the fixed graph's S and W (core.ops.csr_layout), or
+        None for XLA's gather + segment sum. ``auto`` takes CSR for a fixed graph of at least
+        core.ops.CSR_MIN_NODES nodes in-process over perfect links; ``csr`` insists (ValueError if it cannot)."""
+        kernel = self.config.kernel
+        if kernel == "xla":
+            return None
+        reason = None
+        if self.backend.distributed:
+            reason = "the MPI backend exchanges through MPI"
+        elif not self.graphs.fixed:
+            reason = "graphs drawn per mini-batch have no fixed pattern to lay out"
+        elif self._lossy:
+            reason = "exchanges over imperfect links mask each entry"
+        elif getattr(self.task, "schedule", None) is None or self.task.schedule(self.optimizer,
+                                                                                 self.config.batch_size) is None:
+            reason = "the task's exchanges are not counted by the simulator"
+        layouts = None
+        if reason is None:
+            ops = self.graphs.ops
+            layouts = (csr_layout(ops.shift), None if ops.mixing is None else csr_layout(ops.mixing))
+            if layouts[0] is None:
+                reason = "S has per-sample values or repeated entries"
+        if kernel == "csr" and reason is not None:
+            raise ValueError(f"kernel csr is not available here: {reason}")
+        if reason is not None or (kernel == "auto" and self.task.num_nodes < CSR_MIN_NODES):
+            return None
+        return layouts
 
     # ------------------------------------------------------------------ state
     def _reset(self):
@@ -719,7 +762,11 @@ class Trainer:
                 if getattr(graph, name) is not None:
                     context.bind(getattr(graph, name), links["index"][name], links["index"][f"{name}_t"])
         if schedule is not None:
-            exchange = CommSimulator(schedule, transport=None if transport is NO_COUNT else transport, links=context)
+            kernels = None
+            if self._csr is not None:  # the fixed graph's operators (as traced) with their CSR layouts
+                kernels = CSRKernels([(graph.shift, self._csr[0]), (graph.mixing, self._csr[1])])
+            exchange = CommSimulator(schedule, transport=None if transport is NO_COUNT else transport, links=context,
+                                     kernels=kernels)
         else:
             exchange = transport
         grad, metrics = self.task.gradients(theta, indices, graph, self.optimizer, exchange)
@@ -1218,7 +1265,7 @@ class Trainer:
             "epochs": self.epoch, "steps": self.step, "mp_rounds": self.rounds, "floats_sent_per_node": self.floats,
             "mp_rounds_per_batch": cost.rounds, "floats_sent_per_node_per_batch": cost.floats_per_node,
             "largest_message": cost.largest_message, "wall_s": self.wall, "optimizer": self.optimizer.name,
-            "consensus_rounds": self.optimizer.consensus_rounds,
+            "consensus_rounds": self.optimizer.consensus_rounds, "kernel": self.kernel,
         })
         if self.backend.distributed:  # what really went over the wire, per rank (collective)
             out.update(self.wire_counts())

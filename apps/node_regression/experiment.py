@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = common_cli.add_run_arguments(parser, APP, checkpoint_every=50,
                                        jobs_default=default_workers(len(common_cli.PAPER_OPTIMIZERS)))
     run.add_argument("--no-jit", action="store_true", help="do not XLA-compile the training epoch")
+    run.add_argument("--kernel", choices=("auto", "xla", "csr"), default="auto",
+                     help="how the exchanges of training run in-process: xla (gather + segment sum inside the "
+                          "XLA-compiled epoch), csr (CSR sparse-dense products, TensorFlow's CPU kernel, the epoch "
+                          "then not XLA-compiled: about 1.6x faster from 10^3 nodes, slower at 10^2), auto (csr "
+                          "from 1000 nodes over perfect links, else xla); docs/design.md, section 2")
     common_cli.add_backend_arguments(run)
     common_cli.add_link_arguments(parser)
     return parser
@@ -123,6 +128,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.resumed_config = config
     check_backend_flags(args, argv, WORLD)
     common_cli.check_link_arguments(args)
+    if args.kernel == "csr" and (args.backend == "mpi" or common_cli.links_active(args)):
+        raise ValueError("--kernel csr runs in-process exchanges over perfect links: not with --backend mpi or "
+                         "imperfect links (use --kernel auto)")
     return args
 
 
@@ -262,7 +270,7 @@ def make_trainer(args: argparse.Namespace, task, graphs, approach: str, run=None
     lr = LearningRate(args.lr, args.lr_schedule, args.lr_decay_rate, args.lr_decay_steps)
     config = TrainerConfig(epochs=args.epochs, batch_size=args.batch_size, seed=seeds(args.seed)[1],
                            checkpoint_every=args.checkpoint_every, jit=not args.no_jit, quiet=args.quiet,
-                           description=LABELS[approach])
+                           description=LABELS[approach], kernel=getattr(args, "kernel", "auto"))
     links = None if optimizer.centralized else common_cli.link_setup(args, args.mixing)  # a server: perfect links
     return Trainer(task, optimizer, lr, graphs, config, run, links=links,
                    extra_summary={"optimizer": approach, "label": LABELS[approach]})
