@@ -85,35 +85,39 @@ class CSRLayout(NamedTuple):
 
     order: tf.Tensor
     order_t: tf.Tensor
-    num_nodes: int
+    num_rows: int
+    num_cols: int
 
 
-def csr_layout(op: SparseOperator | Operator) -> CSRLayout | None:
-    """The :class:`CSRLayout` of an operator shared by all samples (eager; NumPy or concrete tensors); None for
+def csr_layout(op: SparseOperator | Operator, num_cols: int | None = None) -> CSRLayout | None:
+    """The :class:`CSRLayout` of an operator shared by all samples (eager; NumPy or concrete tensors), square
+    (|V| x |V|) or with ``num_cols`` columns (an MPI rank's owned rows x [owned; ghost] columns); None for
     per-sample values or a pattern that repeats an entry (the CSR kernel needs each (row, col) once)."""
     rows, cols, values = (np.asarray(tf.get_static_value(t) if isinstance(t, tf.Tensor) else t)
                           for t in (op.rows, op.cols, op.values))
     if values.ndim != 1:
         return None
-    n = int(op.num_nodes)
-    key = rows.astype(np.int64) * n + cols
+    n_rows = int(op.num_nodes)
+    n_cols = n_rows if num_cols is None else int(num_cols)
+    key = rows.astype(np.int64) * n_cols + cols
     if np.unique(key).size != key.size:
         return None
     with tf.init_scope():  # eager constants even when first asked for while tracing
         return CSRLayout(tf.constant(np.argsort(key, kind="stable"), tf.int64),
-                         tf.constant(np.argsort(cols.astype(np.int64) * n + rows, kind="stable"), tf.int64), n)
+                         tf.constant(np.argsort(cols.astype(np.int64) * n_rows + rows, kind="stable"), tf.int64),
+                         n_rows, n_cols)
 
 
-def _csr_matrix(rows: tf.Tensor, cols: tf.Tensor, values: tf.Tensor, order: tf.Tensor, n: int) -> tf.Tensor:
+def _csr_matrix(rows: tf.Tensor, cols: tf.Tensor, values: tf.Tensor, order: tf.Tensor, shape) -> tf.Tensor:
     indices = tf.stack([tf.gather(tf.cast(rows, tf.int64), order), tf.gather(tf.cast(cols, tf.int64), order)], 1)
     return tf.raw_ops.SparseTensorToCSRSparseMatrix(indices=indices, values=tf.gather(values, order),
-                                                    dense_shape=tf.constant([n, n], tf.int64))
+                                                    dense_shape=tf.constant(shape, tf.int64))
 
 
-def _csr_product(matrix: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+def _csr_product(matrix: tf.Tensor, x: tf.Tensor, num_rows: int) -> tf.Tensor:
     shape = tf.shape(x)
-    y = tf.raw_ops.SparseMatrixMatMul(a=matrix, b=tf.reshape(x, [shape[0], -1]))  # (|V|, B g): one product
-    return tf.reshape(y, shape)
+    y = tf.raw_ops.SparseMatrixMatMul(a=matrix, b=tf.reshape(x, [shape[0], -1]))  # (rows, B g): one product
+    return tf.reshape(y, tf.concat([[num_rows], shape[1:]], 0))
 
 
 def csr_apply(op: Operator, layout: CSRLayout, x: tf.Tensor, transposed: bool = False) -> tf.Tensor:
@@ -123,14 +127,14 @@ def csr_apply(op: Operator, layout: CSRLayout, x: tf.Tensor, transposed: bool = 
     the product with the transpose. Equal to :func:`apply_operator` up to the order of the sums."""
     rows, cols = (op.cols, op.rows) if transposed else (op.rows, op.cols)
     order, order_t = (layout.order_t, layout.order) if transposed else (layout.order, layout.order_t)
-    n = layout.num_nodes
+    shape = (layout.num_cols, layout.num_rows) if transposed else (layout.num_rows, layout.num_cols)
 
     @tf.custom_gradient
     def product(x):
         def grad(dy):
-            return _csr_product(_csr_matrix(cols, rows, op.values, order_t, n), dy)
+            return _csr_product(_csr_matrix(cols, rows, op.values, order_t, shape[::-1]), dy, shape[1])
 
-        return _csr_product(_csr_matrix(rows, cols, op.values, order, n), x), grad
+        return _csr_product(_csr_matrix(rows, cols, op.values, order, shape), x, shape[0]), grad
 
     return product(x)
 

@@ -188,7 +188,11 @@ class MPIExchange(Exchange):
         self.debug = debug_from_env() if debug is None else bool(debug)
         self.counters = ExchangeCounters()
         self.sequence = 0  # exchanges performed so far on this rank (must be equal on all ranks)
-        self._tensors = weakref.WeakKeyDictionary()  # view -> {dtype: TF constants}
+        self._tensors = weakref.WeakKeyDictionary()  # view -> {dtype: TF constants, "csr": CSR layout}
+        # rank-local products of views with at least this many owned rows run as CSR products (core.ops)
+        from core.ops import CSR_MIN_NODES
+
+        self.csr_min_nodes = CSR_MIN_NODES
         self._plans: list[OperatorView] = []  # the views of tensor_view, by TensorView.plan
 
     # ------------------------------------------------------------------ views
@@ -300,6 +304,19 @@ class MPIExchange(Exchange):
                                    tf.constant(view.send_index))
         return per_view[dtype]
 
+    def _csr_layout(self, view: OperatorView):
+        """The CSR layout of the view's owned rows x [owned; ghost] columns (core.ops.csr_layout), or None for a
+        view below ``csr_min_nodes`` owned rows (gather + segment sum)."""
+        per_view = self._tensors.setdefault(view, {})
+        if "csr" not in per_view:
+            from core.ops import Operator, csr_layout
+
+            big = (view.num_owned >= max(1, self.csr_min_nodes) and np.ndim(view.values) == 1
+                   and np.size(view.rows) > 0)
+            per_view["csr"] = csr_layout(Operator(view.rows, view.cols, view.values, view.num_owned),
+                                         view.num_owned + view.num_ghosts) if big else None
+        return per_view["csr"]
+
     def _communicate_tf(self, view: OperatorView, buffer, reverse: bool, rows: int):
         import tensorflow as tf
 
@@ -318,7 +335,7 @@ class MPIExchange(Exchange):
     def _forward_tf(self, view: OperatorView, x):
         import tensorflow as tf
 
-        from core.ops import Operator, apply_operator
+        from core.ops import Operator, apply_operator, csr_apply
 
         x = tf.convert_to_tensor(x)
 
@@ -327,8 +344,10 @@ class MPIExchange(Exchange):
             rows, cols, values, send_index = self._constants(view, x.dtype)
             ghosts = self._communicate_tf(view, tf.gather(x, send_index), False, view.num_ghosts)
             x_ext = tf.concat([x, ghosts], axis=0) if view.num_ghosts else x  # no copy without ghosts
+            local = Operator(rows, cols, values, view.num_owned)
+            layout = self._csr_layout(view)
             with tf.control_dependencies([ghosts]):  # the collective runs on every rank, even with no rows
-                y = apply_operator(Operator(rows, cols, values, view.num_owned), x_ext)
+                y = apply_operator(local, x_ext) if layout is None else csr_apply(local, layout, x_ext)
             return y, lambda dy: self._reverse_tf(view, dy)
 
         return forward(x)
@@ -336,7 +355,7 @@ class MPIExchange(Exchange):
     def _reverse_tf(self, view: OperatorView, x):
         import tensorflow as tf
 
-        from core.ops import Operator, apply_operator
+        from core.ops import Operator, apply_operator, csr_apply
 
         x = tf.convert_to_tensor(x)
 
@@ -344,7 +363,11 @@ class MPIExchange(Exchange):
         def reverse(x):
             rows, cols, values, send_index = self._constants(view, x.dtype)
             n_own = view.num_owned
-            contrib = apply_operator(Operator(cols, rows, values, n_own + view.num_ghosts), x)
+            layout = self._csr_layout(view)
+            if layout is None:
+                contrib = apply_operator(Operator(cols, rows, values, n_own + view.num_ghosts), x)
+            else:  # (n_own + ghosts, ...): the transpose of the owned rows x [owned; ghosts] block
+                contrib = csr_apply(Operator(rows, cols, values, n_own), layout, x, transposed=True)
             back = self._communicate_tf(view, contrib[n_own:], True, view.num_sent)
             own = contrib[:n_own] if view.num_ghosts else contrib
             with tf.control_dependencies([back]):  # the collective runs on every rank, even with no rows

@@ -237,6 +237,10 @@ def main(argv) -> None:
     ex = MPIExchange(owner, (shift, mixing))
     check_operator("ba_isolated_shift", ex, shift)
     check_operator("ba_isolated_mixing", ex, mixing)
+    ex.csr_min_nodes = 0  # the rank-local products as CSR products (core.ops.csr_apply), as from 1000 owned rows
+    check_operator("ba_isolated_shift_csr", ex, shift)
+    check_operator("ba_isolated_mixing_csr", ex, mixing)
+    ex.csr_min_nodes = 10**9
     check_per_sample(ex, graph)
     check_gcnn(ex, graph)
     check_counters_and_reductions(ex, shift)
@@ -248,6 +252,8 @@ def main(argv) -> None:
     if RANK == P - 1:
         assert ex.neighbours.size == 0 and ex.view(shift).num_sent == 0, ex.neighbours
     check_operator("no_boundary_rank", ex, shift)
+    ex.csr_min_nodes = 0
+    check_operator("no_boundary_rank_csr", ex, shift)
     ex.free()
 
     check_mismatch()
