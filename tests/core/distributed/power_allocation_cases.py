@@ -183,8 +183,9 @@ def app_equal(path: Path, out: Path, names: str, comm) -> None:
     rank, size = comm.Get_rank(), comm.Get_size()
     mpi_dir, local_dir = out / f"pa_app_mpi_p{size}", out / f"pa_app_local_p{size}"
     argv = ["--data", str(path), "--epochs", "2", "--seed", "4", "--layers", str(LAYERS), "--hidden", str(HIDDEN),
-            "--wmmse-iterations", "20", "--no-jit", "-q", "--dtype", "float64", "--optimizer", names,
+            "--wmmse-iterations", "20", "-q", "--dtype", "float64", "--optimizer", names,
             "--consensus-rounds", "2", "--save-powers", "--jobs", "1"]  # in-process too: no worker processes
+    # with XLA: auto-clustering under MPI (config.json says so), the XLA-compiled step in-process
     assert ex.main([*argv, "--backend", "mpi", "--out", str(mpi_dir)]) == 0
     if rank == 0:
         saved, ex.WORLD = ex.WORLD, World()  # the same app as one process, although started by mpiexec
@@ -226,6 +227,7 @@ def check_app_run(mpi_dir: Path, local_dir: Path, size: int) -> None:
     assert (s_mpi["mpi_bytes_sent_per_batch"], s_mpi["mpi_messages_sent_per_batch"]) == wire(
         s_mpi["optimizer"], 2, backend["part_sizes"]), s_mpi
     assert backend["backend"] == "mpi" and backend["ranks"] == size and backend["partition"] == "metis", backend
+    assert backend["xla"] == "autoclustering", backend
     assert backend["edge_cut"] == sum(a * b for i, a in enumerate(backend["part_sizes"])
                                       for b in backend["part_sizes"][i + 1:]), backend  # the complete pattern
     p_mpi, p_loc = (np.load(d / "test_powers.npz") for d in (mpi_dir, local_dir))
