@@ -377,8 +377,9 @@ def make_backend(p: Plan):
 
         return [union_graph(p.data.train_adjacency, p.data.test_adjacency)]
 
-    # no XLA auto-clustering: the actor's operators change shape with every drawn graph (each new shape would
-    # compile the step's clusters anew)
+    # no XLA auto-clustering: the actor's operators change shape with every drawn graph, and each new shape
+    # compiles the step's clusters anew (measured: 40 mini-batches under -n 2 train in 19.3 s with it, 3.7 s
+    # without)
     backend, info = shared_make_backend(p.args, WORLD, int(p.data.train_adjacency.shape[-1]), union,
                                         autocluster=False)
     if backend.distributed:
