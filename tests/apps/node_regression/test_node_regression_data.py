@@ -45,6 +45,16 @@ def test_teacher_equals_core_gcnn_forward():
     np.testing.assert_allclose(nr.teacher_forward(params, x, shift_dense, "sigmoid"), expected.numpy(), rtol=1e-13)
 
 
+def test_large_graphs_take_the_sparse_teacher_product_with_the_same_values(monkeypatch):
+    config = nr.NodeRegressionConfig(nodes=40, teacher_hidden=(6,), train_samples=3, test_samples=1)
+    shift = nr.dense_shift(nr.graph_adjacency(config), config.shift)
+    params = nr.teacher_parameters(config, np.random.default_rng(1))
+    x = nr.node_features(config.features, 5, config.nodes, config.input_dim, np.random.default_rng(2))
+    dense = nr.teacher_forward(params, x, shift, "sigmoid")
+    monkeypatch.setattr(nr, "DENSE_TEACHER_MAX_NODES", 10)  # 40 nodes: the sparse product
+    np.testing.assert_allclose(nr.teacher_forward(params, x, shift, "sigmoid"), dense, rtol=1e-13)
+
+
 def test_teacher_parameter_scales():
     params = nr.teacher_parameters(nr.NodeRegressionConfig(), np.random.default_rng(0))
     assert [p.shape for p in params] == [(10, 10), (10, 10), (10, 1), (10, 1)]
