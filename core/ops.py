@@ -5,6 +5,8 @@ axis first, then the B samples of a mini-batch, then features. In that layout a 
 is a gather of the senders' rows followed by ``tf.math.unsorted_segment_sum`` into the receivers
 (both compile under XLA, which has no sparse-dense matmul kernel), and the per-node products with
 per-node parameter copies are one batched ``tf.linalg.matmul`` over the node axis, with no transposes.
+On large fixed graphs an exchange can instead be one CSR sparse-dense product over the (|V|, B g) view
+(:func:`csr_apply`, TensorFlow's CPU kernel, outside XLA; docs/design.md, section 2).
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def apply_operator(op: Operator, x: tf.Tensor) -> tf.Tensor:
 CSR_MIN_NODES = 1000
 """From this many nodes the trainer's ``kernel="auto"`` runs the exchanges of a fixed graph as CSR products
 (:func:`csr_apply`) outside XLA instead of XLA's gather + segment sum (benchmarks/README.md,
-``bench_scaling.py``: 1.5x-1.6x faster per D-SGD step at 10^3-10^5 nodes, slower at 10^2)."""
+``bench_scaling.py``: 1.6x-1.8x faster per D-SGD step at 10^3-10^5 nodes, slower at 10^2)."""
 
 
 class CSRLayout(NamedTuple):
