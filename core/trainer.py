@@ -453,7 +453,9 @@ class Trainer:
         eval_compile = dict(compile_, jit_compile=jit)
         # The compiled programs (public for benchmarks; see CompiledProgram): epoch_fn(theta, state, step0,
         # batches, graph), step_fn(theta, state, step, indices, graph), steps_fn(theta, state, step0, batches,
-        # graphs) for stacked graphs (one per mini-batch), eval_fn(theta, graph, split).
+        # graphs) for stacked graphs (one per mini-batch), eval_fn(theta, graph, split). With the CSR kernel
+        # (self.kernel == "csr") the training programs take only the fixed graph's GraphOps: its CSR layouts
+        # (entry orders) are the trainer's, fixed when it was built.
         # Closures rather than bound methods, so that TensorFlow counts retracing per trainer.
         # epoch_fn, step_fn and steps_fn also return all_finite(theta, state) as their last output.
         # Under a link model they take two more arguments, the plans of their mini-batches (``links``, see
