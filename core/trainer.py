@@ -497,8 +497,7 @@ class Trainer:
             reason = "graphs drawn per mini-batch have no fixed pattern to lay out"
         elif self._lossy:
             reason = "exchanges over imperfect links mask each entry"
-        elif getattr(self.task, "schedule", None) is None or self.task.schedule(self.optimizer,
-                                                                                 self.config.batch_size) is None:
+        elif self.task.schedule(self.optimizer, self.config.batch_size) is None:
             reason = "the task's exchanges are not counted by the simulator"
         layouts = None
         if reason is None:

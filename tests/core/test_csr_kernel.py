@@ -5,19 +5,16 @@ to float64 rounding, not bit for bit: these tests require 1e-12 relative (issue 
 (forward, transposed, gradients) and for training runs of several epochs with every optimizer family.
 """
 
-import networkx as nx
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from core.executors import flatten
 from core.gcnn import GCNN
-from core.graph import Graph
 from core.links import LinkSetup
-from core.ops import CSRKernels, Operator, apply_operator, csr_apply, csr_layout, to_operator
+from core.ops import CSRKernels, Operator, apply_operator, csr_apply, csr_layout
 from core.optimizers import LearningRate, make_optimizer
-from core.supervised import SupervisedGCNN
-from core.trainer import FixedGraph, GraphOps, RandomGraphs, Trainer, TrainerConfig
+from core.trainer import FixedGraph, RandomGraphs, Trainer, TrainerConfig
+from tests.core.problems import ba_regression
 
 DT = tf.float64
 RTOL = 1e-12
@@ -79,15 +76,7 @@ def test_no_layout_for_per_sample_values_or_repeated_entries():
 
 @pytest.fixture(scope="module")
 def problem():
-    graph = Graph.from_networkx(nx.barabasi_albert_graph(NODES, 2, seed=3))
-    ops = GraphOps(to_operator(graph.shift_operator("normalized_laplacian"), DT),
-                   to_operator(graph.metropolis_hastings(), DT))
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(N_TRAIN + N_TEST, NODES, 3))
-    y = 1 / (1 + np.exp(-x.sum(-1, keepdims=True)))
-    task = SupervisedGCNN(MODEL, flatten(MODEL.init_params(1, "uniform", DT)), x[:N_TRAIN], y[:N_TRAIN],
-                          x[N_TRAIN:], y[N_TRAIN:], DT)
-    return task, ops
+    return ba_regression(MODEL, NODES, N_TRAIN, N_TEST, DT)
 
 
 def train(problem, name, kernel, jit=False, graphs=None, links=None, epochs=4):

@@ -6,19 +6,17 @@ suite fast; one test checks that the XLA-compiled epoch gives the same numbers.
 
 import math
 
-import networkx as nx
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from core.executors import flatten
 from core.gcnn import GCNN
-from core.graph import Graph
-from core.ops import Operator, to_operator
+from core.ops import Operator
 from core.optimizers import LearningRate, make_optimizer
 from core.runs import RunDir, read_csv
 from core.supervised import SupervisedGCNN
 from core.trainer import CompiledProgram, EpochBatches, FixedGraph, GraphOps, RandomGraphs, Trainer, TrainerConfig
+from tests.core.problems import ba_regression
 
 DT = tf.float64
 LR = LearningRate(0.05)
@@ -28,15 +26,7 @@ MODEL = GCNN((3, 5, 1), "sigmoid")
 
 @pytest.fixture(scope="module")
 def problem():
-    graph = Graph.from_networkx(nx.barabasi_albert_graph(NODES, 2, seed=3))
-    ops = GraphOps(to_operator(graph.shift_operator("normalized_laplacian"), DT),
-                   to_operator(graph.metropolis_hastings(), DT))
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(N_TRAIN + N_TEST, NODES, 3))
-    y = 1 / (1 + np.exp(-x.sum(-1, keepdims=True)))
-    task = SupervisedGCNN(MODEL, flatten(MODEL.init_params(1, "uniform", DT)), x[:N_TRAIN], y[:N_TRAIN],
-                          x[N_TRAIN:], y[N_TRAIN:], DT)
-    return task, ops
+    return ba_regression(MODEL, NODES, N_TRAIN, N_TEST, DT)
 
 
 def make(problem, name="d-sgd", run=None, epochs=6, jit=False, lr=LR, graphs=None, **kw):
