@@ -758,7 +758,7 @@ class Trainer:
             same_links = self.graphs.fixed or getattr(self.graphs, "same_shapes", False)
             context = LinkContext(links["lost"], self.links.policy,
                                   StaleBuffer(stale) if self.links.policy.kind == "stale" else None,
-                                  self._last_layout if same_links else None)
+                                  self._last_layout if same_links else None, link_major=True)
             for name in ("shift", "mixing"):
                 if getattr(graph, name) is not None:
                     context.bind(getattr(graph, name), links["index"][name], links["index"][f"{name}_t"])
@@ -884,7 +884,7 @@ class Trainer:
 
     def _link_feed(self, first_step: int, graphs: Sequence[GraphOps]):
         """Draw the plans of mini-batches ``first_step ..`` on ``graphs`` (one per mini-batch): the compiled
-        programs' ``links`` argument (stacked tensors: ``lost`` (n, T, P, E); ``index``: per operator the link of
+        programs' ``links`` argument (stacked tensors: ``lost`` (n, E, T, P), link-major; ``index``: per operator the link of
         each entry and of its transpose's; ``up``: per operator its surviving entries, under link failures) and
         what the commit counts (the stacked plans, undirected links drawn and down)."""
         layouts = [self._layout(g) for g in graphs]

@@ -450,8 +450,9 @@ def test_the_tensorflow_stream_and_stacked_plans_equal_the_numpy_reference_bit_f
         ref = LinkModel(5, model.loss_prob, model.link_failure, model.gilbert)
         for k in range(3):
             plan = ref.plan(7 + k, s, r, counts, policy, active=active[k])
-            np.testing.assert_array_equal(batch.lost.numpy()[k], plan.lost)
-            np.testing.assert_array_equal(batch.first_lost.numpy()[k], plan.first_lost)
+            # a batch is link-major: (num, E, T, P) against a plan's (T, P, E)
+            np.testing.assert_array_equal(batch.lost.numpy()[k], np.moveaxis(plan.lost, -1, 0))
+            np.testing.assert_array_equal(batch.first_lost.numpy()[k], np.moveaxis(plan.first_lost, -1, 0))
             np.testing.assert_array_equal(batch.extra_rounds[k], plan.extra_rounds)
             np.testing.assert_array_equal(batch.retransmitted[k], plan.retransmitted)
             np.testing.assert_array_equal(plan.extra_rounds, plan.retransmitted.max(axis=1))
@@ -472,12 +473,20 @@ def test_layouts_and_contexts_give_each_operator_entry_its_link():
     mixing = to_operator(g.metropolis_hastings(), F64)
     layout = LinkLayout({"shift": shift, "mixing": mixing})
     assert layout.num_links == g.senders.size and layout.counted.all()
-    plan = LinkModel(seed=2, loss_prob=0.4).plan(1, layout.senders, layout.receivers, [2, 1, 2])
+    plan = LinkModel(seed=2, loss_prob=0.4).plan(1, layout.senders, layout.receivers, [2, 1, 2, 2, 1, 2, 2])
     ctx = LinkContext(plan.lost, layout=layout)
     ctx.bind(shift, *layout.index["shift"])
-    for op in (shift, shift.transposed(), mixing):  # the transpose by its base, W from the layout
-        for packet in (0, 1):
-            np.testing.assert_array_equal(ctx.mask(op, [0, 2], packet).numpy(), plan.mask_for(op, [0, 2], packet))
+    # given link-major (as the trainer feeds a PlanBatch's mini-batch), the same masks
+    major = LinkContext(np.moveaxis(plan.lost, -1, 0), layout=layout, link_major=True)
+    major.bind(shift, *layout.index["shift"])
+    # evenly spaced rounds (sliced), one round, and rounds in no arithmetic order (gathered)
+    for rounds in ([0, 2], [1, 3, 5], [4], [6, 0, 3], [0, 1, 1]):
+        for op in (shift, shift.transposed(), mixing):  # the transpose by its base, W from the layout
+            for packet in (0, 1):
+                want = plan.mask_for(op, rounds, packet)
+                np.testing.assert_array_equal(ctx.mask(op, rounds, packet).numpy(), want)
+                np.testing.assert_array_equal(major.mask(op, rounds, packet).numpy(), want)
+    assert plan.lost.any()
     fwd, rev = layout.index["mixing"]
     on_diag = mixing.rows.numpy() == mixing.cols.numpy()
     assert (fwd[on_diag] == -1).all() and (fwd[~on_diag] >= 0).all()
