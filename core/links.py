@@ -87,7 +87,7 @@ import numpy as np
 import tensorflow as tf
 
 from core.graph import Graph, SparseOperator
-from core.ops import Operator, apply_operator, to_operator
+from core.ops import Operator, to_operator
 
 POLICIES = ("zero", "stale", "retransmit")
 
@@ -841,8 +841,9 @@ def lossy_apply_pieces(op: Operator, x: tf.Tensor, lost_pieces, piece_of_column,
     entries flagged in row p of ``lost_pieces`` (n_pieces, nnz): the eq. (17) payload [d_i, theta^i, ...] pieced
     over the forward rounds (``param`` of the ``dopt`` schedule). In a consensus round (``mixing``) each piece
     has its own effective weights (:func:`lossy_mixing_values` per piece: the receiver's own value in place
-    of a lost message, column by column), so every column is mixed by a row-stochastic matrix; ``stale`` reuses, column by column, the last value
-    received on each entry (the slot holds (nnz, D)); ``zero`` without ``mixing`` counts a lost term as 0.
+    of a lost message, column by column), so every column is mixed by a row-stochastic matrix; ``stale``
+    reuses, column by column, the last value received on each entry (the slot holds (nnz, D)); ``zero``
+    without ``mixing`` counts a lost term as 0.
     With no packet lost the result equals ``apply_operator(op, x)`` bit for bit.
     """
     policy = LossPolicy.parse(policy)
@@ -1009,10 +1010,10 @@ class PlanBatch:
 
     ``lost`` and ``first_lost`` are bool tensors (num, E, T, P): per mini-batch a :class:`LossPlan`'s (T, P, E)
     arrays, link-major, so that an exchange takes the rounds of its entries' links as whole rows
-    (:meth:`LinkContext.mask`); the second is built when first asked for (only tests read it). ``extra_rounds`` (num, T) and
-    ``retransmitted`` (num, T, P) int arrays; ``packets``, ``lost_packets`` and ``still_lost`` (num,) count
-    the packets carried, lost at the first transmission and never delivered, on the links flagged ``counted``
-    only (under MPI: the links a rank receives on, so that ranks' counts add up).
+    (:meth:`LinkContext.mask`); the second is built when first asked for (only tests read it).
+    ``extra_rounds`` (num, T) and ``retransmitted`` (num, T, P) int arrays; ``packets``, ``lost_packets`` and
+    ``still_lost`` (num,) count the packets carried, lost at the first transmission and never delivered, on the
+    links flagged ``counted`` only (under MPI: the links a rank receives on, so that ranks' counts add up).
     """
 
     lost: tf.Tensor
@@ -1251,8 +1252,8 @@ class LinkContext:
                  link_major: bool = False):
         lost = tf.convert_to_tensor(lost, tf.bool)
         if lost.shape.rank != 3:
-            raise ValueError(f"the lost tensor must be ({'links, rounds, packets' if link_major else 'rounds, packets, links'}"
-                             f"), got shape {lost.shape}")
+            axes = "links, rounds, packets" if link_major else "rounds, packets, links"
+            raise ValueError(f"the lost tensor must be ({axes}), got shape {lost.shape}")
         # (E, T, P): each link's rounds are one row, so that an exchange gathers whole rows for its entries
         self.lost = lost if link_major else tf.transpose(lost, [2, 0, 1])
         self.policy = LossPolicy.parse(policy)

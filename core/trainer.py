@@ -884,9 +884,9 @@ class Trainer:
 
     def _link_feed(self, first_step: int, graphs: Sequence[GraphOps]):
         """Draw the plans of mini-batches ``first_step ..`` on ``graphs`` (one per mini-batch): the compiled
-        programs' ``links`` argument (stacked tensors: ``lost`` (n, E, T, P), link-major; ``index``: per operator the link of
-        each entry and of its transpose's; ``up``: per operator its surviving entries, under link failures) and
-        what the commit counts (the stacked plans, undirected links drawn and down)."""
+        programs' ``links`` argument (stacked tensors: ``lost`` (n, E, T, P), link-major; ``index``: per operator
+        the link of each entry and of its transpose's; ``up``: per operator its surviving entries, under link
+        failures) and what the commit counts (the stacked plans, undirected links drawn and down)."""
         layouts = [self._layout(g) for g in graphs]
         layout = self._last_layout = layouts[0]
         for other in layouts[1:]:
