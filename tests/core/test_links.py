@@ -287,6 +287,34 @@ def test_stale_reuses_the_last_value_of_the_same_slot_from_the_same_neighbour():
     np.testing.assert_array_equal(last.numpy(), seq_buf.values["bwd/2"].numpy())
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_the_last_arrival_before_each_sample_is_found_within_the_lookback_and_beyond_it(jit):
+    from core.links import STALE_LOOKBACK, _last_arrivals
+
+    def reference(received):
+        prev = np.full(received.shape, -1)
+        last = np.full(received.shape[0], -1)
+        for k, row in enumerate(received):
+            for b in range(row.size):
+                prev[k, b] = last[k]
+                last[k] = b if row[b] else last[k]
+        return prev, last
+
+    rng = np.random.default_rng(2)
+    find = tf.function(_last_arrivals, jit_compile=True) if jit else _last_arrivals
+    B = 3 * STALE_LOOKBACK
+    short = rng.random((20, B)) >= 0.3
+    short[:, ::STALE_LOOKBACK // 2] = True  # no run reaches the lookback: the select chain alone
+    deep = short.copy()
+    deep[3, 2:2 + STALE_LOOKBACK + 5] = False  # a longer run: the general search
+    deep[5] = False  # never received: the buffer's value throughout
+    for received in (short, deep, np.ones((4, 1), bool), np.zeros((4, 1), bool)):
+        prev, last = find(tf.constant(received))
+        want_prev, want_last = reference(received)
+        np.testing.assert_array_equal(prev.numpy(), want_prev)
+        np.testing.assert_array_equal(last.numpy(), want_last)
+
+
 def test_retransmit_adds_the_rounds_the_worst_link_needed_and_never_more_than_R():
     g = graph(20, 0.3)
     s, r = links(g)
