@@ -994,11 +994,12 @@ _ERASURE_PROGRAMS: dict = {}
 def _leading_losses(prefix, threshold, counts, senders, receivers, active, num_packets: int, attempts: int):
     """Per packet of several mini-batches under independent erasures (:func:`draw_plans`), as XLA: the number
     of its first attempts that are lost, an int8 (n, E, T, P) in 0..A (0 for a packet not carried), link-major
-    as :class:`PlanBatch` holds it.
+    as :class:`PlanBatch` holds it; for A = 1, the bool lost mask itself.
 
     ``prefix`` (n, A, T, P) uint64 is the stream hash of (seed, LOSS, mini-batch, round, attempt, packet) for
-    attempts 0..A-1 (NumPy, small); the program adds the sender and receiver words per link: two SplitMix64
-    steps per packet and attempt instead of eight. Everything a plan holds follows from this one count
+    attempts 0..A-1 (NumPy, small: in the program XLA would fuse it into the per-link loop and recompute it
+    for every link); the program adds the sender and receiver words per link: two SplitMix64 steps per packet
+    and attempt instead of eight. Everything a plan holds follows from this one count
     (:func:`_plan_summary`): lost after the retransmissions iff all A attempts are, lost at the first iff
     it is >= 1, pending in min(count, A - 1) extra rounds. It is the program's only output on purpose: XLA
     fuses an elementwise producer into each of its consumers, so reducing the hashes to several outputs here
@@ -1008,12 +1009,15 @@ def _leading_losses(prefix, threshold, counts, senders, receivers, active, num_p
     carried = tf.logical_and(exists[None, None], live[:, :, None, None])  # (n, E, T, P): link-major
     s, r = tf.cast(senders, tf.uint64)[:, None, None], tf.cast(receivers, tf.uint64)[:, None, None]
 
+    below = tf.bitwise.left_shift(threshold, tf.constant(11, tf.uint64))  # (h >> 11) < t iff h < t << 11 (t <= 2**53)
+
     def lost_at(attempt):
         h = _splitmix64_tf(tf.bitwise.bitwise_xor(prefix[:, attempt, None], s))
-        h = _splitmix64_tf(tf.bitwise.bitwise_xor(h, r))
-        return tf.bitwise.right_shift(h, tf.constant(11, tf.uint64)) < threshold
+        return _splitmix64_tf(tf.bitwise.bitwise_xor(h, r)) < below
 
     still = tf.logical_and(lost_at(0), carried)
+    if attempts == 1:
+        return still  # the count is the mask itself: a bool output, used as the plan's tensor without a copy
     leading = tf.cast(still, tf.int8)
     for attempt in range(1, attempts):
         still = tf.logical_and(still, lost_at(attempt))
@@ -1029,15 +1033,14 @@ def _plan_summary(leading: tf.Tensor, counted: np.ndarray, attempts: int):
 
     In NumPy on the program's buffer (no copy on CPU): XLA's CPU reductions of these int8 tensors measured
     5-20x slower than NumPy's."""
-    counts = leading.numpy()  # (n, E, T, P)
+    counts = leading.numpy()  # (n, E, T, P): no copy on the CPU
     n, E, T, P = counts.shape
-    # bool masks from NumPy (a 0/1 int8 buffer is a valid bool array): TensorFlow's eager int8 -> bool cast
-    # measured 0.1 s for App B's 39M packets of 50 mini-batches
-    if attempts == 1:
-        lost = first = tf.constant(counts.view(np.bool_))
-    else:
+    if attempts == 1:  # the program's bool output is the mask
+        lost = first = leading
+    else:  # bool masks from NumPy: TensorFlow's eager int8 -> bool cast measured 0.1 s for App B's 39M packets
         lost, first = tf.constant(counts == attempts), lambda c=counts: tf.constant(c > 0)  # when asked for
     flat = (counts if counted.all() else counts[:, counted]).reshape(n, -1)
+    # row by row: NumPy's count_nonzero with an axis measured 3x slower than on whole rows
     first_n = np.array([np.count_nonzero(row) for row in flat], np.int64)
     still_n = first_n if attempts == 1 else np.array([np.count_nonzero(row == attempts) for row in flat], np.int64)
     if attempts > 1 and E:
@@ -1109,9 +1112,8 @@ def draw_plans(model: LinkModel, first_mini_batch: int, num: int, senders, recei
                   np.arange(P)[None, None, None, :]):
             h = splitmix64(h ^ _words(w))  # (n, A, T, P): the words before sender and receiver
         prefix = np.broadcast_to(h, (num, R + 1, T, P))
-        threshold = tf.constant(_threshold(model.loss_prob), tf.uint64)
-        leading = _erasure_program(P, R + 1)(tf.constant(prefix), threshold, tf.constant(counts), tf.constant(s),
-                                             tf.constant(r), tf.constant(active))
+        leading = _erasure_program(P, R + 1)(tf.constant(prefix), tf.constant(_threshold(model.loss_prob), tf.uint64),
+                                             tf.constant(counts), tf.constant(s), tf.constant(r), tf.constant(active))
         lost, first, extra, retransmitted, lost_n, still_n = _plan_summary(leading, counted, R + 1)
         return PlanBatch(lost, first, extra, retransmitted, carried, lost_n, still_n)
     saved = LinkCounters(**vars(model.counters))
