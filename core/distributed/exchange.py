@@ -304,39 +304,18 @@ class MPIExchange(Exchange):
                                    tf.constant(view.send_index))
         return per_view[dtype]
 
-    def _csr_blocks(self, view: OperatorView, dtype):
-        """The view's owned rows x [owned; ghost] columns as two CSR products' operators and layouts
-        (core.ops.csr_layout): ``(owned_op, owned_layout)`` over the owned columns and ``(ghost_op,
-        ghost_layout)`` over the ghost columns (None without ghosts), so that a product reads the owned block
-        and the received rows where they are instead of a concatenation of both (on a memory-bound step, at
-        10^5 nodes and B = 100 that copy is 0.3 GB per exchange); None for a view below ``csr_min_nodes``
-        owned rows (gather + segment sum). Cached per view, dtype and threshold."""
+    def _csr_layout(self, view: OperatorView):
+        """The CSR layout of the view's owned rows x [owned; ghost] columns (core.ops.csr_layout), or None for a
+        view below ``csr_min_nodes`` owned rows (gather + segment sum)."""
         per_view = self._tensors.setdefault(view, {})
-        key = ("csr", dtype, self.csr_min_nodes)
-        if key not in per_view:
-            import tensorflow as tf
-
+        if "csr" not in per_view:
             from core.ops import Operator, csr_layout
 
-            n_own = view.num_owned
-            rows, cols, values = np.asarray(view.rows), np.asarray(view.cols), np.asarray(view.values)
-            blocks = None
-            if n_own >= max(1, self.csr_min_nodes) and values.ndim == 1 and rows.size:
-                blocks = []
-                for sel, offset, width in ((cols < n_own, 0, n_own), (cols >= n_own, n_own, view.num_ghosts)):
-                    if not width:
-                        blocks.append(None)
-                        continue
-                    with tf.init_scope():  # eager constants even when first used while tracing a tf.function
-                        op = Operator(tf.constant(rows[sel]), tf.constant(cols[sel] - offset),
-                                      tf.constant(values[sel], dtype), n_own)
-                    layout = csr_layout(op, width)
-                    if layout is None:  # a repeated entry: the gather + segment sum handles it
-                        blocks = None
-                        break
-                    blocks.append((op, layout))
-            per_view[key] = blocks
-        return per_view[key]
+            big = (view.num_owned >= max(1, self.csr_min_nodes) and np.ndim(view.values) == 1
+                   and np.size(view.rows) > 0)
+            per_view["csr"] = csr_layout(Operator(view.rows, view.cols, view.values, view.num_owned),
+                                         view.num_owned + view.num_ghosts) if big else None
+        return per_view["csr"]
 
     def _communicate_tf(self, view: OperatorView, buffer, reverse: bool, rows: int):
         import tensorflow as tf
@@ -364,16 +343,11 @@ class MPIExchange(Exchange):
         def forward(x):
             rows, cols, values, send_index = self._constants(view, x.dtype)
             ghosts = self._communicate_tf(view, tf.gather(x, send_index), False, view.num_ghosts)
-            blocks = self._csr_blocks(view, x.dtype)
-            if blocks is None:
-                x_ext = tf.concat([x, ghosts], axis=0) if view.num_ghosts else x  # no copy without ghosts
-                with tf.control_dependencies([ghosts]):  # the collective runs on every rank, even with no rows
-                    y = apply_operator(Operator(rows, cols, values, view.num_owned), x_ext)
-            else:  # the owned block's product needs no received row: it may run while the halo is in flight
-                (own_op, own_layout), ghost_block = blocks
-                y = csr_apply(own_op, own_layout, x)
-                with tf.control_dependencies([ghosts]):
-                    y = y + csr_apply(*ghost_block, ghosts) if ghost_block is not None else tf.identity(y)
+            x_ext = tf.concat([x, ghosts], axis=0) if view.num_ghosts else x  # no copy without ghosts
+            local = Operator(rows, cols, values, view.num_owned)
+            layout = self._csr_layout(view)
+            with tf.control_dependencies([ghosts]):  # the collective runs on every rank, even with no rows
+                y = apply_operator(local, x_ext) if layout is None else csr_apply(local, layout, x_ext)
             return y, lambda dy: self._reverse_tf(view, dy)
 
         return forward(x)
@@ -389,16 +363,13 @@ class MPIExchange(Exchange):
         def reverse(x):
             rows, cols, values, send_index = self._constants(view, x.dtype)
             n_own = view.num_owned
-            blocks = self._csr_blocks(view, x.dtype)
-            if blocks is None:
+            layout = self._csr_layout(view)
+            if layout is None:
                 contrib = apply_operator(Operator(cols, rows, values, n_own + view.num_ghosts), x)
-                to_owners, own = contrib[n_own:], (contrib[:n_own] if view.num_ghosts else contrib)
-            else:  # the transposes of the two blocks: what goes back to the ghosts' owners, and what stays here
-                (own_op, own_layout), ghost_block = blocks
-                to_owners = (csr_apply(*ghost_block, x, transposed=True) if ghost_block is not None
-                             else x[:0])
-                own = csr_apply(own_op, own_layout, x, transposed=True)
-            back = self._communicate_tf(view, to_owners, True, view.num_sent)
+            else:  # (n_own + ghosts, ...): the transpose of the owned rows x [owned; ghosts] block
+                contrib = csr_apply(Operator(rows, cols, values, n_own), layout, x, transposed=True)
+            back = self._communicate_tf(view, contrib[n_own:], True, view.num_sent)
+            own = contrib[:n_own] if view.num_ghosts else contrib
             with tf.control_dependencies([back]):  # the collective runs on every rank, even with no rows
                 y = own + tf.math.unsorted_segment_sum(back, send_index, n_own) if view.num_sent else tf.identity(own)
             return y, lambda dy: self._forward_tf(view, dy)
