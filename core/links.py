@@ -1065,8 +1065,8 @@ class PlanBatch:
     links flagged ``counted`` only (under MPI: the links a rank receives on, so that ranks' counts add up).
     """
 
-    lost: tf.Tensor
-    first: tf.Tensor | Callable[[], tf.Tensor]
+    lost: tf.Tensor | None
+    first: tf.Tensor | Callable[[], tf.Tensor] | None
     extra_rounds: np.ndarray
     retransmitted: np.ndarray
     packets: np.ndarray
@@ -1078,6 +1078,13 @@ class PlanBatch:
         if callable(self.first):
             self.first = self.first()
         return self.first
+
+    def counts_only(self) -> PlanBatch:
+        """The same counts without the masks (``lost`` and ``first`` are None): what a caller keeps until it
+        commits the mini-batches, once their masks were fed (App B's 50 mini-batches of a call carry 39 MB of
+        masks, 10 000 mini-batches an epoch)."""
+        return PlanBatch(None, None, self.extra_rounds, self.retransmitted, self.packets, self.lost_packets,
+                         self.still_lost)
 
 
 def draw_plans(model: LinkModel, first_mini_batch: int, num: int, senders, receivers, packets_per_round,

@@ -886,7 +886,8 @@ class Trainer:
         """Draw the plans of mini-batches ``first_step ..`` on ``graphs`` (one per mini-batch): the compiled
         programs' ``links`` argument (stacked tensors: ``lost`` (n, E, T, P), link-major; ``index``: per operator
         the link of each entry and of its transpose's; ``up``: per operator its surviving entries, under link
-        failures) and what the commit counts (the stacked plans, undirected links drawn and down)."""
+        failures) and what the commit counts (the plans' counts without their masks, undirected links drawn and
+        down: a row's draws are kept until it is committed)."""
         layouts = [self._layout(g) for g in graphs]
         layout = self._last_layout = layouts[0]
         for other in layouts[1:]:
@@ -908,7 +909,7 @@ class Trainer:
                                                                up[k][np.maximum(lay.index[name][0], 0)], True)
                                                       for k, lay in enumerate(layouts)]))
                           for name in ("shift", "mixing") if name in layout.index}
-        return feed, (plans, links_drawn, links_down)
+        return feed, (plans.counts_only(), links_drawn, links_down)  # the masks live in the feed only
 
     def _stacked_index(self, layouts: Sequence[LinkLayout]) -> dict[str, tf.Tensor]:
         """The feed's ``index``: per operator the plan-link index of each entry (and of its transpose's), stacked

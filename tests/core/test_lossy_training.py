@@ -24,6 +24,7 @@ from core.links import (
     LinkSetup,
     LossPlan,
     StaleBuffer,
+    draw_plans,
     lossy_mixing_values,
     surviving_mixing,
 )
@@ -416,6 +417,22 @@ def test_metrics_and_summary_record_the_realised_rates(problem, tmp_path):
     for k in ("packet_loss_rate", "residual_loss_rate", "link_failure_rate", "extra_rounds", "extra_floats_per_node"):
         assert summary[k] == res.summary[k]
     assert summary["extra_rounds"] == int(rows[-1]["extra_rounds"]) > 0
+
+
+@pytest.mark.parametrize("policy", ["zero", "retransmit:1"])
+def test_the_draws_kept_until_a_row_is_committed_hold_counts_not_masks(problem, policy):
+    # a row's draws wait for its commit (App B: 200 calls of 50 mini-batches an epoch, 39 MB of masks each
+    # used to stay alive until the epoch ended, 9 GB of peak memory for one run); the masks live in the feed
+    t = trainer(problem, "d-sgd", LinkSetup(LinkModel(seed=5, loss_prob=0.3), policy))
+    feed, (kept, _, _) = t._link_feed(0, [t.graphs.ops] * 3)
+    layout = t._last_layout
+    full = draw_plans(t.links.model, 0, 3, layout.senders, layout.receivers, t._schedule.packets_per_round(), policy,
+                      counted=layout.counted)
+    assert kept.lost is None and kept.first is None
+    assert feed["lost"].shape == full.lost.shape and bool(tf.reduce_any(feed["lost"]))
+    for name in ("extra_rounds", "retransmitted", "packets", "lost_packets", "still_lost"):
+        np.testing.assert_array_equal(getattr(kept, name), getattr(full, name))
+    assert kept.lost_packets.sum() > 0
 
 
 def test_test_metrics_are_lossless_unless_eval_under_loss(problem):
