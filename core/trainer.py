@@ -527,7 +527,7 @@ class Trainer:
         self._stale: dict[str, tf.Tensor] | None = None
         self._link_totals, self._row_totals = LinkTotals(), LinkTotals()
         self._packet_sizes: np.ndarray | None = None  # (rounds, 2) floats per packet, known once traced
-        self._prefetch = None  # (key, graph, future) of the next epoch's plans (_epoch_feed)
+        self._prefetch = None  # ((first step, count), layout, future) of the next call's plans (_prefetched_feed)
         self._index_feed = None  # (key, layouts, stacked index tensors) of the last feed (_stacked_index)
         self._pattern_layouts: dict[tuple, LinkLayout] = {}  # LinkLayout per operator pattern (_layout)
         self._last_layout: LinkLayout | None = None
@@ -845,7 +845,8 @@ class Trainer:
         and per pattern, so that graphs drawn per mini-batch with one pattern (App B's, whose cut links are
         zero weights) share one layout, and the stacked index of a feed (:meth:`_stacked_index`) with it."""
         key = id(graph)
-        if key not in self._layouts or self._layouts[key][0] is not graph:
+        entry = self._layouts.get(key)  # one lookup: the prefetch thread may look up while this one clears
+        if entry is None or entry[0] is not graph:
             if len(self._layouts) > 64:
                 self._layouts.clear()
             ops = {"shift": graph.shift, "mixing": graph.mixing}
@@ -859,27 +860,32 @@ class Trainer:
                 if len(self._pattern_layouts) > 64:
                     self._pattern_layouts.clear()
                 layout = self._pattern_layouts[pattern] = LinkLayout(ops, owned)
-            self._layouts[key] = (graph, layout)
-        return self._layouts[key][1]
+            entry = self._layouts[key] = (graph, layout)
+        return entry[1]
 
-    def _epoch_feed(self, first_step: int, graph: GraphOps, num: int):
-        """:meth:`_link_feed` of a fixed-graph epoch. Plans of independent erasures and link failures are pure
-        functions of the stream (no chain state), so the next epoch's are drawn in a background thread while
-        this epoch's compiled call runs (TensorFlow and NumPy release the GIL): a draw that matches the
-        request is taken from it, anything else (a rollback, a resume, a Gilbert chain) is drawn here."""
-        key = (first_step, num, id(graph))
+    def _prefetched_feed(self, first_step: int, graphs: Sequence[GraphOps]):
+        """:meth:`_link_feed` of mini-batches ``first_step ..`` on ``graphs``, and the next as many mini-batches'
+        drawn in a background thread while their compiled call runs (TensorFlow and NumPy release the GIL).
+
+        Plans of independent erasures and link failures are pure functions of the stream and of the graphs'
+        links (no chain state), so the next call's can be drawn before its graphs are: on the links of these
+        (a fixed graph, or graphs drawn per mini-batch on one pattern, which share one layout). A prefetched
+        draw is taken when its first mini-batch, count and layout match the request; anything else (a
+        rollback, a resume, a shorter last call, a Gilbert chain) is drawn here."""
+        num, layout = len(graphs), self._layout(graphs[0])
         pending, self._prefetch = self._prefetch, None
-        if pending is not None and pending[0] == key and pending[1] is graph:
+        if (pending is not None and pending[0] == (first_step, num) and pending[1] is layout
+                and all(self._layout(g) is layout for g in graphs)):
             feed = pending[2].result()
         else:
-            feed = self._link_feed(first_step, [graph] * num)
+            feed = self._link_feed(first_step, graphs)
         if self.links.model.gilbert is None:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="link-plans")
-            nxt = (first_step + num, num, id(graph))
-            self._prefetch = (nxt, graph, self._pool.submit(self._link_feed, first_step + num, [graph] * num))
+            nxt = self._pool.submit(self._link_feed, first_step + num, [graphs[0]] * num)
+            self._prefetch = ((first_step + num, num), layout, nxt)
         return feed
 
     def _link_feed(self, first_step: int, graphs: Sequence[GraphOps]):
@@ -915,15 +921,15 @@ class Trainer:
         """The feed's ``index``: per operator the plan-link index of each entry (and of its transpose's), stacked
         over the mini-batches' layouts; kept for the last layouts drawn (a fixed graph: every epoch the same)."""
         key = tuple(id(lay) for lay in layouts)
-        if self._index_feed is None or self._index_feed[0] != key or any(
-                a is not b for a, b in zip(self._index_feed[1], layouts)):
+        entry = self._index_feed  # one read: the prefetch thread may replace it meanwhile
+        if entry is None or entry[0] != key or any(a is not b for a, b in zip(entry[1], layouts)):
             index = {}
             for name in ("shift", "mixing"):
                 if name in layouts[0].index:
                     index[name] = tf.constant(np.stack([lay.index[name][0] for lay in layouts]))
                     index[f"{name}_t"] = tf.constant(np.stack([lay.index[name][1] for lay in layouts]))
-            self._index_feed = (key, list(layouts), index)
-        return self._index_feed[2]
+            entry = self._index_feed = (key, list(layouts), index)
+        return entry[2]
 
     def _stale_values(self, graph: GraphOps, feed, indices) -> dict | None:
         """The stale buffer to feed (policy ``stale``): its slots and shapes are what one traced step puts into
@@ -1150,7 +1156,7 @@ class Trainer:
             drawn = [self.graphs.draw(self.rng) for _ in range(len(indices))]
             step0 = tf.constant(self.step + begin, tf.int64)
             if self._lossy:
-                feed, draw = self._link_feed(self.step + begin, drawn)
+                feed, draw = self._prefetched_feed(self.step + begin, drawn)
                 stale = self._stale_values(drawn[0], feed, indices[0]) if stale is None else stale
                 theta, state, chunk_sums, finite, stale = self.steps_fn(theta, state, step0, tf.constant(indices),
                                                                         stack_graphs(drawn), feed, stale)
@@ -1167,7 +1173,7 @@ class Trainer:
     def _run_lossy_epoch(self, batches: np.ndarray, start: float):
         """A fixed-graph epoch as one compiled call under a link model: the epoch's plans drawn first, stacked."""
         graph = self.graphs.ops
-        feed, draw = self._epoch_feed(self.step, graph, len(batches))
+        feed, draw = self._prefetched_feed(self.step, [graph] * len(batches))
         stale = self._stale_values(graph, feed, batches[0])
         theta, state, train, test, finite, stale = self.epoch_fn(
             self.theta, self.state, tf.constant(self.step, tf.int64), tf.constant(batches), graph, feed, stale)
