@@ -764,19 +764,24 @@ def _last_arrivals(received: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     n, steps, depth = tf.shape(received)[0], received.shape[1], STALE_LOOKBACK
     if steps is None:
         return _exclusive_cummax(tf.where(received, tf.range(tf.shape(received)[1], dtype=tf.int32)[None, :], -1))
+    # the narrowest integers that hold -2..steps: the chain and the reduction cost per byte (int8: 40 % less
+    # than int32 for App A's B = 100)
+    small = tf.int8 if steps < 127 else (tf.int16 if steps < 32767 else tf.int32)
     # column depth + j of the padded mask is sample j; the depth columns before it count as arrived, so that the
     # search stops at "before the batch" (-1) when no sample arrived in 0..b-1
     padded = tf.concat([tf.ones([n, depth], tf.bool), received], axis=1)
     b = tf.range(steps + 1, dtype=tf.int32)[None, :]  # column steps: after the last sample (the last arrival)
-    found = tf.fill([n, steps + 1], -2)
+    b_small = tf.cast(b, small)
+    found = tf.fill([n, steps + 1], tf.constant(-2, small))
     for d in range(depth, 0, -1):  # the nearest arrival wins
-        found = tf.where(padded[:, depth - d:depth - d + steps + 1], b - d, found)
+        found = tf.where(padded[:, depth - d:depth - d + steps + 1], b_small - d, found)
 
     def general():
         prev, last = _exclusive_cummax(tf.where(received, b[:, :steps], -1))
-        return tf.concat([prev, last[:, None]], axis=1)
+        return tf.cast(tf.concat([prev, last[:, None]], axis=1), small)
 
     found = tf.cond(tf.reduce_min(found) < -1, general, lambda: found)  # (a min: XLA's cheapest reduction here)
+    found = tf.cast(found, tf.int32)
     return found[:, :steps], found[:, steps]
 
 

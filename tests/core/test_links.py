@@ -288,7 +288,8 @@ def test_stale_reuses_the_last_value_of_the_same_slot_from_the_same_neighbour():
 
 
 @pytest.mark.parametrize("jit", [False, True])
-def test_the_last_arrival_before_each_sample_is_found_within_the_lookback_and_beyond_it(jit):
+@pytest.mark.parametrize("samples", [36, 130])  # int8 and int16 inside
+def test_the_last_arrival_before_each_sample_is_found_within_the_lookback_and_beyond_it(jit, samples):
     from core.links import STALE_LOOKBACK, _last_arrivals
 
     def reference(received):
@@ -302,7 +303,7 @@ def test_the_last_arrival_before_each_sample_is_found_within_the_lookback_and_be
 
     rng = np.random.default_rng(2)
     find = tf.function(_last_arrivals, jit_compile=True) if jit else _last_arrivals
-    B = 3 * STALE_LOOKBACK
+    B = samples
     short = rng.random((20, B)) >= 0.3
     short[:, ::STALE_LOOKBACK // 2] = True  # no run reaches the lookback: the select chain alone
     deep = short.copy()
