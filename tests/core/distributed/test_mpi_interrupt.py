@@ -1,5 +1,6 @@
-"""SIGTERM to one rank of an MPI run: every rank stops at the same epoch boundary, checkpoints it, and the
-run resumes (in-process here) to the numbers of an uninterrupted run.
+"""SIGTERM to one rank of an MPI run under ``-n 3``: every rank stops at the same epoch boundary, checkpoints it,
+and the run resumes under ``-n 2`` to the numbers of an uninterrupted in-process run (issue #14: a run killed
+under -n 3 resumes under -n 2 or in-process; the app tests resume in-process).
 
 Under mpiexec the signal only records a stop request (raising where the rank happens to be could leave its
 peers waiting in an exchange); the trainer reduces the request over the ranks at every epoch boundary
@@ -40,7 +41,7 @@ def test_sigterm_to_one_rank_stops_all_at_an_agreed_epoch_and_resumes(tmp_path):
     find_mpiexec()
     run = tmp_path / "run"
     log = tmp_path / "mpi.log"
-    command = mpiexec_command(2, *APP, "--backend", "mpi", "--out", run)
+    command = mpiexec_command(3, *APP, "--backend", "mpi", "--out", run)
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, cwd=REPO, env=mpi_environment(), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -52,7 +53,7 @@ def test_sigterm_to_one_rank_stops_all_at_an_agreed_epoch_and_resumes(tmp_path):
         assert (run / "metrics.csv").is_file(), "the run did not start training in 120 s"
         time.sleep(2)  # some epochs in
         ranks = rank_pids(proc.pid, "apps.node_regression")
-        assert len(ranks) == 2, ranks
+        assert len(ranks) == 3, ranks
         os.kill(ranks[1], signal.SIGTERM)  # the rank that does not write the run
         sent = time.time()
         status = proc.wait(timeout=STOP_BOUND_S)
@@ -69,18 +70,22 @@ def test_sigterm_to_one_rank_stops_all_at_an_agreed_epoch_and_resumes(tmp_path):
     assert 0 < stopped_at < EPOCHS
     assert not (run / "summary.json").exists()
 
-    # resume in-process (the saved flags: to EPOCHS) and compare with an uninterrupted in-process run
+    assert json.loads((run / "config.json").read_text())["backend"]["ranks"] == 3
+
+    # resume under -n 2 (the saved flags: --backend mpi, to EPOCHS) and compare with an uninterrupted in-process run
+    resumed = subprocess.run(mpiexec_command(2, "-m", "apps.node_regression", "--resume", run, "-q"), cwd=REPO,
+                             env=mpi_environment(), capture_output=True, text=True, timeout=300,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     for name in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"):
         env.pop(name, None)
-    resumed = subprocess.run([sys.executable, "-m", "apps.node_regression", "--resume", str(run), "-q"], cwd=REPO,
-                             env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
     fresh = tmp_path / "fresh"
     straight = subprocess.run([sys.executable, *APP, "--out", str(fresh)], cwd=REPO,
                               env=env, capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
     a, b = json.loads((run / "summary.json").read_text()), json.loads((fresh / "summary.json").read_text())
+    assert a["mpi_ranks"] == 2, a  # the resumed part ran on 2 ranks (its wire counts are summed there)
     for key in ("final_test_mse", "final_train_mse", "final_consensus_error"):
         assert a[key] == pytest.approx(b[key], rel=1e-10, abs=1e-12), key
     assert a["mp_rounds"] == b["mp_rounds"] and a["floats_sent_per_node"] == b["floats_sent_per_node"]
