@@ -59,8 +59,9 @@ the global mini-batch counter (:func:`core.links.draw_plans`: which packets are 
 which links are down; the next call's drawn in a background thread while this one runs), and feeds them like
 the batch indices: a bool tensor (mini-batches, links, rounds, packets), per operator the link of each entry
 (computed once per graph from global node ids), and under link failures the up-mask of each operator's
-entries, from which the compiled step restricts S (failed entries 0) and rebuilds W on the surviving graph (:func:`core.links.surviving_mixing_tf`). The step's
-:class:`core.comm.CommSimulator` applies them to every exchange. The stale buffer (policy ``stale``) and the
+entries, from which the compiled step restricts S (failed entries 0) and rebuilds W on the surviving graph
+(:func:`core.links.surviving_mixing_tf`). The step's :class:`core.comm.CommSimulator` applies them to every
+exchange. The stale buffer (policy ``stale``) and the
 Gilbert-Elliott chain state are carried across mini-batches and epochs and checkpointed; retransmission rounds
 vary per mini-batch and are added to ``mp_rounds`` and ``floats_sent_per_node`` when the call is committed
 (each extra round after round t counts one round, and the floats of the packets of round t that were pending
