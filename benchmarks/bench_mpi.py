@@ -40,10 +40,12 @@ Network model (P machines, one rank each, on a real network instead of this mach
   rank and the same B): one core per machine, as measured here;
 - the exchanges of one D-SGD step (the communication schedule ``dopt``, every one a single
   ``Neighbor_alltoallv``): the L forward exchanges of layer inputs, B g_{l-1} floats per row, l = 1..L; the
-  L - 1 reverse exchanges of the backward pass, B g_{l-1} floats per row, l = L..2; the consensus round,
+  L - 1 exchanges of the backward pass, B g_{l-1} floats per row, l = L..2; the consensus round,
   |theta| floats per row (eq. 17). A forward exchange sends rank r's boundary rows to each neighbour rank
-  that reads them (``send rows``), a reverse exchange sends r's ghost rows back to their owners (``ghost
-  rows``); one message per neighbour rank and exchange (k_r neighbours);
+  that reads them (``send rows``); the backward pass's exchanges are of S^T = S (the normalized Laplacian is
+  symmetric), which the MPI backend runs as forward exchanges too (a reverse exchange, for an operator that
+  is not symmetric, would send r's ``ghost rows`` back to their owners); one message per neighbour rank and
+  exchange (k_r neighbours);
 - per P = 8, 16, ..., 256 (``--model-parts``), n_r, the send and ghost rows and k_r of every part come from
   a METIS partition of the same graph (computed here, seed 0); the model's bytes are checked against the
   measured bytes of the P = 2 and 4 runs;
@@ -287,7 +289,8 @@ def step_exchanges(batch: int) -> list[tuple[str, int]]:
     """The exchanges of one D-SGD step (module docstring): (direction, floats per row)."""
     layers = len(WIDTHS) - 1
     forward = [("forward", batch * WIDTHS[l - 1]) for l in range(1, layers + 1)]
-    backward = [("reverse", batch * WIDTHS[l - 1]) for l in range(layers, 1, -1)]
+    # S^T x of the backward pass runs as the forward exchange of S x: S is symmetric (core.distributed.exchange)
+    backward = [("forward", batch * WIDTHS[l - 1]) for l in range(layers, 1, -1)]
     return forward + backward + [("forward", NUM_PARAMS)]
 
 

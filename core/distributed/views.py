@@ -77,6 +77,18 @@ def rank_neighbours(owner: np.ndarray, receivers: np.ndarray, senders: np.ndarra
     return np.unique(other)
 
 
+def is_symmetric(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int) -> bool:
+    """Whether the entries (rows, cols, values) of a |V| x |V| operator equal their transpose exactly: the same
+    pattern and, at (i, j) and (j, i), the same value (for (B, nnz) values, in every sample). False for a
+    pattern that repeats an entry (its transpose's values would be ambiguous)."""
+    key = rows.astype(np.int64) * n + cols
+    key_t = cols.astype(np.int64) * n + rows
+    order, order_t = np.argsort(key, kind="stable"), np.argsort(key_t, kind="stable")
+    if not np.array_equal(key[order], key_t[order_t]) or np.any(np.diff(key[order]) == 0):
+        return False
+    return bool(np.array_equal(values[..., order], values[..., order_t]))
+
+
 def _displacements(counts: np.ndarray) -> np.ndarray:
     out = np.zeros(len(counts), np.int64)
     np.cumsum(counts[:-1], out=out[1:])
@@ -106,6 +118,10 @@ class OperatorView:
         key: fingerprint of the global operator (pattern and values) and the owner array, equal on all
             ranks: the debug mode compares it, so that exchanging S on one rank and W (same pattern) on
             another is caught. :meth:`with_values` derives the new key from the old one only.
+        symmetric: the global operator equals its transpose exactly (pattern and values; every sample's
+            values for per-sample ones), the same on every rank. Then ``(M^T x)[owned] = (M x)[owned]``,
+            so an exchange may run the reverse exchange as a forward one (it is cheaper: no scatter-add of
+            returned contributions); :meth:`with_values` clears it (local values cannot show symmetry).
     """
 
     rank: int
@@ -123,6 +139,7 @@ class OperatorView:
     send_counts: np.ndarray
     recv_counts: np.ndarray
     key: int
+    symmetric: bool = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -188,7 +205,7 @@ class OperatorView:
             rows=local_of[rows[mine]].astype(np.int32), cols=local_of[cols[mine]].astype(np.int32),
             values=values[..., mine], entries=mine, neighbours=neighbours,
             send_index=local_of[send_node].astype(np.int32), send_counts=send_counts, recv_counts=recv_counts,
-            key=fingerprint([n], rows, cols, owner, values),
+            key=fingerprint([n], rows, cols, owner, values), symmetric=is_symmetric(rows, cols, values, n),
         )
 
     # ------------------------------------------------------------------ sizes and derived plans
@@ -243,7 +260,7 @@ class OperatorView:
         if local_values.shape[-1:] != self.rows.shape or local_values.ndim > 2:
             raise ValueError(f"local values must have shape ({self.rows.size},) or (B, {self.rows.size}), "
                              f"got {local_values.shape}")
-        return replace(self, values=local_values, key=fingerprint([self.key, 1]))
+        return replace(self, values=local_values, key=fingerprint([self.key, 1]), symmetric=False)
 
     def diagonal(self) -> np.ndarray:
         """M_ii of the owned nodes, (n_own,) or (B, n_own) for per-sample values (an own term, no message).

@@ -234,12 +234,17 @@ def fault() -> None:
 def main(argv) -> None:
     graph, owner = ba_with_isolated_node()
     shift, mixing = graph.shift_operator("normalized_laplacian"), graph.metropolis_hastings()
+    # one value per entry, M != M^T: the reverse exchange proper (the symmetric ones run it as a forward one)
+    asymmetric = shift.with_values(np.random.default_rng(11).uniform(0.5, 1.5, size=shift.nnz))
     ex = MPIExchange(owner, (shift, mixing))
+    assert ex.view(shift).symmetric and ex.view(mixing).symmetric and not ex.view(asymmetric).symmetric
     check_operator("ba_isolated_shift", ex, shift)
     check_operator("ba_isolated_mixing", ex, mixing)
+    check_operator("ba_isolated_asymmetric", ex, asymmetric)
     ex.csr_min_nodes = 0  # the rank-local products as CSR products (core.ops.csr_apply), as from 1000 owned rows
     check_operator("ba_isolated_shift_csr", ex, shift)
     check_operator("ba_isolated_mixing_csr", ex, mixing)
+    check_operator("ba_isolated_asymmetric_csr", ex, asymmetric)
     ex.csr_min_nodes = 10**9
     check_per_sample(ex, graph)
     check_gcnn(ex, graph)

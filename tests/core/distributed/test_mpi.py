@@ -22,7 +22,8 @@ from tests.core.distributed.launching import assert_failure_ended_the_job, kill_
 
 SCRIPT = Path(__file__).with_name("mpi_cases.py")
 REPO = Path(__file__).resolve().parents[3]
-CASES = ("ba_isolated_shift", "ba_isolated_mixing", "ba_isolated_shift_csr", "ba_isolated_mixing_csr", "per_sample",
+CASES = ("ba_isolated_shift", "ba_isolated_mixing", "ba_isolated_asymmetric", "ba_isolated_shift_csr",
+         "ba_isolated_mixing_csr", "ba_isolated_asymmetric_csr", "per_sample",
          "per_sample_localize", "gcnn_forward_gradient", "counters_reductions", "no_boundary_rank",
          "no_boundary_rank_csr", "debug_operator_mismatch", "debug_sequence_mismatch")
 TIMEOUT_S = 90  # per launch; a hang fails the test instead of blocking the suite

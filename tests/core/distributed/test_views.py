@@ -17,6 +17,7 @@ from core.distributed.views import (
     PlanError,
     build_views,
     check_plans,
+    is_symmetric,
     rank_neighbours,
     simulate_propagate,
     simulate_reverse,
@@ -109,6 +110,31 @@ def test_per_sample_values_and_localize():
     views = [v.with_values(v.localize(values)) for v in build_views(base, owner)]
     np.testing.assert_allclose(simulate_propagate(views, x), reference(per_sample, x), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(simulate_reverse(views, x), reference(per_sample, x, True), rtol=1e-12, atol=1e-14)
+
+
+def test_symmetry_is_exact_and_the_same_on_every_rank():
+    """A view knows whether its global operator equals its transpose (then exchanges may run M^T as M)."""
+    graph = random_graph(20, 0.2, seed=3)
+    owner = partition(graph, 3, "metis", seed=0)
+    adjacency = graph.shift_operator("adjacency")
+    rng = np.random.default_rng(4)
+    cases = {"normalized_laplacian": (graph.shift_operator("normalized_laplacian"), True),
+             "metropolis_hastings": (graph.metropolis_hastings(), True),
+             "random values": (adjacency.with_values(rng.uniform(size=adjacency.nnz)), False),
+             "per-sample equal": (adjacency.with_values(np.tile(adjacency.values, (3, 1))), True),
+             "per-sample random": (adjacency.with_values(rng.uniform(size=(3, adjacency.nnz))), False)}
+    for name, (op, expected) in cases.items():
+        assert [v.symmetric for v in build_views(op, owner)] == [expected] * 3, name
+    # one value off by an ulp breaks it; with_values cannot tell, so it clears the flag
+    values = adjacency.values.astype(np.float64).copy()
+    values[0] = np.nextafter(values[0], 2.0)
+    assert not OperatorView.build(adjacency.with_values(values), owner, 0).symmetric
+    view = OperatorView.build(adjacency, owner, 0)
+    assert view.symmetric and not view.with_values(view.values).symmetric
+    # a pattern without its transpose, and one that repeats an entry
+    assert not is_symmetric(np.array([0]), np.array([1]), np.array([1.0]), 2)
+    assert not is_symmetric(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0]), np.ones(4), 2)
+    assert is_symmetric(np.array([0, 1, 1]), np.array([1, 0, 1]), np.array([2.0, 2.0, 5.0]), 2)
 
 
 def test_views_on_a_communicator_for_several_operators():
