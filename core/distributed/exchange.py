@@ -599,6 +599,8 @@ def aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:
     alignment); NumPy's large allocations are only 16-byte aligned."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes == 0:  # nothing to align (an empty slice's address is not its base's)
+        return np.empty(shape, dtype)
     raw = np.empty(nbytes + alignment, np.uint8)
     start = (-raw.ctypes.data) % alignment
     return raw[start:start + nbytes].view(dtype).reshape(shape)
