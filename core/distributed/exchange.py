@@ -354,9 +354,14 @@ class MPIExchange(Exchange):
         """``[x_own; ghost rows]`` of a forward exchange as one 64-byte aligned block: the boundary rows are
         gathered, the ghost rows received in place at the block's end, and the owned rows copied in after the
         collective (so that neighbours do not wait for the copy). One pass over the owned rows where gather,
-        exchange and ``tf.concat`` in TensorFlow make three."""
+        exchange and ``tf.concat`` in TensorFlow make three. Without ghosts, ``x_own`` itself (TensorFlow wraps an
+        array returned by ``tf.numpy_function`` without copying it and never writes into a buffer it does not
+        own)."""
         x_own = np.asarray(x_own)
         n_own = view.num_owned
+        if not view.num_ghosts:  # the collective still runs; x_own itself is the block (no copy)
+            self.exchange_rows(view, np.take(x_own, view.send_index, axis=0))
+            return x_own
         x_ext = aligned_empty((n_own + view.num_ghosts,) + x_own.shape[1:], x_own.dtype)
         self.exchange_rows(view, np.take(x_own, view.send_index, axis=0), out=x_ext[n_own:])
         x_ext[:n_own] = x_own
@@ -373,6 +378,8 @@ class MPIExchange(Exchange):
         contributions = np.asarray(contributions)
         n_own = view.num_owned
         back = self.exchange_rows(view, contributions[n_own:], reverse=True)
+        if not view.num_sent:  # nothing came back: the owned part as it is (no copy)
+            return contributions[:n_own]
         out = aligned_empty((n_own,) + contributions.shape[1:], contributions.dtype)
         out[...] = contributions[:n_own]
         start = 0
@@ -383,13 +390,45 @@ class MPIExchange(Exchange):
         return out
 
     def _extended_tf(self, view: OperatorView, x):
-        """:meth:`extended_rows` as a TensorFlow op (no gradient of its own; :meth:`_forward_tf` gives one)."""
+        """:meth:`extended_rows` as a TensorFlow op, without a gradient (:meth:`_forward_tf` gives the product
+        with the operator one; :meth:`_extended_block_tf` is the differentiable block)."""
         import tensorflow as tf
 
         out = tf.numpy_function(partial(self.extended_rows, view), [x], x.dtype, stateful=True,
                                 name="mpi_neighbor_alltoallv")
         out.set_shape([view.num_owned + view.num_ghosts] + x.shape[1:].as_list())
         return out
+
+    def _returned_tf(self, view: OperatorView, contributions):
+        """:meth:`returned_rows_added` as a TensorFlow op, without a gradient (see :meth:`_returned_block_tf`)."""
+        import tensorflow as tf
+
+        out = tf.numpy_function(partial(self.returned_rows_added, view), [contributions], contributions.dtype,
+                                stateful=True, name="mpi_neighbor_alltoallv")
+        out.set_shape([view.num_owned] + contributions.shape[1:].as_list())
+        return out
+
+    def _extended_block_tf(self, view: OperatorView, x):
+        """``[x_own; ghost rows]`` as a differentiable op. The two blocks are adjoint: the gradient of the
+        extended block is the cotangent's reverse exchange (:meth:`_returned_block_tf`), and vice versa."""
+        import tensorflow as tf
+
+        @tf.custom_gradient
+        def block(x):
+            return self._extended_tf(view, x), lambda d_ext: self._returned_block_tf(view, d_ext)
+
+        return block(x)
+
+    def _returned_block_tf(self, view: OperatorView, contributions):
+        """(n_own + n_ghost, ...) contributions -> (n_own, ...) rows with the ghost part returned and added, as a
+        differentiable op (gradient: :meth:`_extended_block_tf`)."""
+        import tensorflow as tf
+
+        @tf.custom_gradient
+        def returned(contributions):
+            return self._returned_tf(view, contributions), lambda dy: self._extended_block_tf(view, dy)
+
+        return returned(contributions)
 
     def _forward_tf(self, view: OperatorView, x):
         import tensorflow as tf
@@ -400,16 +439,11 @@ class MPIExchange(Exchange):
 
         @tf.custom_gradient
         def forward(x):
-            rows, cols, values, send_index = self._constants(view, x.dtype)
-            if view.num_ghosts:
-                x_ext = received = self._extended_tf(view, x)
-            else:  # nothing to receive: x itself is the extended block (the collective still runs)
-                received = self._communicate_tf(view, tf.gather(x, send_index), False, 0)
-                x_ext = x
+            rows, cols, values, _ = self._constants(view, x.dtype)
+            x_ext = self._extended_tf(view, x)  # the collective runs on every rank, even with no rows
             local = Operator(rows, cols, values, view.num_owned)
             layout = self._csr_layout(view)
-            with tf.control_dependencies([received]):  # the collective runs on every rank, even with no rows
-                y = apply_operator(local, x_ext) if layout is None else csr_apply(local, layout, x_ext)
+            y = apply_operator(local, x_ext) if layout is None else csr_apply(local, layout, x_ext)
             return y, lambda dy: self._reverse_tf(view, dy)
 
         return forward(x)
@@ -425,21 +459,14 @@ class MPIExchange(Exchange):
 
         @tf.custom_gradient
         def reverse(x):
-            rows, cols, values, send_index = self._constants(view, x.dtype)
+            rows, cols, values, _ = self._constants(view, x.dtype)
             n_own = view.num_owned
             layout = self._csr_layout(view)
             if layout is None:
                 contrib = apply_operator(Operator(cols, rows, values, n_own + view.num_ghosts), x)
             else:  # (n_own + ghosts, ...): the transpose of the owned rows x [owned; ghosts] block
                 contrib = csr_apply(Operator(rows, cols, values, n_own), layout, x, transposed=True)
-            if view.num_sent:  # exchange and add in one NumPy step (returned_rows_added)
-                y = tf.numpy_function(partial(self.returned_rows_added, view), [contrib], x.dtype, stateful=True,
-                                      name="mpi_neighbor_alltoallv")
-                y.set_shape([n_own] + x.shape[1:].as_list())
-            else:  # nothing comes back: no copy (the collective still runs)
-                back = self._communicate_tf(view, contrib[n_own:], True, 0)
-                with tf.control_dependencies([back]):
-                    y = tf.identity(contrib[:n_own] if view.num_ghosts else contrib)
+            y = self._returned_tf(view, contrib)  # exchange and add in one NumPy step (returned_rows_added)
             return y, lambda dy: self._forward_tf(view, dy)
 
         return reverse(x)
@@ -522,57 +549,17 @@ class MPIExchange(Exchange):
         raise TypeError(f"MPIExchange.propagate_with needs an OperatorView (exchange.view(op)) or its transposed(), "
                         f"got {type(op).__name__}")
 
-    def _ghost_rows_tf(self, view: OperatorView, x):
-        """The ghost rows of ``view`` (forward communication); gradient: the reverse communication, added at
-        ``send_index``."""
-        import tensorflow as tf
-
-        @tf.custom_gradient
-        def ghosts(x):
-            send_index = self._constants(view, x.dtype)[3]
-            out = self._communicate_tf(view, tf.gather(x, send_index), False, view.num_ghosts)
-
-            def backward(d_ghosts):
-                back = self._communicate_tf(view, d_ghosts, True, view.num_sent)
-                return tf.math.unsorted_segment_sum(back, send_index, view.num_owned)
-
-            return out, backward
-
-        return ghosts(x)
-
-    def _returned_rows_tf(self, view: OperatorView, contributions):
-        """The ghost contributions sent back to their owners (reverse communication), as rows to add at
-        ``send_index``; gradient: the forward communication."""
-        import tensorflow as tf
-
-        @tf.custom_gradient
-        def back(contributions):
-            out = self._communicate_tf(view, contributions, True, view.num_sent)
-            return out, lambda d_back: self._communicate_tf(view, d_back, False, view.num_ghosts)
-
-        return back(contributions)
-
     def _forward_with(self, view: OperatorView, x, local):
-        import tensorflow as tf
-
         from core.ops import Operator
 
         rows, cols, values, _ = self._constants(view, x.dtype)
-        ghosts = self._ghost_rows_tf(view, x)
-        with tf.control_dependencies([ghosts]):  # the collective runs on every rank, even with no rows
-            return local(Operator(rows, cols, values, view.num_owned), tf.concat([x, ghosts], axis=0))
+        return local(Operator(rows, cols, values, view.num_owned), self._extended_block_tf(view, x))
 
     def _reverse_with(self, view: OperatorView, x, local):
-        import tensorflow as tf
-
         from core.ops import Operator
 
-        rows, cols, values, send_index = self._constants(view, x.dtype)
-        n_own = view.num_owned
-        contrib = local(Operator(cols, rows, values, n_own + view.num_ghosts), x)
-        back = self._returned_rows_tf(view, contrib[n_own:])
-        with tf.control_dependencies([back]):
-            return contrib[:n_own] + tf.math.unsorted_segment_sum(back, send_index, n_own)
+        rows, cols, values, _ = self._constants(view, x.dtype)
+        return self._returned_block_tf(view, local(Operator(cols, rows, values, view.num_owned + view.num_ghosts), x))
 
     # ------------------------------------------------------------------ reductions for logged metrics
     def allreduce_sum(self, value):
