@@ -119,7 +119,6 @@ class TensorView(NamedTuple):
     rows: object  # (nnz_local,) int32 local receivers
     cols: object  # (nnz_local,) int32 extended senders, into [x_own; ghost rows]
     values: object  # (nnz_local,) or (B, nnz_local)
-    send_index: object  # (n_send,) int32 owned rows sent in the forward exchange
     num_ghosts: object  # () int32
     plan: object  # () int64, the view's index in the exchange's registry
     num_nodes: int  # n_own (static: the same for every graph of the run)
@@ -482,17 +481,19 @@ class MPIExchange(Exchange):
         self._plans.append(view)
         with tf.init_scope():
             return TensorView(tf.constant(view.rows), tf.constant(view.cols), tf.constant(view.values, dtype),
-                              tf.constant(view.send_index), tf.constant(view.num_ghosts, tf.int32),
+                              tf.constant(view.num_ghosts, tf.int32),
                               tf.constant(len(self._plans) - 1, tf.int64), view.num_owned)
 
-    def _plan_exchange_tf(self, view: TensorView, buffer, reverse: bool):
+    def _plan_block_tf(self, view: TensorView, x, method, rows):
+        """``method(registered view, x)`` (:meth:`extended_rows` or :meth:`returned_rows_added`) as a TensorFlow
+        op, the view chosen at run time by ``view.plan``; ``rows``: the output's static row count or None."""
         import tensorflow as tf
 
-        def run(buffer, plan):
-            return self.exchange_rows(self._plans[int(plan)], buffer, reverse=reverse)
+        def run(x, plan):
+            return method(self._plans[int(plan)], x)
 
-        out = tf.numpy_function(run, [buffer, view.plan], buffer.dtype, stateful=True, name="mpi_neighbor_alltoallv")
-        out.set_shape([None] + buffer.shape[1:].as_list())
+        out = tf.numpy_function(run, [x, view.plan], x.dtype, stateful=True, name="mpi_neighbor_alltoallv")
+        out.set_shape([rows] + x.shape[1:].as_list())
         return out
 
     def _tensor_forward_tf(self, view: TensorView, x):
@@ -504,10 +505,8 @@ class MPIExchange(Exchange):
 
         @tf.custom_gradient
         def forward(x):
-            ghosts = self._plan_exchange_tf(view, tf.gather(x, view.send_index), False)
-            with tf.control_dependencies([ghosts]):  # the collective runs on every rank, even with no rows
-                y = apply_operator(Operator(view.rows, view.cols, view.values, view.num_nodes),
-                                   tf.concat([x, ghosts], axis=0))
+            x_ext = self._plan_block_tf(view, x, self.extended_rows, None)  # [x; this graph's ghost rows]
+            y = apply_operator(Operator(view.rows, view.cols, view.values, view.num_nodes), x_ext)
             return y, lambda dy: self._tensor_reverse_tf(view, dy)
 
         return forward(x)
@@ -523,9 +522,7 @@ class MPIExchange(Exchange):
         def reverse(x):
             n_own = view.num_nodes
             contrib = apply_operator(Operator(view.cols, view.rows, view.values, n_own + view.num_ghosts), x)
-            back = self._plan_exchange_tf(view, contrib[n_own:], True)
-            with tf.control_dependencies([back]):  # the collective runs on every rank, even with no rows
-                y = contrib[:n_own] + tf.math.unsorted_segment_sum(back, view.send_index, n_own)
+            y = self._plan_block_tf(view, contrib, self.returned_rows_added, n_own)
             return y, lambda dy: self._tensor_forward_tf(view, dy)
 
         return reverse(x)
