@@ -12,8 +12,8 @@ what they compare with the in-process run, in float64 to rtol 1e-10 / atol 1e-12
   distributed Adams through the trainer and the app, resume across P);
 - and App C's (tests/core/distributed/link_scheduling_cases.py: the actor on the ranks with a graph drawn per
   mini-batch, the critic on rank 0; D-Adam, C-Adam and D-SGD, the app, resume across P, refused flags);
-- ``-n 6`` on a 6-node graph, one process per network node: a ``slow`` test (six more TensorFlow
-  start-ups); the default suite runs that graph under ``-n 3``.
+- ``-n 6`` on a 6-node graph, one process per network node (six more TensorFlow start-ups: about 21 s on
+  2 cores, in the default suite).
 
 Each launch runs in a session of its own, with a timeout, and its process group is killed in ``finally``.
 """
@@ -84,10 +84,8 @@ def test_trainer_and_app_under_mpi_equal_in_process(tmp_path):
             kill_group(proc)
 
 
-@pytest.mark.slow
 def test_one_rank_per_network_node(tmp_path):
-    """``mpiexec -n 6`` on a 6-node graph (six TensorFlow start-ups: in ``make test-all``; the default suite
-    runs the same graph on 3 ranks)."""
+    """``mpiexec -n 6`` on a 6-node graph: every network node its own process, equal to the in-process run."""
     try:
         find_mpiexec()
     except FileNotFoundError as err:
