@@ -55,7 +55,7 @@ Network model (P machines, one rank each, on a real network instead of this mach
   full-duplex links and messages of one rank sent one after the other; compute per node is taken as
   constant although cache effects change it with n_r (``bench_scaling.py``).
 
-Run (a quiet machine; 2 min 46 s for the defaults (measured), about 12 more with ``--million`` (estimate))::
+Run (a quiet machine; 2 min 46 s for the defaults (measured), 12 min 25 s more with ``--million`` (measured))::
 
     .venv/bin/python benchmarks/bench_mpi.py [--sizes 10000 100000] [--million] [--repeats 5]
 
