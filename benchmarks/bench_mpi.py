@@ -386,10 +386,13 @@ def derived(rounds: list[list[Result]], sizes, weak_nodes: int | None, batch: in
     rounds affects the configurations of a round alike) with every round's value. The verdict is the median's."""
     print("\nTargets (issue #14, on this 2-core machine at |V| = 10^5; other sizes for information"
           + (f"; median of {len(rounds)} rounds" if len(rounds) > 1 else "") + "):")
-    per_round = [target_values(results, sizes, weak_nodes, batch, cores) for results in rounds]
+    # per round: (heading, label) -> target_values tuple; a round whose launch failed lacks those targets
+    per_round = [{(t[0], t[1]): t for t in target_values(results, sizes, weak_nodes, batch, cores)}
+                 for results in rounds]
+    targets = {k: t for r in per_round for k, t in r.items()}  # every target some round measured, in order
     heading = None
-    for k, (head, label, key, at_most, _, how) in enumerate(per_round[0]):
-        values = [r[k][4] for r in per_round if len(r) > k and r[k][1] == label]
+    for (head, label), (_, _, key, at_most, _, how) in targets.items():
+        values = [r[head, label][4] for r in per_round if (head, label) in r]
         if head != heading:
             print(f"  {head}:")
             heading = head

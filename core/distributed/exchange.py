@@ -317,8 +317,7 @@ class MPIExchange(Exchange):
         per_view = self._tensors.setdefault(view, {})
         if dtype not in per_view:
             with tf.init_scope():  # eager constants even when first used while tracing a tf.function
-                per_view[dtype] = (tf.constant(view.rows), tf.constant(view.cols), tf.constant(view.values, dtype),
-                                   tf.constant(view.send_index))
+                per_view[dtype] = (tf.constant(view.rows), tf.constant(view.cols), tf.constant(view.values, dtype))
         return per_view[dtype]
 
     def _csr_layout(self, view: OperatorView):
@@ -438,7 +437,7 @@ class MPIExchange(Exchange):
 
         @tf.custom_gradient
         def forward(x):
-            rows, cols, values, _ = self._constants(view, x.dtype)
+            rows, cols, values = self._constants(view, x.dtype)
             x_ext = self._extended_tf(view, x)  # the collective runs on every rank, even with no rows
             local = Operator(rows, cols, values, view.num_owned)
             layout = self._csr_layout(view)
@@ -458,7 +457,7 @@ class MPIExchange(Exchange):
 
         @tf.custom_gradient
         def reverse(x):
-            rows, cols, values, _ = self._constants(view, x.dtype)
+            rows, cols, values = self._constants(view, x.dtype)
             n_own = view.num_owned
             layout = self._csr_layout(view)
             if layout is None:
@@ -549,13 +548,13 @@ class MPIExchange(Exchange):
     def _forward_with(self, view: OperatorView, x, local):
         from core.ops import Operator
 
-        rows, cols, values, _ = self._constants(view, x.dtype)
+        rows, cols, values = self._constants(view, x.dtype)
         return local(Operator(rows, cols, values, view.num_owned), self._extended_block_tf(view, x))
 
     def _reverse_with(self, view: OperatorView, x, local):
         from core.ops import Operator
 
-        rows, cols, values, _ = self._constants(view, x.dtype)
+        rows, cols, values = self._constants(view, x.dtype)
         return self._returned_block_tf(view, local(Operator(cols, rows, values, view.num_owned + view.num_ghosts), x))
 
     # ------------------------------------------------------------------ reductions for logged metrics
