@@ -6,8 +6,11 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from core.tf_notices import silence_startup_notices  # noqa: E402
+
+silence_startup_notices()
 
 
 def best_times(workloads, repeats: int, trials: int = 5) -> list[float]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -60,7 +59,9 @@ def phase_verify(out: Path, layouts: int) -> dict:
 
 
 def phase_tf(out: Path, layouts: int) -> dict:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from core.tf_notices import silence_startup_notices
+
+    silence_startup_notices()
     import tensorflow as tf
 
     from datasets import PowerAllocationDataset

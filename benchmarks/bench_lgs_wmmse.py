@@ -9,19 +9,16 @@ WMMSE (docs/design.md, section 8): B = 64 channel matrices with N = 25 pairs, 4 
 Run: python benchmarks/bench_lgs_wmmse.py [--repeats R]
 """
 
+import _common  # noqa: F401  first: quiets TensorFlow's logs, puts the repository on the path
+
+# isort: split
 import argparse
-import os
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from apps.link_scheduling.lgs import local_greedy_mwis  # noqa: E402
-from apps.power_allocation.wmmse import sum_rate, wmmse  # noqa: E402
+from apps.link_scheduling.lgs import local_greedy_mwis
+from apps.power_allocation.wmmse import sum_rate, wmmse
 
 
 def median_ms(fn, repeats):

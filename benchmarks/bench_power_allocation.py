@@ -23,16 +23,13 @@ Run: ``python benchmarks/bench_power_allocation.py [--data FILE] [--epochs 4] [-
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
-import time
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import _common  # noqa: F401  first: quiets TensorFlow's logs, puts the repository on the path
 
 # isort: split
 import argparse
+import os
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np

@@ -45,6 +45,8 @@ from functools import lru_cache, partial
 
 from tqdm import tqdm
 
+from core.tf_notices import silence_startup_notices
+
 TERMINATE_GRACE_S = 10.0
 """Seconds a worker told to stop (SIGTERM, or its parent died) has to checkpoint its job before it ends anyway."""
 _WATCH_INTERVAL_S = 1.0  # how often a worker checks that its parent still lives
@@ -193,7 +195,7 @@ def _start_worker(progress_queue, stop, threads: int, parent_pid: int, grace_s: 
                      name="parent-watchdog").start()
     # read by TensorFlow when a job first imports it (importing it here would slow down every worker)
     os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    silence_startup_notices()
     progress_queue.put((None, os.getpid(), ""))
 
 

@@ -30,9 +30,10 @@ from pathlib import Path
 
 from apps.common.children import run_app, stop_requests
 from apps.common.cli import add_version_argument
+from core.tf_notices import silence_startup_notices
 from datasets.cli import HelpFormatter, OneLineErrorParser, non_negative_int
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+silence_startup_notices()  # before Table I's measurement imports TensorFlow here; inherited by the app runs
 
 PROG = "python -m apps.figures"
 

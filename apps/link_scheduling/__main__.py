@@ -1,9 +1,10 @@
 """`python -m apps.link_scheduling`: train the GCNN-LGS actor of Section IV-C (see `--help`)."""
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up notices are not our output
+from core.tf_notices import silence_startup_notices
+
+silence_startup_notices()  # TensorFlow's C++ start-up notices are not our output (before it is imported)
 
 from apps.link_scheduling.experiment import main  # noqa: E402
 

@@ -1,9 +1,10 @@
 """`python -m apps.node_regression`: train the student GCNN of Section IV-A (see `--help`)."""
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up notices are not our output
+from core.tf_notices import silence_startup_notices
+
+silence_startup_notices()  # TensorFlow's C++ start-up notices are not our output (before it is imported)
 
 from apps.node_regression.experiment import main  # noqa: E402
 

@@ -22,9 +22,10 @@ from pathlib import Path
 
 from apps.common.cli import LABELS, add_version_argument, loss_policy, optimizer_list, probability
 from apps.robustness.sweep import APPS, Cell, Grid, cell_command, cell_done, collect, epochs_done
+from core.tf_notices import silence_startup_notices
 from datasets.cli import HelpFormatter, OneLineErrorParser, non_negative_int, positive_int
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+silence_startup_notices()  # TF_CPP_MIN_LOG_LEVEL, inherited by the app runs of the sweep
 
 PROG = "python -m apps.robustness"
 OWN_FLAGS = ("--optimizer", "--seed", "--loss-prob", "--on-loss", "--loss-model", "--out", "--resume", "--jobs",

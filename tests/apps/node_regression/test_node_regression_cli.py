@@ -197,5 +197,6 @@ def test_threads_flag_sets_tensorflow_threads_and_is_recorded(tmp_path):
                            "--threads", "1", "--out", str(out), "-q"], cwd=repo, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # -q: not even TensorFlow's start-up notices (core.tf_notices)
     config = json.loads((out / "config.json").read_text())
     assert config["threads"] == 1 and config["flags"]["threads"] == 1
