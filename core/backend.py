@@ -88,6 +88,12 @@ class LocalBackend:
     def local_graph(self, ops):
         return ops
 
+    def link_view(self, op):
+        """The operator whose entries (global ids, in entry order) the link model indexes for ``op``: ``op``
+        itself here; under MPI, the registered view a per-call :class:`core.distributed.exchange.TensorView`
+        follows."""
+        return op
+
     # compiled programs
     def consensus_model(self, theta):
         from core import replicas
@@ -206,6 +212,9 @@ class MPIBackend(LocalBackend):
 
     def local_graph(self, ops):
         return type(ops)(*(self.view(op) for op in ops))
+
+    def link_view(self, op):
+        return None if op is None else self.transport.registered_view(op)
 
     # ------------------------------------------------------------------ reductions over ranks
     def _allgather(self, a: np.ndarray) -> np.ndarray:

@@ -700,6 +700,15 @@ def lossy_mixing_values(op, lost_mask):
     return tf.where(_own_entry(op), kept + add, kept)
 
 
+def transpose_mask(mask: tf.Tensor, perm=None) -> tf.Tensor:
+    """``tf.transpose`` of a bool mask, as float32 ones and zeros: outside XLA (the MPI backend's stretches
+    between exchanges, ``--no-jit``) TensorFlow's oneDNN transpose refuses every non-float dtype and logs an
+    error line ("oneDNN supports DT_BOOL only on platforms with AVX-512") before it falls back. A select, not a
+    cast: grappler moves a transpose ahead of a cast, onto the bool. Under XLA it fuses away; outside, it
+    measured as fast as the bool transpose."""
+    return tf.transpose(tf.where(mask, 1.0, 0.0), perm) > 0
+
+
 def _own_entry(op: Operator) -> tf.Tensor:
     """bool (nnz,): the first diagonal entry of each row, which receives a node's own weight (a padded pattern
     may repeat a diagonal entry with value 0, e.g. App C's operators of a common size)."""
@@ -743,6 +752,64 @@ class StaleBuffer:
 
     def put(self, slot, value: tf.Tensor) -> None:
         self.values[slot_key(slot)] = value
+
+
+class StaleLinks:
+    """The stale buffer keyed by directed link instead of by operator entry, between the compiled calls of graphs
+    drawn per mini-batch (App C): graph t+1's entry k is in general another link than graph t's, so an
+    entry-aligned buffer carried over would hand a receiver some other neighbour's payload. Per slot: the sorted
+    link codes seen so far (:func:`link_codes` of the slot operator's (col, row): S for fwd/bwd, W else) and
+    each one's last payload; :meth:`aligned` lays them out on a graph's entries (0 for a link not seen yet, as
+    before a first arrival), :meth:`update` takes a call's buffer back. NumPy, between calls."""
+
+    def __init__(self, slots: dict | None = None):
+        self.slots: dict[str, tuple[np.ndarray, np.ndarray]] = dict(slots or {})
+
+    def copy(self) -> StaleLinks:
+        return StaleLinks(self.slots)  # the arrays are replaced, never written into
+
+    def aligned(self, slot: str, codes: np.ndarray, template) -> np.ndarray:
+        """The slot's payloads on entries with link ``codes`` (nnz,), shaped and typed like ``template`` (a
+        buffer value of this graph, (nnz, ...)): the stored payload of each entry's link, 0 where none."""
+        template = np.asarray(template)
+        out = np.zeros(template.shape, template.dtype)
+        stored = self.slots.get(slot)
+        if stored is None or not stored[0].size:
+            return out
+        known, values = stored
+        pos = np.minimum(np.searchsorted(known, codes), known.size - 1)
+        found = known[pos] == codes
+        out[found] = values[pos[found]]
+        return out
+
+    def update(self, slot: str, codes: np.ndarray, values) -> None:
+        """Store a call's buffer ``values`` (nnz, ...) of entries with link ``codes``: their links' payloads are
+        replaced, other links keep theirs. An entry repeated in a padded pattern (a diagonal entry, never lost)
+        keeps its last occurrence."""
+        values = np.asarray(values)
+        last = codes.size - 1 - np.unique(codes[::-1], return_index=True)[1]
+        new_codes, new_values = codes[last], values[last]
+        known, old = self.slots.get(slot, (np.zeros(0, np.int64), np.zeros((0,) + values.shape[1:], values.dtype)))
+        keep = ~np.isin(known, new_codes)
+        merged = np.concatenate([known[keep], new_codes])
+        order = np.argsort(merged, kind="stable")
+        self.slots[slot] = (merged[order], np.concatenate([old[keep], new_values])[order])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Checkpoint arrays: ``stale_codes/<slot>`` and ``stale_links/<slot>``."""
+        out = {}
+        for slot, (codes, values) in sorted(self.slots.items()):
+            out[f"stale_codes/{slot}"], out[f"stale_links/{slot}"] = codes, values
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays) -> StaleLinks:
+        slots = {}
+        for key, codes in arrays.items():
+            if key.startswith("stale_codes/"):
+                slot = key[len("stale_codes/"):]
+                slots[slot] = (np.asarray(codes, np.int64), np.asarray(arrays[f"stale_links/{slot}"]))
+        return cls(slots)
 
 
 STALE_LOOKBACK = 12
@@ -820,7 +887,7 @@ def _stale_messages(op: Operator, x: tf.Tensor, lost: tf.Tensor, lost_e: tf.Tens
     # when it arrived, else the last arrival before it; -1: before the batch, the buffer's value), one gather
     # from x's |V| B rows rather than from a history of every entry's messages
     old = stale_buffer.get(slot, [op.rows.shape[0]] + x.shape[2:].as_list(), x.dtype)
-    received = tf.logical_not(tf.transpose(lost))  # (nnz, B)
+    received = tf.logical_not(transpose_mask(lost))  # (nnz, B)
     prev, last = _last_arrivals(received)  # (nnz, B) and (nnz,)
     steps = tf.shape(x)[1]
     src = tf.where(received, tf.range(steps, dtype=tf.int32)[None, :], prev)
@@ -861,7 +928,7 @@ def lossy_apply(op: Operator, x: tf.Tensor, lost_mask, policy="zero", stale_buff
     if lost.shape.rank == 1:
         lost_e = tf.reshape(lost, [-1] + [1] * (x.shape.rank - 1))
     else:
-        lost_e = tf.reshape(tf.transpose(lost), [tf.shape(lost)[1], tf.shape(lost)[0]] + [1] * (x.shape.rank - 2))
+        lost_e = tf.reshape(transpose_mask(lost), [tf.shape(lost)[1], tf.shape(lost)[0]] + [1] * (x.shape.rank - 2))
     if policy.kind == "stale":
         if stale_buffer is None or slot is None:
             raise ValueError("the stale policy needs a StaleBuffer and the payload's slot")
@@ -872,7 +939,7 @@ def lossy_apply(op: Operator, x: tf.Tensor, lost_mask, policy="zero", stale_buff
         messages = tf.where(lost_e, tf.gather(x, op.rows), tf.gather(x, op.cols))
     elif lost.shape.rank == 2 and not op.per_sample:
         # a lost term counts as 0: its weight is 0, sample by sample (cheaper than selecting the messages)
-        kept = tf.where(tf.transpose(lost), tf.zeros([], op.values.dtype), op.values[:, None])  # (nnz, B)
+        kept = tf.where(transpose_mask(lost), tf.zeros([], op.values.dtype), op.values[:, None])  # (nnz, B)
         return tf.math.unsorted_segment_sum(tf.gather(x, op.cols) * kept[:, :, None], op.rows, op.num_nodes)
     else:
         messages = tf.gather(x, op.cols)  # (nnz, ...)
@@ -905,7 +972,7 @@ def lossy_apply_pieces(op: Operator, x: tf.Tensor, lost_pieces, piece_of_column,
     columns = tf.constant(np.asarray(piece_of_column, np.int32))
     if columns.shape[0] != x.shape[-1]:
         raise ValueError(f"piece_of_column has {columns.shape[0]} entries for a payload of {x.shape[-1]} columns")
-    lost_c = tf.gather(tf.transpose(lost), columns, axis=1)  # (nnz, D): is column c lost on entry k
+    lost_c = tf.gather(transpose_mask(lost), columns, axis=1)  # (nnz, D): is column c lost on entry k
     messages = tf.gather(x, op.cols)  # (nnz, D)
     if policy.kind == "stale":
         if stale_buffer is None or slot is None:
@@ -1315,7 +1382,7 @@ class LinkContext:
             axes = "links, rounds, packets" if link_major else "rounds, packets, links"
             raise ValueError(f"the lost tensor must be ({axes}), got shape {lost.shape}")
         # (E, T, P): each link's rounds are one row, so that an exchange gathers whole rows for its entries
-        self.lost = lost if link_major else tf.transpose(lost, [2, 0, 1])
+        self.lost = lost if link_major else transpose_mask(lost, [2, 0, 1])
         self.policy = LossPolicy.parse(policy)
         if self.policy.kind == "stale" and stale is None:
             stale = StaleBuffer()
@@ -1397,7 +1464,7 @@ class LinkContext:
             picked = by_entry[:, int(rounds[0]):int(rounds[-1]) + 1:step]
         else:
             picked = tf.gather(by_entry, tf.constant(rounds.astype(np.int32)), axis=1)
-        return tf.transpose(picked)
+        return transpose_mask(picked)
 
 
 def _is(a, name_a: str, b, name_b: str) -> bool:

@@ -104,9 +104,11 @@ from core.links import (
     LinkSetup,
     LossPolicy,
     StaleBuffer,
+    StaleLinks,
     check_diagonal,
     draw_plans,
     global_entries,
+    link_codes,
     lossy_apply,
     surviving_mixing_tf,
 )
@@ -439,6 +441,10 @@ class Trainer:
                 raise ValueError("--link-failure is not supported under the MPI backend yet (packet loss is)")
             if self._lossy and self.backend.distributed and links.eval_under_loss:
                 raise ValueError("--eval-under-loss is not supported under the MPI backend yet")
+            if (self._lossy and self.backend.distributed and links.policy.kind == "stale" and not graphs.fixed
+                    and not getattr(graphs, "same_shapes", False)):
+                raise ValueError("the stale policy on graphs drawn per mini-batch runs in-process only (a rank's "
+                                 "entries change with every graph)")
             if self._lossy and links.eval_under_loss and not graphs.fixed:
                 raise ValueError("--eval-under-loss needs a fixed graph (the task evaluates graphs drawn per "
                                  "mini-batch on graphs of its own)")
@@ -526,6 +532,7 @@ class Trainer:
         # imperfect links: the Gilbert chains, the stale buffer (None until its slots are known), the counts
         self._chain = GilbertState()
         self._stale: dict[str, tf.Tensor] | None = None
+        self._stale_links = StaleLinks()  # graphs drawn per mini-batch: the buffer by link between calls
         self._link_totals, self._row_totals = LinkTotals(), LinkTotals()
         self._packet_sizes: np.ndarray | None = None  # (rounds, 2) floats per packet, known once traced
         self._prefetch = None  # ((first step, count), layout, future) of the next call's plans (_prefetched_feed)
@@ -650,6 +657,11 @@ class Trainer:
         self.theta, self.state, self.cost = theta, state, cost
         if link_state is not None:
             self._chain, self._stale, self._link_totals, self._row_totals, self._packet_sizes = link_state
+            self._stale_links = StaleLinks.from_arrays({k[len("links/"):]: v for k, v in arrays.items()
+                                                        if k.startswith(("links/stale_codes/", "links/stale_links/"))})
+            for slot, (_, values) in self._stale_links.slots.items():
+                if values.dtype != self.dtype.as_numpy_dtype:
+                    raise bad(f"has the stale slot {slot} in {values.dtype}, not {self.dtype.name}")
         self.epoch, self.step = meta["epoch"], meta["step"]
         self.rounds, self.floats, self.wall = meta["mp_rounds"], meta["floats_sent"], float(meta["wall_s"])
         self.rng.bit_generator.state = meta["rng_state"]
@@ -660,7 +672,8 @@ class Trainer:
     def _link_arrays(self) -> dict[str, np.ndarray]:
         """The link state to checkpoint: the Gilbert chains and the stale buffer, in global terms (under MPI,
         collective: the union of the ranks' chains, each slot's entries in the global entry order of its
-        operator; rank 0 gets them, so a run resumes under any P)."""
+        operator; rank 0 gets them, so a run resumes under any P; for graphs drawn per mini-batch, in-process,
+        the buffer by link, :class:`core.links.StaleLinks`)."""
         chain = self._chain
         if self.backend.distributed:
             parts = self.backend.comm.gather(chain.arrays(), root=0)
@@ -670,6 +683,9 @@ class Trainer:
                 chain = GilbertState(codes[first], np.concatenate([c["bad"] for c in parts])[first],
                                      np.concatenate([c["last"] for c in parts])[first])
         out = {f"links/chain_{k}": v for k, v in chain.arrays().items()}
+        if self._stale_links.slots:  # graphs drawn per mini-batch: the buffer by link is the state
+            out.update({f"links/{k}": v for k, v in self._stale_links.arrays().items()})
+            return out
         for slot, value in sorted((self._stale or {}).items()):
             value = value.numpy()
             if self.backend.distributed:
@@ -683,12 +699,21 @@ class Trainer:
             out[f"links/stale/{slot}"] = value
         return out
 
-    def _slot_operator(self, slot: str):
-        """The operator (this rank's view) whose entries a stale slot is aligned with: S for fwd/bwd, W else."""
-        ops = self.graphs.ops if self.graphs.fixed else None
-        if ops is None:
-            raise ValueError("checkpointing the stale buffer under MPI needs a fixed graph")
+    @staticmethod
+    def _slot_of(ops: GraphOps, slot: str):
+        """The operator whose entries a stale slot is aligned with: S for fwd/bwd, W else."""
         return ops.shift if slot.split("/")[0] in ("fwd", "bwd") else ops.mixing
+
+    def _slot_codes(self, graph: GraphOps, slot: str) -> np.ndarray:
+        """The link code of each entry a stale slot is aligned with on ``graph``."""
+        rows, cols = global_entries(self.backend.link_view(self._slot_of(graph, slot)))
+        return link_codes(cols, rows)
+
+    def _slot_operator(self, slot: str):
+        """This rank's view of the operator a stale slot is aligned with (a fixed graph)."""
+        if not self.graphs.fixed:
+            raise ValueError("checkpointing the stale buffer under MPI needs a fixed graph")
+        return self._slot_of(self.graphs.ops, slot)
 
     def _checked_link_state(self, arrays: Mapping, meta: Mapping, bad: Callable):
         """(chain, stale, totals, row totals, packet sizes) of a checkpoint, checked against this trainer's
@@ -850,7 +875,8 @@ class Trainer:
         if entry is None or entry[0] is not graph:
             if len(self._layouts) > 64:
                 self._layouts.clear()
-            ops = {"shift": graph.shift, "mixing": graph.mixing}
+            # (under MPI a graph drawn per mini-batch is a TensorView: its entries are its registered view's)
+            ops = {"shift": self.backend.link_view(graph.shift), "mixing": self.backend.link_view(graph.mixing)}
             entries = {name: global_entries(op) for name, op in ops.items() if op is not None}
             pattern = tuple((name, rows.tobytes(), cols.tobytes()) for name, (rows, cols) in entries.items())
             layout = self._pattern_layouts.get(pattern)
@@ -1101,7 +1127,7 @@ class Trainer:
     def _snapshot(self) -> tuple:
         """The loop state at an epoch boundary (tensors are immutable, so references suffice)."""
         links = (self._chain.copy(), self._stale, LinkTotals(**asdict(self._link_totals)),
-                 LinkTotals(**asdict(self._row_totals)))
+                 LinkTotals(**asdict(self._row_totals)), self._stale_links.copy())
         return (self.theta, self.state, self.rng.bit_generator.state, self.epoch, self.step, self.rounds,
                 self.floats, self.wall, len(self.rows), self.task.state_arrays(), links)
 
@@ -1111,8 +1137,8 @@ class Trainer:
         self.rng.bit_generator.state = rng_state
         self.task.load_state_arrays(task_state)
         del self.rows[n:]
-        self._chain, self._stale, self._link_totals, self._row_totals = links
-        self._chain = self._chain.copy()  # the snapshot stays valid for another rollback
+        self._chain, self._stale, self._link_totals, self._row_totals, self._stale_links = links
+        self._chain, self._stale_links = self._chain.copy(), self._stale_links.copy()  # valid for another rollback
 
     def _run_steps(self, batches: np.ndarray, start: float, per_epoch: bool):
         """An epoch as one compiled call per mini-batch (per-step logging, or a graph per mini-batch)."""
@@ -1120,15 +1146,22 @@ class Trainer:
         graph = self.graphs.ops if self.graphs.fixed else None
         step0 = self.step  # per-step logging advances self.step within the loop: t = step0 + b
         stale = None
+        by_link = not self.graphs.fixed and self.links is not None and self.links.policy.kind == "stale"
         for b, indices in enumerate(batches):
             if not self.graphs.fixed:
                 graph = self.graphs.draw(self.rng)
             if self._lossy:  # this mini-batch's plan, drawn before the call
                 feed, draw = self._link_feed(step0 + b, [graph])
                 stale = self._stale_values(graph, feed, indices) if stale is None else stale
+                if by_link:  # this graph's entries get their links' last payloads
+                    stale = {k: tf.constant(self._stale_links.aligned(k, self._slot_codes(graph, k), v), v.dtype)
+                             for k, v in stale.items()}
                 theta, state, metrics, finite, stale = self.step_fn(
                     theta, state, tf.constant(step0 + b, tf.int64), tf.constant(indices), graph,
                     tf.nest.map_structure(lambda t: t[0], feed), stale)
+                if by_link:
+                    for k, v in stale.items():
+                        self._stale_links.update(k, self._slot_codes(graph, k), v.numpy())
                 draws.append(draw)
             else:
                 theta, state, metrics, finite = self.step_fn(theta, state, tf.constant(step0 + b, tf.int64),

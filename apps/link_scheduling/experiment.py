@@ -217,6 +217,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "with dense per-sample matrices inside the optimizer, not through the exchanges; use "
                          "--mode algorithm1")
     common_cli.check_link_arguments(args)
+    if args.backend == "mpi" and args.on_loss == "stale" and common_cli.links_active(args):
+        raise ValueError("--on-loss stale does not run on --backend mpi in App C (zero and retransmit:R do): each "
+                         "mini-batch's graph has its own entries on a rank, which a stale buffer cannot follow")
     if args.mode == "authors" and common_cli.links_active(args):
         raise ValueError("--mode authors runs over perfect links only: its replay mixes the per-sample gradients "
                          "inside the optimizer, outside the exchanges the link model acts on; use --mode algorithm1")

@@ -82,6 +82,20 @@ class RankShift(NamedTuple):
     local: object
     full: Operator
 
+    # what the link model sees of S(t) (core.trainer binds it; its exchanges run on ``local``): the local
+    # view's entries and plan
+    @property
+    def rows(self):
+        return self.local.rows
+
+    @property
+    def cols(self):
+        return self.local.cols
+
+    @property
+    def plan(self):
+        return self.local.plan
+
 
 class LinkSchedulingTask(Task):
     """GCNN-LGS with a twin critic on conflict graphs of a fixed vertex set.

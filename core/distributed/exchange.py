@@ -152,6 +152,14 @@ class TransposedTensorView:
     def values(self):
         return self.base.values
 
+    @property
+    def rows(self):  # receivers of M^T: the base's senders (a link context finds a transpose by these)
+        return self.base.cols
+
+    @property
+    def cols(self):
+        return self.base.rows
+
 
 class MPIExchange(Exchange):
     """Forward and reverse exchanges of operator views over MPI (module docstring).
@@ -483,6 +491,17 @@ class MPIExchange(Exchange):
                               tf.constant(view.num_ghosts, tf.int32),
                               tf.constant(len(self._plans) - 1, tf.int64), view.num_owned)
 
+    def registered_view(self, op):
+        """The :class:`OperatorView` whose exchange plan a :class:`TensorView` (or an object with its ``plan``)
+        follows, in the same entry order; any other ``op`` itself. Eager: what the link model's layout reads
+        the global ids of a drawn graph's entries from (core.links.global_entries)."""
+        import tensorflow as tf
+
+        plan = getattr(op, "plan", None)
+        if plan is None:
+            return op
+        return self._plans[int(tf.get_static_value(plan))]
+
     def _plan_block_tf(self, view: TensorView, x, method, rows):
         """``method(registered view, x)`` (:meth:`extended_rows` or :meth:`returned_rows_added`) as a TensorFlow
         op, the view chosen at run time by ``view.plan``; ``rows``: the output's static row count or None."""
@@ -509,6 +528,28 @@ class MPIExchange(Exchange):
             return y, lambda dy: self._tensor_reverse_tf(view, dy)
 
         return forward(x)
+
+    def _tensor_extended_block_tf(self, view: TensorView, x):
+        """:meth:`_extended_block_tf` of a :class:`TensorView`: [x; this graph's ghost rows], differentiable."""
+        import tensorflow as tf
+
+        @tf.custom_gradient
+        def block(x):
+            out = self._plan_block_tf(view, x, self.extended_rows, None)
+            return out, lambda d_ext: self._tensor_returned_block_tf(view, d_ext)
+
+        return block(x)
+
+    def _tensor_returned_block_tf(self, view: TensorView, contributions):
+        """:meth:`_returned_block_tf` of a :class:`TensorView` (gradient: :meth:`_tensor_extended_block_tf`)."""
+        import tensorflow as tf
+
+        @tf.custom_gradient
+        def returned(contributions):
+            out = self._plan_block_tf(view, contributions, self.returned_rows_added, view.num_nodes)
+            return out, lambda dy: self._tensor_extended_block_tf(view, dy)
+
+        return returned(contributions)
 
     def _tensor_reverse_tf(self, view: TensorView, x):
         import tensorflow as tf
@@ -538,12 +579,21 @@ class MPIExchange(Exchange):
         to the owners. The communication steps are differentiable (each one's gradient is the other
         direction), so TensorFlow differentiates ``local`` as usual.
         """
+        from core.ops import Operator
+
+        x = _tf_convert(x)
         if isinstance(op, TransposedView):
-            return self._reverse_with(op.base, _tf_convert(x), local)
+            return self._reverse_with(op.base, x, local)
         if isinstance(op, OperatorView):
-            return self._forward_with(op, _tf_convert(x), local)
-        raise TypeError(f"MPIExchange.propagate_with needs an OperatorView (exchange.view(op)) or its transposed(), "
-                        f"got {type(op).__name__}")
+            return self._forward_with(op, x, local)
+        if isinstance(op, TensorView):  # a graph drawn per call (App C): the plan chosen at run time
+            return local(Operator(op.rows, op.cols, op.values, op.num_nodes), self._tensor_extended_block_tf(op, x))
+        if isinstance(op, TransposedTensorView):
+            view = op.base
+            contributions = local(Operator(view.cols, view.rows, view.values, view.num_nodes + view.num_ghosts), x)
+            return self._tensor_returned_block_tf(view, contributions)
+        raise TypeError(f"MPIExchange.propagate_with needs an OperatorView (exchange.view(op)), a TensorView "
+                        f"(exchange.tensor_view(op)) or their transposed(), got {type(op).__name__}")
 
     def _forward_with(self, view: OperatorView, x, local):
         from core.ops import Operator

@@ -581,3 +581,22 @@ def test_link_seeds_and_evaluation_models_are_derived_deterministically():
     a, b = model.for_evaluation(4), model.for_evaluation(4)
     assert a.seed == b.seed != model.for_evaluation(5).seed != model.seed
     assert (a.loss_prob, a.link_failure, a.gilbert) == (0.2, 0.1, None)
+
+
+def test_mask_transpose_outside_xla_logs_nothing():
+    """Outside XLA (MPI, --no-jit) a bool transpose made TensorFlow's oneDNN kernel log an error line per process
+    ("oneDNN supports DT_BOOL only on platforms with AVX-512"); transpose_mask avoids it, grappler included."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import tensorflow as tf\n"
+            "from core.links import transpose_mask\n"
+            "f = tf.function(lambda m: transpose_mask(m, [1, 0]))\n"
+            "print(f(tf.constant([[True, False, True]])).numpy().tolist())\n")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[[True], [False], [True]]"
+    assert "oneDNN supports" not in done.stderr, done.stderr

@@ -32,11 +32,18 @@ import numpy as np
 
 from tests.core.distributed.comparing import ATOL, RTOL, compare_rows, in_process, metrics_rows
 
-CASES = {2: ["link_scheduling/d-adam", "link_scheduling/c-adam", "link_scheduling/app"],
-         3: ["link_scheduling/d-sgd", "link_scheduling/resume_across_p", "link_scheduling/app_validation"]}
+CASES = {2: ["link_scheduling/d-adam", "link_scheduling/c-adam", "link_scheduling/app",
+             "link_scheduling/d-adam/retransmit"],
+         3: ["link_scheduling/d-sgd", "link_scheduling/resume_across_p", "link_scheduling/app_validation",
+             "link_scheduling/d-sgd/gilbert"]}
 """The cases of each launch, by P (trainer_cases.py runs them; test_mpi_trainer.py checks their lines)."""
 V, B, MINI_BATCHES = 12, 3, 4
 MESSAGES = {"d-adam": 6, "c-adam": 5}  # per rank and mini-batch under 2 ranks (one message per exchange)
+LINKS = {"retransmit": dict(loss_prob=0.3, on_loss="retransmit:2"),
+         "gilbert": dict(loss_model="gilbert", gilbert_p_gb=0.2, gilbert_p_bg=0.3, gilbert_loss_good=0.05,
+                         gilbert_loss_bad=0.7)}
+"""Link models of the lossy cases (``link_scheduling/<optimizer>/<links>``): the same packets are dropped under
+MPI (the drop stream is keyed by global vertex ids), so the runs are equal to the in-process ones."""
 
 
 def problem():
@@ -63,15 +70,17 @@ def make_task(data, backend=None):
                               backend=backend)
 
 
-def make_trainer(task, name: str, run=None, epochs: int = MINI_BATCHES):
+def make_trainer(task, name: str, run=None, epochs: int = MINI_BATCHES, links: str | None = None):
     from apps.link_scheduling.experiment import make_actor_optimizer
+    from core.links import LinkSetup
     from core.optimizers import LearningRate
     from core.trainer import RandomGraphs, Trainer, TrainerConfig
 
     config = TrainerConfig(epochs=epochs, batch_size=B, seed=9, checkpoint_every=1, jit=False, quiet=True,
                            unit="mini-batch")
+    setup = None if links is None else LinkSetup.from_flags(5, **LINKS[links])
     return Trainer(task, make_actor_optimizer(name, "algorithm1"), LearningRate(3e-3), RandomGraphs(task.draw_graph),
-                   config, run)
+                   config, run, links=setup)
 
 
 def mpi_backend(data, size: int, method: str):
@@ -99,34 +108,40 @@ def gathered(backend, trainer):
 _REFERENCE: dict = {}
 
 
-def reference(data, name: str):
+def reference(data, name: str, links: str | None = None):
     """Rank 0: the uninterrupted in-process run of ``name`` (result, actor parameters, task), computed once."""
-    if name not in _REFERENCE:
+    if (name, links) not in _REFERENCE:
         task = make_task(data)
-        trainer = make_trainer(task, name)
-        _REFERENCE[name] = (trainer.run(), trainer.theta.numpy(), task)
-    return _REFERENCE[name]
+        trainer = make_trainer(task, name, links=links)
+        _REFERENCE[name, links] = (trainer.run(), trainer.theta.numpy(), task)
+    return _REFERENCE[name, links]
 
 
-def equal_to_in_process(data, rank: int, size: int, comm, name: str, method: str) -> str:
+def equal_to_in_process(data, rank: int, size: int, comm, name: str, method: str, links: str | None = None) -> str:
+    case = f"link_scheduling/{name}" + ("" if links is None else f"/{links}")
     backend = mpi_backend(data, size, method)
     task = make_task(data, backend)
-    trainer = make_trainer(task, name)
+    trainer = make_trainer(task, name, links=links)
     result = trainer.run()
     theta = gathered(backend, trainer)
     if rank == 0:
-        ref, ref_theta, ref_task = reference(data, name)
-        compare_rows(f"link_scheduling/{name}", result.rows, ref.rows)
-        compare_state(f"link_scheduling/{name}", theta, task, ref_theta, ref_task)
-        for k in ("mp_rounds_per_batch", "floats_sent_per_node_per_batch", "largest_message", "mp_rounds"):
+        ref, ref_theta, ref_task = reference(data, name, links)
+        compare_rows(case, result.rows, ref.rows)
+        compare_state(case, theta, task, ref_theta, ref_task)
+        counts = ("mp_rounds_per_batch", "floats_sent_per_node_per_batch", "largest_message", "mp_rounds")
+        if links is not None:  # the same packets lost (and retransmitted) as in-process
+            counts += ("packet_loss_rate", "residual_loss_rate", "extra_rounds")
+            assert result.summary["packet_loss_rate"] > 0.05, result.summary
+        for k in counts:
             assert result.summary[k] == ref.summary[k], (k, result.summary[k], ref.summary[k])
         assert result.summary["mpi_ranks"] == size
-        if size == 2 and name in MESSAGES:  # on the wire: 3 forward, 2 backward (the tape's), 1 consensus
+        # on the wire: 3 forward, 2 backward (the tape's), 1 consensus
+        if size == 2 and name in MESSAGES and links is None:
             assert result.summary["mpi_messages_sent_per_batch"] == [MESSAGES[name]] * 2, result.summary
-        print(f"COUNTS link_scheduling/{name} bytes/batch={result.summary['mpi_bytes_sent_per_batch']} "
+        print(f"COUNTS {case} bytes/batch={result.summary['mpi_bytes_sent_per_batch']} "
               f"messages/batch={result.summary['mpi_messages_sent_per_batch']}", flush=True)
     comm.Barrier()
-    return f"link_scheduling/{name}"
+    return case
 
 
 def resume_across_p(data, out: Path, rank: int, size: int, comm, name: str, method: str) -> str:
@@ -204,7 +219,7 @@ def app_case(out: Path, rank: int, size: int, comm) -> str:
 
 def app_validation(out: Path, rank: int, size: int, comm) -> str:
     """Refused on every rank with status 2 (rank 0 alone prints the line), nothing written: ``--mode authors``
-    under MPI, and more ranks than vertices."""
+    under MPI, more ranks than vertices, the stale policy and link failures under MPI."""
     from apps.link_scheduling import experiment as ex
     from datasets.conflict_graphs import ConflictGraphsConfig, generate
 
@@ -214,7 +229,10 @@ def app_validation(out: Path, rank: int, size: int, comm) -> str:
                                       test_samples=2, seed=0), data)
     comm.Barrier()
     for extra, needle in ((["--mode", "authors"], "--mode authors does not run on --backend mpi"),
-                          ([], f"--backend mpi: {size} ranks for conflict graphs of 2 vertices")):
+                          ([], f"--backend mpi: {size} ranks for conflict graphs of 2 vertices"),
+                          (["--loss-prob", "0.1", "--on-loss", "stale"],
+                           "--on-loss stale does not run on --backend mpi"),
+                          (["--link-failure", "0.1"], "--link-failure does not run on --backend mpi yet")):
         target = out / f"ls_refused_p{size}"
         err = io.StringIO()
         with redirect_stderr(err):
@@ -248,4 +266,5 @@ def run(out: Path, rank: int, size: int, comm, ok) -> None:
         elif what == "resume_across_p":  # D-SGD on METIS, whose in-process reference is already computed
             ok(resume_across_p(data, out, rank, size, comm, "d-sgd", method))
         else:
-            ok(equal_to_in_process(data, rank, size, comm, what, method))
+            links = case.split("/")[2] if case.count("/") == 2 else None
+            ok(equal_to_in_process(data, rank, size, comm, what, method, links))
