@@ -986,7 +986,7 @@ def lossy_apply_pieces(op: Operator, x: tf.Tensor, lost_pieces, piece_of_column,
     return tf.math.unsorted_segment_sum(messages * op.values[:, None], op.rows, op.num_nodes)
 
 
-def surviving_mixing_tf(op: Operator, up, rule: str = "mh") -> Operator:
+def surviving_mixing_tf(op: Operator, up, rule: str = "mh", extended_degrees=None) -> Operator:
     """:func:`surviving_mixing` inside a compiled program: ``op`` (a mixing W on a fixed pattern holding every
     node's diagonal entry) with weights recomputed on the surviving links ``up`` (bool (nnz,), symmetric).
 
@@ -994,6 +994,9 @@ def surviving_mixing_tf(op: Operator, up, rule: str = "mh") -> Operator:
     no link: e.g. a complete pattern with cut pairs); ``"laplacian"``: W = I - beta (D - A) on the surviving
     graph, i.e. a failed entry's weight moves to the receiver's own term (:func:`lossy_mixing_values`).
     Same rows, cols and shapes as ``op``, so nothing retraces; tests check it equals the NumPy version.
+    ``extended_degrees``: for an MPI rank's local operator (rows owned, cols [owned; ghosts]), a function from
+    the owned nodes' surviving degrees (n_own,) to those of every column, [own; ghosts] (one exchange: each
+    ghost's owner counted its links); None in-process (rows and cols are the same nodes).
     """
     if op.per_sample:
         raise ValueError("link failures rebuild a mixing operator shared by all samples, got per-sample values")
@@ -1006,7 +1009,8 @@ def surviving_mixing_tf(op: Operator, up, rule: str = "mh") -> Operator:
     dtype = op.values.dtype
     alive = tf.logical_and(tf.logical_and(up, off), tf.not_equal(op.values, 0))
     degree = tf.math.unsorted_segment_sum(tf.cast(alive, dtype), op.rows, op.num_nodes)
-    bigger = tf.maximum(tf.gather(degree, op.rows), tf.gather(degree, op.cols))
+    col_degree = degree if extended_degrees is None else extended_degrees(degree)
+    bigger = tf.maximum(tf.gather(degree, op.rows), tf.gather(col_degree, op.cols))
     w = tf.where(alive, 1.0 / (1.0 + bigger), tf.zeros_like(op.values))
     self_weight = 1.0 - tf.math.unsorted_segment_sum(w, op.rows, op.num_nodes)
     own = tf.where(_own_entry(op), tf.gather(self_weight, op.rows), tf.zeros_like(op.values))  # padding: 0

@@ -437,8 +437,8 @@ class Trainer:
             self._schedule = task.schedule(optimizer, config.batch_size)
             if self._lossy and self._schedule is None:
                 raise ValueError("a link model needs a task whose exchanges are counted (Task.schedule returns None)")
-            if self._lossy and self.backend.distributed and links.model.link_failure > 0:
-                raise ValueError("--link-failure is not supported under the MPI backend yet (packet loss is)")
+            if self._lossy and self.backend.distributed and links.model.link_failure > 0 and not graphs.fixed:
+                raise ValueError("link failures under the MPI backend need a fixed graph (packet loss does not)")
             if self._lossy and self.backend.distributed and links.eval_under_loss:
                 raise ValueError("--eval-under-loss is not supported under the MPI backend yet")
             if (self._lossy and self.backend.distributed and links.policy.kind == "stale" and not graphs.fixed
@@ -817,12 +817,37 @@ class Trainer:
         up = links.get("up")
         if up is None:
             return graph
+        if self.backend.distributed:
+            return self._surviving_views(graph, up)
         shift, mixing = graph.shift, graph.mixing
         if shift is not None:
             keep = up["shift"][None, :] if shift.per_sample else up["shift"]
             shift = shift._replace(values=tf.where(keep, shift.values, tf.zeros_like(shift.values)))
         if mixing is not None:
             mixing = surviving_mixing_tf(mixing, up["mixing"], self.links.mixing_rule)
+        return graph._replace(shift=shift, mixing=mixing)
+
+    def _surviving_views(self, graph: GraphOps, up) -> GraphOps:
+        """:meth:`_surviving_graph` of a rank's operator views: the same views with the surviving values
+        (:class:`core.distributed.exchange.ValuedView`); W's Metropolis-Hastings weights need the surviving
+        degrees of the ghost nodes, which one forward exchange of the owned nodes' degrees brings (a message
+        round of topology upkeep: in the bytes on the wire, not in the logical counts, as in-process)."""
+        from core.distributed.exchange import ValuedView
+
+        exchange, shift, mixing = self.backend.transport, graph.shift, graph.mixing
+        if shift is not None:
+            values = tf.constant(shift.values, self.dtype)
+            shift = ValuedView(shift, tf.where(up["shift"], values, tf.zeros_like(values)))
+        if mixing is not None:
+            local = Operator(tf.constant(mixing.rows), tf.constant(mixing.cols), tf.constant(mixing.values, self.dtype),
+                             mixing.num_owned)
+            view = mixing
+
+            def extended_degrees(degree):
+                return exchange.extended_block(view, degree[:, None])[:, 0]
+
+            rebuilt = surviving_mixing_tf(local, up["mixing"], self.links.mixing_rule, extended_degrees)
+            mixing = ValuedView(mixing, rebuilt.values)
         return graph._replace(shift=shift, mixing=mixing)
 
     def _evaluate(self, theta, graph: GraphOps, split: str):

@@ -161,6 +161,23 @@ class TransposedTensorView:
         return self.base.rows
 
 
+@dataclass(frozen=True, eq=False)
+class ValuedView:
+    """An :class:`OperatorView` whose values are computed inside the compiled program, e.g. under link failures
+    S with its failed entries 0 and W rebuilt on the surviving graph (core.trainer): the base view's pattern,
+    exchange plan and every other attribute, with ``values`` (a tensor (nnz_local,)) in place of its own. The
+    exchanges treat it as the base view with these values."""
+
+    base: OperatorView
+    values: object
+
+    def __getattr__(self, name):  # rows, cols, send_index, symmetric, owned, ghosts, ...: the base view's
+        return getattr(self.base, name)
+
+    def transposed(self) -> TransposedView:
+        return TransposedView(self)
+
+
 class MPIExchange(Exchange):
     """Forward and reverse exchanges of operator views over MPI (module docstring).
 
@@ -314,7 +331,7 @@ class MPIExchange(Exchange):
             return self._tensor_reverse_tf(op.base, x)
         if isinstance(op, TransposedView):
             return self._reverse_tf(op.base, x)
-        if isinstance(op, OperatorView):
+        if isinstance(op, (OperatorView, ValuedView)):
             return self._forward_tf(op, x)
         raise TypeError(f"MPIExchange.propagate needs an OperatorView (exchange.view(op)) or its transposed(), "
                         f"got {type(op).__name__}")
@@ -322,6 +339,9 @@ class MPIExchange(Exchange):
     def _constants(self, view: OperatorView, dtype):
         import tensorflow as tf
 
+        if isinstance(view, ValuedView):  # the base's pattern, the program's values
+            rows, cols, _ = self._constants(view.base, dtype)
+            return rows, cols, tf.cast(view.values, dtype)
         per_view = self._tensors.setdefault(view, {})
         if dtype not in per_view:
             with tf.init_scope():  # eager constants even when first used while tracing a tf.function
@@ -331,6 +351,8 @@ class MPIExchange(Exchange):
     def _csr_layout(self, view: OperatorView):
         """The CSR layout of the view's owned rows x [owned; ghost] columns (core.ops.csr_layout), or None for a
         view below ``csr_min_nodes`` owned rows (gather + segment sum)."""
+        if isinstance(view, ValuedView):  # the layout is the pattern's; the product takes the program's values
+            return self._csr_layout(view.base)
         per_view = self._tensors.setdefault(view, {})
         if "csr" not in per_view:
             from core.ops import Operator, csr_layout
@@ -394,6 +416,11 @@ class MPIExchange(Exchange):
             out[rows] += back[start:start + count]
             start += count
         return out
+
+    def extended_block(self, view: OperatorView, x):
+        """``[x_own; ghost rows]`` of a forward exchange on ``view`` as a TensorFlow op without a gradient (e.g.
+        the surviving degrees of the ghost nodes, which their owners computed, under link failures)."""
+        return self._extended_tf(view, x)
 
     def _extended_tf(self, view: OperatorView, x):
         """:meth:`extended_rows` as a TensorFlow op, without a gradient (:meth:`_forward_tf` gives the product
@@ -584,7 +611,7 @@ class MPIExchange(Exchange):
         x = _tf_convert(x)
         if isinstance(op, TransposedView):
             return self._reverse_with(op.base, x, local)
-        if isinstance(op, OperatorView):
+        if isinstance(op, (OperatorView, ValuedView)):
             return self._forward_with(op, x, local)
         if isinstance(op, TensorView):  # a graph drawn per call (App C): the plan chosen at run time
             return local(Operator(op.rows, op.cols, op.values, op.num_nodes), self._tensor_extended_block_tf(op, x))

@@ -232,7 +232,7 @@ def app_validation(out: Path, rank: int, size: int, comm) -> str:
                           ([], f"--backend mpi: {size} ranks for conflict graphs of 2 vertices"),
                           (["--loss-prob", "0.1", "--on-loss", "stale"],
                            "--on-loss stale does not run on --backend mpi"),
-                          (["--link-failure", "0.1"], "--link-failure does not run on --backend mpi yet")):
+                          (["--link-failure", "0.1"], "--link-failure does not run on --backend mpi in App C")):
         target = out / f"ls_refused_p{size}"
         err = io.StringIO()
         with redirect_stderr(err):

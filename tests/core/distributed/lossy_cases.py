@@ -48,9 +48,10 @@ SETUPS = {
     "retransmit": dict(loss_prob=0.3, on_loss="retransmit:2"),
     "gilbert-stale": dict(loss_model="gilbert", gilbert_p_gb=0.2, gilbert_p_bg=0.3, gilbert_loss_good=0.05,
                           gilbert_loss_bad=0.7, on_loss="stale"),
+    "failure": dict(loss_prob=0.1, link_failure=0.25),  # S restricted and W rebuilt per mini-batch on each rank
 }
 CASES = [("d-sgd", "zero"), ("d-naive", "zero"), ("c-sgd", "stale"), ("d-amsgrad", "stale"), ("d-sgd", "retransmit"),
-         ("d-gt", "gilbert-stale"), ("d-naive-pb", "retransmit")]
+         ("d-gt", "gilbert-stale"), ("d-naive-pb", "retransmit"), ("d-amsgrad", "failure")]
 
 
 def make_trainer(task, graphs, name: str, setup: str, epochs: int = 2, run=None) -> Trainer:
@@ -77,6 +78,8 @@ def equal_to_in_process(name: str, setup: str) -> None:
         ref = ref_trainer.run()
         compare(f"lossy/{name}/{setup}", result.rows, theta, ref.rows, ref_trainer.theta.numpy())
         assert ref.rows[-1]["packet_loss_rate"] > 0.05, ref.rows[-1]
+        if "link_failure" in SETUPS[setup]:
+            assert ref.rows[-1]["link_failure_rate"] > 0.1, ref.rows[-1]
         for k in ("mp_rounds", "floats_sent_per_node", "extra_rounds", "extra_floats_per_node", "packets",
                   *LINK_COLUMNS[:2]):
             assert result.summary[k] == ref.summary[k], (k, result.summary[k], ref.summary[k])
