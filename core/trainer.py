@@ -439,8 +439,6 @@ class Trainer:
                 raise ValueError("a link model needs a task whose exchanges are counted (Task.schedule returns None)")
             if self._lossy and self.backend.distributed and links.model.link_failure > 0 and not graphs.fixed:
                 raise ValueError("link failures under the MPI backend need a fixed graph (packet loss does not)")
-            if self._lossy and self.backend.distributed and links.eval_under_loss:
-                raise ValueError("--eval-under-loss is not supported under the MPI backend yet")
             if (self._lossy and self.backend.distributed and links.policy.kind == "stale" and not graphs.fixed
                     and not getattr(graphs, "same_shapes", False)):
                 raise ValueError("the stale policy on graphs drawn per mini-batch runs in-process only (a rank's "
@@ -1254,7 +1252,8 @@ class Trainer:
         evaluating never changes the training draws. The task must evaluate through ``task.backend.eval_transport``
         (as :class:`core.supervised.SupervisedGCNN` does)."""
         exchange = _EvaluationLinks(self.links.model.for_evaluation(evaluation), self.links.policy,
-                                    self._schedule.L, self._layout(graph))
+                                    self._schedule.L, self._layout(graph),
+                                    self.backend.eval_transport if self.backend.distributed else None)
         backend = self.task.backend if hasattr(self.task, "backend") else None
         self.task.backend = _EvaluationBackend(backend or self.backend, exchange)
         try:
@@ -1374,10 +1373,13 @@ class _EvaluationLinks(Exchange):
 
     An exchange ``("fwd", l)`` of N samples is N rounds, sample b's in round b L + l - 1 (the ``forward``
     schedule of N samples); the evaluation's plan over those L N rounds is drawn when the first exchange shows
-    N. Links down for the evaluation carry nothing (S restricted to the surviving links)."""
+    N. Links down for the evaluation carry nothing (S restricted to the surviving links). Under MPI
+    (``transport``, the backend's evaluation exchange) each exchange moves the halo and applies the losses to
+    the view's local entries (``propagate_with``)."""
 
-    def __init__(self, model: LinkModel, policy: LossPolicy, num_layers: int, layout: LinkLayout):
+    def __init__(self, model: LinkModel, policy: LossPolicy, num_layers: int, layout: LinkLayout, transport=None):
         self.model, self.policy, self.L, self.layout = model, policy, int(num_layers), layout
+        self.transport = transport
         self.used = 0
         self._context = None
         self._up = None
@@ -1399,6 +1401,16 @@ class _EvaluationLinks(Exchange):
         if self._up is not None:
             index = self._context.index_of(op)
             keep = tf.where(index >= 0, tf.gather(tf.constant(self._up), tf.maximum(index, 0)), True)
-            op = op._replace(values=tf.where(keep[None] if op.per_sample else keep, op.values,
-                                             tf.zeros_like(op.values)))
-        return lossy_apply(op, x, mask, self.policy, self._context.stale, ("fwd", layer))
+            keep = keep[None] if op.per_sample else keep
+            if self.transport is None:
+                op = op._replace(values=tf.where(keep, op.values, tf.zeros_like(op.values)))
+            else:  # an MPI rank's view: the same view with the surviving values
+                from core.distributed.exchange import ValuedView
+
+                values = tf.constant(op.values, x.dtype)
+                op = ValuedView(op, tf.where(keep, values, tf.zeros_like(values)))
+
+        def local(local_op: Operator, block: tf.Tensor) -> tf.Tensor:
+            return lossy_apply(local_op, block, mask, self.policy, self._context.stale, ("fwd", layer))
+
+        return local(op, x) if self.transport is None else self.transport.propagate_with(op, x, local)

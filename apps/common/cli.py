@@ -215,9 +215,6 @@ def add_link_arguments(parser: argparse.ArgumentParser, exchanges: str = "every 
 
 def check_link_arguments(args: argparse.Namespace) -> None:
     """The combinations the link flags' types cannot check; ValueError with one line (before TensorFlow loads)."""
-    if getattr(args, "backend", "local") == "mpi" and args.eval_under_loss:  # (core.trainer.Trainer refuses it too)
-        raise ValueError("--eval-under-loss does not run on --backend mpi yet: under MPI test metrics are measured "
-                         "over perfect links")
     given = [f"--{name.replace('_', '-')}" for name in GILBERT_FLAGS if getattr(args, name) is not None]
     if args.loss_model == "independent":
         if given or args.gilbert_loss_good:

@@ -49,9 +49,11 @@ SETUPS = {
     "gilbert-stale": dict(loss_model="gilbert", gilbert_p_gb=0.2, gilbert_p_bg=0.3, gilbert_loss_good=0.05,
                           gilbert_loss_bad=0.7, on_loss="stale"),
     "failure": dict(loss_prob=0.1, link_failure=0.25),  # S restricted and W rebuilt per mini-batch on each rank
+    "failure-eval": dict(loss_prob=0.2, link_failure=0.1, on_loss="stale", eval_under_loss=True),  # test too
 }
 CASES = [("d-sgd", "zero"), ("d-naive", "zero"), ("c-sgd", "stale"), ("d-amsgrad", "stale"), ("d-sgd", "retransmit"),
-         ("d-gt", "gilbert-stale"), ("d-naive-pb", "retransmit"), ("d-amsgrad", "failure")]
+         ("d-gt", "gilbert-stale"), ("d-naive-pb", "retransmit"), ("d-amsgrad", "failure"),
+         ("d-sgd", "failure-eval")]
 
 
 def make_trainer(task, graphs, name: str, setup: str, epochs: int = 2, run=None) -> Trainer:

@@ -1,6 +1,7 @@
 """Imperfect links under real ``mpiexec -n 3``: lossy_cases.py trains D-SGD, D-naive, C-SGD, D-AMSGrad, D-GT and
 D-naive-PB over lost packets (zero, stale, retransmit:2 and a Gilbert-Elliott chain with stale; D-AMSGrad also
-over link failures, S restricted and W rebuilt on every rank) and compares
+over link failures, S restricted and W rebuilt on every rank; D-SGD with its test metrics under loss and
+failures too) and compares
 every logged metric, the parameters and the counts with the in-process run (float64, rtol 1e-10), then resumes
 a 3-rank checkpoint in-process and the reverse. One launch (three TensorFlow start-ups), with a timeout; its
 process group is killed in ``finally``."""
@@ -19,7 +20,8 @@ from tests.core.distributed.launching import kill_group, launch, wait_all  # noq
 SCRIPT = Path(__file__).with_name("lossy_cases.py")
 CASES = [f"lossy/{name}/{setup}" for name, setup in (
     ("d-sgd", "zero"), ("d-naive", "zero"), ("c-sgd", "stale"), ("d-amsgrad", "stale"), ("d-sgd", "retransmit"),
-    ("d-gt", "gilbert-stale"), ("d-naive-pb", "retransmit"), ("d-amsgrad", "failure"))] + ["lossy/resume_across_p"]
+    ("d-gt", "gilbert-stale"), ("d-naive-pb", "retransmit"), ("d-amsgrad", "failure"),
+    ("d-sgd", "failure-eval"))] + ["lossy/resume_across_p"]
 TIMEOUT_S = 180
 
 
