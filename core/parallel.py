@@ -179,10 +179,10 @@ def _drain(progress_queue, bar: tqdm, done: dict, started: set) -> None:
         if name is None:  # (None, pid, "") from a worker that has just started
             started.add(epochs)
             continue
+        if postfix:  # before the update, which redraws the bar: else it shows the previous report's metric
+            bar.set_postfix_str(f"{name}: {postfix}", refresh=False)
         bar.update(max(0, epochs - done[name]))
         done[name] = max(done[name], epochs)
-        if postfix:
-            bar.set_postfix_str(f"{name}: {postfix}", refresh=False)
 
 
 def _start_worker(progress_queue, stop, threads: int, parent_pid: int, grace_s: float) -> None:

@@ -1077,8 +1077,8 @@ class Trainer:
                 else:
                     self._run_steps(batches, start, per_epoch)
                 postfix = f"{self.task.primary}={self.rows[-1][self.task.primary]:.4g}"
+                bar.set_postfix_str(postfix, refresh=False)  # before the update, which redraws the bar
                 bar.update(1)
-                bar.set_postfix_str(postfix, refresh=False)
                 if on_epoch is not None:
                     on_epoch(self.epoch, postfix)
                 if self.config.checkpoint_every and self.epoch % self.config.checkpoint_every == 0:
