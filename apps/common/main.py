@@ -20,12 +20,18 @@ from core.runs import RunDir, RunError
 RESUME_IGNORED = ("resume", "quiet", "out", "help", "version")
 """Flags that never come back from a saved run: --resume and -q are this invocation's own, and a resumed
 run writes into the folder it resumes, never into a path read from its config.json."""
+RESUME_OVERRIDES = ("jobs", "threads", "backend", "partition")
+"""Flags that may be given with ``--resume`` (how the run is executed, not what it computes: a run resumes
+under any P, or in-process, to the same numbers); the others would silently not apply, so they are refused."""
+_UNSET = object()
 
 
 def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], app: str,
                     renamed: Mapping[str, str] | None = None) -> tuple[argparse.Namespace, dict | None]:
     """Parse an experiment's flags: a ``--preset``'s values become the defaults (explicit flags win); with
-    ``--resume DIR`` the flags saved in DIR's config.json replace them all but ``-q`` and ``--resume``.
+    ``--resume DIR`` the flags saved in DIR's config.json replace them all but ``-q``, ``--resume`` and the
+    execution flags of :data:`RESUME_OVERRIDES` given with it; any other flag given with ``--resume`` is
+    refused (it would not apply).
 
     The saved flags are turned back into a command line and parsed by the same ``parser``, so they are
     validated exactly as typed ones are (an edited config.json cannot name an approach folder such as
@@ -38,6 +44,11 @@ def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], app: str,
     args = _parse_with_preset(parser, argv, presets)
     if args.resume is None:
         return args, None
+    given = _given_flags(parser, argv)
+    refused = [flag for dest, flag in given.items() if dest not in (*RESUME_IGNORED[:2], *RESUME_OVERRIDES)]
+    if refused:
+        raise ValueError(f"--resume continues a run with its saved flags, so {refused[0]} would not apply: resume "
+                         f"without it, or start a new run with --out")
     run = RunDir(args.resume, create=False) if Path(args.resume).is_dir() else None
     if run is None:
         raise ValueError(f"--resume: run directory {args.resume} does not exist")
@@ -59,7 +70,19 @@ def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], app: str,
         raise ValueError(f"--resume: {run.config_path}: {exc}") from None
     resumed = _parse_with_preset(_raising(parser, f"--resume: {run.config_path}: saved flags"), replayed, presets)
     resumed.quiet, resumed.resume, resumed.out = args.quiet, args.resume, None
+    for dest in given:
+        if dest in RESUME_OVERRIDES:
+            setattr(resumed, dest, getattr(args, dest))
     return resumed, config
+
+
+def _given_flags(parser: argparse.ArgumentParser, argv) -> dict[str, str]:
+    """{dest: option string} of the flags ``argv`` gives explicitly (abbreviations included): parsed into a
+    namespace whose every attribute is a sentinel, which argparse leaves alone where no flag sets it."""
+    actions = [a for a in parser._actions if a.dest != argparse.SUPPRESS]
+    probe = argparse.Namespace(**{a.dest: _UNSET for a in actions})
+    parser.parse_args(argv, namespace=probe)
+    return {a.dest: (a.option_strings or [a.dest])[-1] for a in actions if getattr(probe, a.dest) is not _UNSET}
 
 
 def saved_flags_to_argv(parser: argparse.ArgumentParser, saved: Mapping) -> list[str]:

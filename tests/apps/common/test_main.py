@@ -71,6 +71,28 @@ def test_resume_of_a_run_saved_before_a_flag_existed_gives_that_flag_its_default
     assert resumed and args.lr == 0.5 and args.jobs == 2 and args.quiet and args.resume == str(run.path)
 
 
+def test_resume_takes_execution_flags_and_refuses_flags_that_would_not_apply(tmp_path):
+    from apps.common.main import parse_run_flags
+    from core.runs import RunDir
+
+    parser = argparse.ArgumentParser()
+    for flag, default in (("--preset", None), ("--resume", None), ("--epochs", 10), ("--jobs", 2),
+                          ("--backend", "local")):
+        parser.add_argument(flag, default=default)
+    parser.add_argument("-q", "--quiet", action="store_true")
+    run = RunDir(tmp_path / "run")
+    run.write_config({"flags": {"epochs": 40, "jobs": 2, "backend": "mpi"}})
+    args, _ = parse_run_flags(parser, ["--resume", str(run.path), "--jobs", "1", "--backend", "local", "-q"], {},
+                              app="test")
+    assert (args.epochs, args.jobs, args.backend, args.quiet) == ("40", "1", "local", True)  # (no types here)
+    args, _ = parse_run_flags(parser, ["--resume", str(run.path)], {}, app="test")
+    assert (args.epochs, args.jobs, args.backend) == ("40", "2", "mpi")
+    for extra in (["--epochs", "80"], ["--ep", "80"], ["--preset", "quick"]):  # abbreviations too
+        with pytest.raises(ValueError, match=r"--resume continues a run with its saved flags, so --(epochs|preset) "
+                                             r"would not apply"):
+            parse_run_flags(parser, ["--resume", str(run.path), *extra], {"quick": {}}, app="test")
+
+
 def test_an_import_broken_by_the_interrupt_counts_as_an_interruption(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
