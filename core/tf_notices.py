@@ -88,8 +88,9 @@ def filtered_stderr(drop=STARTUP_NOTICES):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             sys.stderr.flush()
         os.dup2(original, 2)  # closes the pipe's last write end: the relay reads to its end and stops
-        relay.join()
-        os.close(original)
+        relay.join(timeout=5.0)  # (a process started meanwhile could hold a write end: never wait on it)
+        if not relay.is_alive():  # else the relay keeps writing to it (closed, its number could be reused)
+            os.close(original)
 
 
 def _relay_lines(read_end: int, out: int, drop: tuple[str, ...]) -> None:
