@@ -172,6 +172,8 @@ class ValuedView:
     values: object
 
     def __getattr__(self, name):  # rows, cols, send_index, symmetric, owned, ghosts, ...: the base view's
+        if name.startswith("__") or name == "base":  # (copy and pickle probe before the fields exist)
+            raise AttributeError(name)
         return getattr(self.base, name)
 
     def transposed(self) -> TransposedView:
