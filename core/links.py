@@ -757,29 +757,47 @@ class StaleBuffer:
 class StaleLinks:
     """The stale buffer keyed by directed link instead of by operator entry, between the compiled calls of graphs
     drawn per mini-batch (App C): graph t+1's entry k is in general another link than graph t's, so an
-    entry-aligned buffer carried over would hand a receiver some other neighbour's payload. Per slot: the sorted
-    link codes seen so far (:func:`link_codes` of the slot operator's (col, row): S for fwd/bwd, W else) and
-    each one's last payload; :meth:`aligned` lays them out on a graph's entries (0 for a link not seen yet, as
-    before a first arrival), :meth:`update` takes a call's buffer back. NumPy, between calls."""
+    entry-aligned buffer carried over would hand a receiver some other neighbour's payload. Per slot: the link
+    codes seen so far (:func:`link_codes` of the slot operator's (col, row): S for fwd/bwd, W else) and each
+    one's last payload; :meth:`aligned` lays them out on a graph's entries (0 for a link not seen yet, as
+    before a first arrival), :meth:`update` takes a call's buffer back. NumPy, between calls.
+
+    A slot's payloads live in a table that is written in place and grows only by the links not seen before
+    (App C's union of links saturates within a few graphs), so an update costs a write of the graph's rows,
+    not a copy of every link's payload (App C's θ slot: 10^4 links x 2177 floats). :meth:`copy` (the trainer's
+    epoch snapshots) shares the tables, and the first update of a shared one copies it."""
 
     def __init__(self, slots: dict | None = None):
-        self.slots: dict[str, tuple[np.ndarray, np.ndarray]] = dict(slots or {})
+        # slot -> [sorted codes, table row of each sorted code, table (rows, ...), shared with a copy]
+        self.slots: dict[str, list] = {}
+        for slot, (codes, values) in (slots or {}).items():
+            order = np.argsort(codes, kind="stable")
+            self.slots[slot] = [np.asarray(codes, np.int64)[order], order, np.asarray(values), False]
 
     def copy(self) -> StaleLinks:
-        return StaleLinks(self.slots)  # the arrays are replaced, never written into
+        other = StaleLinks()
+        for slot, entry in self.slots.items():
+            entry[3] = True  # both hold it now: whichever updates first copies
+            other.slots[slot] = entry
+        return other
+
+    def _lookup(self, slot: str, codes: np.ndarray):
+        """(entry, table row of each code, found) for a stored slot."""
+        entry = self.slots[slot]
+        known = entry[0]
+        pos = np.minimum(np.searchsorted(known, codes), known.size - 1)
+        found = known[pos] == codes
+        return entry, entry[1][pos], found
 
     def aligned(self, slot: str, codes: np.ndarray, template) -> np.ndarray:
         """The slot's payloads on entries with link ``codes`` (nnz,), shaped and typed like ``template`` (a
         buffer value of this graph, (nnz, ...)): the stored payload of each entry's link, 0 where none."""
         template = np.asarray(template)
         out = np.zeros(template.shape, template.dtype)
-        stored = self.slots.get(slot)
-        if stored is None or not stored[0].size:
+        if slot not in self.slots or not self.slots[slot][0].size:
             return out
-        known, values = stored
-        pos = np.minimum(np.searchsorted(known, codes), known.size - 1)
-        found = known[pos] == codes
-        out[found] = values[pos[found]]
+        entry, rows, found = self._lookup(slot, codes)
+        out[found] = entry[2][rows[found]]
         return out
 
     def update(self, slot: str, codes: np.ndarray, values) -> None:
@@ -788,18 +806,28 @@ class StaleLinks:
         keeps its last occurrence."""
         values = np.asarray(values)
         last = codes.size - 1 - np.unique(codes[::-1], return_index=True)[1]
-        new_codes, new_values = codes[last], values[last]
-        known, old = self.slots.get(slot, (np.zeros(0, np.int64), np.zeros((0,) + values.shape[1:], values.dtype)))
-        keep = ~np.isin(known, new_codes)
-        merged = np.concatenate([known[keep], new_codes])
-        order = np.argsort(merged, kind="stable")
-        self.slots[slot] = (merged[order], np.concatenate([old[keep], new_values])[order])
+        codes, values = codes[last], values[last]
+        if slot not in self.slots:
+            self.slots[slot] = [codes, np.arange(codes.size), values, False]  # (np.unique sorted them; copies)
+            return
+        entry, rows, found = self._lookup(slot, codes)
+        if entry[3]:  # shared with a snapshot: this holder gets its own copy
+            entry = self.slots[slot] = [entry[0], entry[1], entry[2].copy(), False]
+        entry[2][rows[found]] = values[found]
+        if not found.all():  # links not seen before: appended to the table, the index re-sorted
+            new = ~found
+            first = entry[2].shape[0]
+            entry[2] = np.concatenate([entry[2], values[new]])
+            merged = np.concatenate([entry[0], codes[new]])
+            table_rows = np.concatenate([entry[1], np.arange(first, first + int(new.sum()))])
+            order = np.argsort(merged, kind="stable")
+            entry[0], entry[1] = merged[order], table_rows[order]
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Checkpoint arrays: ``stale_codes/<slot>`` and ``stale_links/<slot>``."""
+        """Checkpoint arrays: ``stale_codes/<slot>`` (sorted) and ``stale_links/<slot>`` (their payloads)."""
         out = {}
-        for slot, (codes, values) in sorted(self.slots.items()):
-            out[f"stale_codes/{slot}"], out[f"stale_links/{slot}"] = codes, values
+        for slot, (codes, rows, table, _) in sorted(self.slots.items()):
+            out[f"stale_codes/{slot}"], out[f"stale_links/{slot}"] = codes, table[rows]
         return out
 
     @classmethod

@@ -657,9 +657,10 @@ class Trainer:
             self._chain, self._stale, self._link_totals, self._row_totals, self._packet_sizes = link_state
             self._stale_links = StaleLinks.from_arrays({k[len("links/"):]: v for k, v in arrays.items()
                                                         if k.startswith(("links/stale_codes/", "links/stale_links/"))})
-            for slot, (_, values) in self._stale_links.slots.items():
-                if values.dtype != self.dtype.as_numpy_dtype:
-                    raise bad(f"has the stale slot {slot} in {values.dtype}, not {self.dtype.name}")
+            for slot, values in self._stale_links.arrays().items():
+                if slot.startswith("stale_links/") and values.dtype != self.dtype.as_numpy_dtype:
+                    raise bad(f"has the stale slot {slot[len('stale_links/'):]} in {values.dtype}, not "
+                              f"{self.dtype.name}")
         self.epoch, self.step = meta["epoch"], meta["step"]
         self.rounds, self.floats, self.wall = meta["mp_rounds"], meta["floats_sent"], float(meta["wall_s"])
         self.rng.bit_generator.state = meta["rng_state"]

@@ -284,6 +284,12 @@ def test_stale_links_keep_each_links_last_payload_across_patterns():
     assert not store.aligned("fwd/2", np.array([5]), np.zeros((1, 2))).any()  # slots are separate
     again = StaleLinks.from_arrays(store.arrays())
     np.testing.assert_array_equal(again.aligned("fwd/1", np.array([1, 7]), np.zeros((2, 2)))[:, 0], [1, 70])
+    snapshot = store.copy()  # shares the tables; whichever is updated first copies (a rollback stays valid)
+    store.update("fwd/1", np.array([1, 4]), np.array([[-1.0, -1], [4, 4]]))
+    snapshot.update("fwd/1", np.array([9]), np.array([[-9.0, -9]]))
+    keys = np.array([1, 4, 9])
+    np.testing.assert_array_equal(store.aligned("fwd/1", keys, np.zeros((3, 2)))[:, 0], [-1, 4, 90])
+    np.testing.assert_array_equal(snapshot.aligned("fwd/1", keys, np.zeros((3, 2)))[:, 0], [1, 0, -9])
 
 
 def permuted(ops: GraphOps, seed: int) -> GraphOps:
