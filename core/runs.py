@@ -245,7 +245,9 @@ def check_new_run_path(path: str | os.PathLike) -> Path:
             if not parent.is_dir():
                 raise RunError(f"{parent} is a file, not a folder")
             break
-    if path.exists() and (not path.is_dir() or _has_content(path)):
+    if path.exists() and not path.is_dir():
+        raise RunError(f"{path} is a file, not a run directory; choose another --out")
+    if path.exists() and _has_content(path):
         raise RunError(f"{path} already exists and is not empty; use --resume {path} or another --out")
     return path
 

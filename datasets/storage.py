@@ -397,6 +397,8 @@ class DatasetReader:
         self.schema = schema
         self._datasets: dict[str, h5py.Dataset] = {}
         self.parsed_config = None
+        if self.path.is_dir():
+            raise DatasetError(f"{self.path}: a folder, not a dataset file")
         if not self.path.is_file():
             raise DatasetError(f"{self.path}: no such dataset file")
         try:

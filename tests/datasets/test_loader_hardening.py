@@ -172,5 +172,5 @@ def test_stored_config_is_parsed_and_checked(node_file, power_file, graph_file, 
 
 def test_unusable_paths(tmp_path):
     assert_dataset_error(nr.load, tmp_path / "missing.h5", "no such dataset file")
-    assert_dataset_error(nr.load, tmp_path, "no such dataset file")
+    assert_dataset_error(nr.load, tmp_path, "a folder, not a dataset file")
     assert_dataset_error(PowerAllocationDataset, tmp_path / "bad\0name.h5", "no such dataset file")

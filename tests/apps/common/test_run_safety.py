@@ -115,6 +115,14 @@ def test_a_run_directory_in_use_is_refused(run_copy, tmp_path, capsys):
     assert files(run_copy) == before | {".lock": (run_copy / ".lock").read_bytes()}
 
 
+def test_an_out_that_is_a_file_is_refused_and_left_alone(tmp_path, capsys):
+    target = tmp_path / "results.csv"
+    target.write_text("mine\n")
+    assert main([*TINY, "--epochs", "1", "--optimizer", "c-sgd", "--out", str(target)]) == 2
+    assert f"{target} is a file, not a run directory" in one_error_line(capsys)
+    assert target.read_text() == "mine\n"
+
+
 def test_out_creates_missing_parent_folders(tmp_path):
     out = tmp_path / "a" / "b" / "run"
     assert main([*TINY, "--epochs", "1", "--optimizer", "c-sgd", "--out", str(out)]) == 0
