@@ -1178,14 +1178,15 @@ class Trainer:
                 feed, draw = self._link_feed(step0 + b, [graph])
                 stale = self._stale_values(graph, feed, indices) if stale is None else stale
                 if by_link:  # this graph's entries get their links' last payloads
-                    stale = {k: tf.constant(self._stale_links.aligned(k, self._slot_codes(graph, k), v), v.dtype)
+                    codes = {k: self._slot_codes(graph, k) for k in stale}
+                    stale = {k: tf.constant(self._stale_links.aligned(k, codes[k], v), v.dtype)
                              for k, v in stale.items()}
                 theta, state, metrics, finite, stale = self.step_fn(
                     theta, state, tf.constant(step0 + b, tf.int64), tf.constant(indices), graph,
                     tf.nest.map_structure(lambda t: t[0], feed), stale)
                 if by_link:
                     for k, v in stale.items():
-                        self._stale_links.update(k, self._slot_codes(graph, k), v.numpy())
+                        self._stale_links.update(k, codes[k], v.numpy())
                 draws.append(draw)
             else:
                 theta, state, metrics, finite = self.step_fn(theta, state, tf.constant(step0 + b, tf.int64),

@@ -127,6 +127,10 @@ class TensorView(NamedTuple):
     def per_sample(self) -> bool:
         return self.values.shape.rank == 2
 
+    @property
+    def num_owned(self) -> int:  # (as an OperatorView names it)
+        return self.num_nodes
+
     def transposed(self) -> TransposedTensorView:
         return TransposedTensorView(self)
 
@@ -344,6 +348,8 @@ class MPIExchange(Exchange):
         if isinstance(view, ValuedView):  # the base's pattern, the program's values
             rows, cols, _ = self._constants(view.base, dtype)
             return rows, cols, tf.cast(view.values, dtype)
+        if isinstance(view, TensorView):  # a graph drawn per call: its entries are inputs of the program
+            return view.rows, view.cols, tf.cast(view.values, dtype)
         per_view = self._tensors.setdefault(view, {})
         if dtype not in per_view:
             with tf.init_scope():  # eager constants even when first used while tracing a tf.function
@@ -450,7 +456,9 @@ class MPIExchange(Exchange):
 
         @tf.custom_gradient
         def block(x):
-            return self._extended_tf(view, x), lambda d_ext: self._returned_block_tf(view, d_ext)
+            out = (self._plan_block_tf(view, x, self.extended_rows, None) if isinstance(view, TensorView)
+                   else self._extended_tf(view, x))
+            return out, lambda d_ext: self._returned_block_tf(view, d_ext)
 
         return block(x)
 
@@ -461,7 +469,9 @@ class MPIExchange(Exchange):
 
         @tf.custom_gradient
         def returned(contributions):
-            return self._returned_tf(view, contributions), lambda dy: self._extended_block_tf(view, dy)
+            out = (self._plan_block_tf(view, contributions, self.returned_rows_added, view.num_owned)
+                   if isinstance(view, TensorView) else self._returned_tf(view, contributions))
+            return out, lambda dy: self._extended_block_tf(view, dy)
 
         return returned(contributions)
 
@@ -558,28 +568,6 @@ class MPIExchange(Exchange):
 
         return forward(x)
 
-    def _tensor_extended_block_tf(self, view: TensorView, x):
-        """:meth:`_extended_block_tf` of a :class:`TensorView`: [x; this graph's ghost rows], differentiable."""
-        import tensorflow as tf
-
-        @tf.custom_gradient
-        def block(x):
-            out = self._plan_block_tf(view, x, self.extended_rows, None)
-            return out, lambda d_ext: self._tensor_returned_block_tf(view, d_ext)
-
-        return block(x)
-
-    def _tensor_returned_block_tf(self, view: TensorView, contributions):
-        """:meth:`_returned_block_tf` of a :class:`TensorView` (gradient: :meth:`_tensor_extended_block_tf`)."""
-        import tensorflow as tf
-
-        @tf.custom_gradient
-        def returned(contributions):
-            out = self._plan_block_tf(view, contributions, self.returned_rows_added, view.num_nodes)
-            return out, lambda dy: self._tensor_extended_block_tf(view, dy)
-
-        return returned(contributions)
-
     def _tensor_reverse_tf(self, view: TensorView, x):
         import tensorflow as tf
 
@@ -608,19 +596,12 @@ class MPIExchange(Exchange):
         to the owners. The communication steps are differentiable (each one's gradient is the other
         direction), so TensorFlow differentiates ``local`` as usual.
         """
-        from core.ops import Operator
 
         x = _tf_convert(x)
-        if isinstance(op, TransposedView):
+        if isinstance(op, (TransposedView, TransposedTensorView)):
             return self._reverse_with(op.base, x, local)
-        if isinstance(op, (OperatorView, ValuedView)):
+        if isinstance(op, (OperatorView, ValuedView, TensorView)):  # (TensorView: the plan chosen at run time)
             return self._forward_with(op, x, local)
-        if isinstance(op, TensorView):  # a graph drawn per call (App C): the plan chosen at run time
-            return local(Operator(op.rows, op.cols, op.values, op.num_nodes), self._tensor_extended_block_tf(op, x))
-        if isinstance(op, TransposedTensorView):
-            view = op.base
-            contributions = local(Operator(view.cols, view.rows, view.values, view.num_nodes + view.num_ghosts), x)
-            return self._tensor_returned_block_tf(view, contributions)
         raise TypeError(f"MPIExchange.propagate_with needs an OperatorView (exchange.view(op)), a TensorView "
                         f"(exchange.tensor_view(op)) or their transposed(), got {type(op).__name__}")
 
