@@ -10,7 +10,8 @@ differs (docs/design.md, section 11):
   of evaluation exchanges (``NO_COUNT`` locally; two :class:`core.distributed.exchange.MPIExchange` under
   MPI, so that the bytes of training are counted apart from those of evaluation).
   :class:`core.comm.CommSimulator` keeps counting logical rounds and floats and hands the data to the
-  transport;
+  transport; ``under_loss`` is set while the trainer evaluates over imperfect links with its own
+  ``eval_transport`` (:meth:`core.trainer.Task.test_links`);
 - reductions inside compiled programs: :meth:`consensus_model`, :meth:`consensus_error`,
   :meth:`sum_gradient` (a centralized gradient is the sum of the ranks' parts, each the gradient of its
   nodes' losses divided by the global |V|);
@@ -63,6 +64,7 @@ class LocalBackend:
 
     distributed = False
     rank, size, is_root = 0, 1, True
+    under_loss = False  # (module docstring)
 
     def __init__(self, num_nodes: int | None = None):
         self.num_nodes = None if num_nodes is None else int(num_nodes)
@@ -211,7 +213,8 @@ class MPIBackend(LocalBackend):
         return self._views[key][1]
 
     def local_graph(self, ops):
-        return type(ops)(*(self.view(op) for op in ops))
+        """This rank's views of the graph's exchange operators (S and W; ``observed`` stays whole)."""
+        return ops._replace(shift=self.view(ops.shift), mixing=self.view(ops.mixing))
 
     def link_view(self, op):
         return None if op is None else self.transport.registered_view(op)

@@ -80,7 +80,7 @@ command-line flags by :meth:`LinkSetup.from_flags`, the link seed :func:`link_se
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -790,10 +790,11 @@ class StaleLinks:
         return entry, entry[1][pos], found
 
     def aligned(self, slot: str, codes: np.ndarray, template) -> np.ndarray:
-        """The slot's payloads on entries with link ``codes`` (nnz,), shaped and typed like ``template`` (a
-        buffer value of this graph, (nnz, ...)): the stored payload of each entry's link, 0 where none."""
+        """The slot's payloads on entries with link ``codes`` (nnz,), (nnz, ...) typed and trailing-shaped like
+        ``template`` (a buffer value of some graph: under MPI a rank's entries of another graph may number
+        differently): the stored payload of each entry's link, 0 where none."""
         template = np.asarray(template)
-        out = np.zeros(template.shape, template.dtype)
+        out = np.zeros((np.size(codes), *template.shape[1:]), template.dtype)
         if slot not in self.slots or not self.slots[slot][0].size:
             return out
         entry, rows, found = self._lookup(slot, codes)
@@ -829,6 +830,33 @@ class StaleLinks:
         for slot, (codes, rows, table, _) in sorted(self.slots.items()):
             out[f"stale_codes/{slot}"], out[f"stale_links/{slot}"] = codes, table[rows]
         return out
+
+    @classmethod
+    def merged(cls, parts: Sequence[Mapping[str, np.ndarray]]) -> StaleLinks:
+        """One buffer of the :meth:`arrays` of buffers holding disjoint links (MPI ranks, each the links it
+        receives on); a link in two parts keeps the first part's payload."""
+        slots = {}
+        for part in parts:
+            for key, codes in part.items():
+                if key.startswith("stale_codes/"):
+                    slot = key[len("stale_codes/"):]
+                    have = slots.setdefault(slot, ([], []))
+                    have[0].append(np.asarray(codes, np.int64))
+                    have[1].append(np.asarray(part[f"stale_links/{slot}"]))
+        out = {}
+        for slot, (codes, values) in slots.items():
+            codes, values = np.concatenate(codes), np.concatenate(values)
+            _, first = np.unique(codes, return_index=True)
+            out[slot] = (codes[first], values[first])
+        return cls(out)
+
+    def receiving(self, receivers) -> StaleLinks:
+        """The buffer of the links into ``receivers`` only (an MPI rank's, resuming a whole run's buffer)."""
+        out = {}
+        for slot, (codes, rows, table, _) in self.slots.items():
+            keep = np.isin(codes & np.int64(2 ** _CODE_SHIFT - 1), np.asarray(receivers, np.int64))
+            out[slot] = (codes[keep], table[rows[keep]])
+        return StaleLinks(out)
 
     @classmethod
     def from_arrays(cls, arrays) -> StaleLinks:

@@ -229,10 +229,14 @@ def _shape(tensor: tf.Tensor) -> tuple:
 
 
 class GraphOps(NamedTuple):
-    """The operators of one graph G(t): the shift S of the GNN and the consensus weights W (eq. 16)."""
+    """The operators of one graph G(t): the shift S of the GNN and the consensus weights W (eq. 16), along
+    whose links the nodes exchange messages, and optionally ``observed``: what the task computes on that is no
+    message between neighbours (App C's server holds the whole conflict graph): passed to the task as it is,
+    never lost nor restricted by the link model, and under MPI not cut into a rank's view."""
 
     shift: Operator
     mixing: Operator | None = None
+    observed: Operator | None = None
 
 
 class Task:
@@ -296,6 +300,14 @@ class Task:
         fixed training graph, or None when graphs are drawn per mini-batch (the task then evaluates
         on graphs of its own)."""
         raise NotImplementedError
+
+    def test_links(self):
+        """For a test evaluation over imperfect links (``eval_under_loss``) of a task that tests on a graph of
+        its own: ``(shift, exchange)``, the operator its test exchanges run on (under MPI this rank's view of it)
+        and the MPI exchange that moves their halos (None in-process); its evaluation then exchanges through
+        ``self.backend.eval_transport`` whenever ``self.backend.under_loss`` is set. None (the default): the
+        test split runs on the fixed training graph, through ``backend.eval_transport`` always."""
+        return None
 
 
 class FixedGraph:
@@ -432,20 +444,15 @@ class Trainer:
         self.links = links
         self._lossy = links is not None and links.active  # else the lossless programs run, untouched
         self._layouts: dict[int, tuple[GraphOps, LinkLayout]] = {}
+        self._test_layout: tuple | None = None  # (operator, layout) of Task.test_links
         if links is not None:
             self.columns = (*self.columns[:-1], *LINK_COLUMNS, "wall_s")
             self._schedule = task.schedule(optimizer, config.batch_size)
             if self._lossy and self._schedule is None:
                 raise ValueError("a link model needs a task whose exchanges are counted (Task.schedule returns None)")
-            if self._lossy and self.backend.distributed and links.model.link_failure > 0 and not graphs.fixed:
-                raise ValueError("link failures under the MPI backend need a fixed graph (packet loss does not)")
-            if (self._lossy and self.backend.distributed and links.policy.kind == "stale" and not graphs.fixed
-                    and not getattr(graphs, "same_shapes", False)):
-                raise ValueError("the stale policy on graphs drawn per mini-batch runs in-process only (a rank's "
-                                 "entries change with every graph)")
-            if self._lossy and links.eval_under_loss and not graphs.fixed:
-                raise ValueError("--eval-under-loss needs a fixed graph (the task evaluates graphs drawn per "
-                                 "mini-batch on graphs of its own)")
+            if self._lossy and links.eval_under_loss and not graphs.fixed and task.test_links() is None:
+                raise ValueError("--eval-under-loss needs a fixed graph, or a task that names the graph it tests on "
+                                 "(Task.test_links)")
         self._eval_lossy = self._lossy and links.eval_under_loss
         self._csr = self._csr_layouts()  # (shift, mixing) CSR layouts when the exchanges run as CSR products
         self.kernel = "csr" if self._csr is not None else "xla"
@@ -539,6 +546,14 @@ class Trainer:
         self._last_layout: LinkLayout | None = None
         if not hasattr(self, "_pool"):
             self._pool = None
+
+    @property
+    def _stale_by_link(self) -> bool:
+        """Whether the stale buffer is kept by link between compiled calls (:class:`core.links.StaleLinks`):
+        graphs drawn per mini-batch, a call each (:meth:`_run_steps`; the stacked calls of graphs of one
+        pattern, :meth:`_run_stacked`, keep it entry-aligned)."""
+        return (self.links is not None and self.links.policy.kind == "stale" and not self.graphs.fixed
+                and not (not self.config.log_every_step and getattr(self.graphs, "same_shapes", False)))
 
     def _per_node(self, array) -> bool:
         """Whether an array of theta or the optimizer state has a node axis (one row per owned node)."""
@@ -657,6 +672,8 @@ class Trainer:
             self._chain, self._stale, self._link_totals, self._row_totals, self._packet_sizes = link_state
             self._stale_links = StaleLinks.from_arrays({k[len("links/"):]: v for k, v in arrays.items()
                                                         if k.startswith(("links/stale_codes/", "links/stale_links/"))})
+            if self.backend.distributed:  # the links this rank receives on
+                self._stale_links = self._stale_links.receiving(self.backend.owned)
             for slot, values in self._stale_links.arrays().items():
                 if slot.startswith("stale_links/") and values.dtype != self.dtype.as_numpy_dtype:
                     raise bad(f"has the stale slot {slot[len('stale_links/'):]} in {values.dtype}, not "
@@ -682,8 +699,12 @@ class Trainer:
                 chain = GilbertState(codes[first], np.concatenate([c["bad"] for c in parts])[first],
                                      np.concatenate([c["last"] for c in parts])[first])
         out = {f"links/chain_{k}": v for k, v in chain.arrays().items()}
-        if self._stale_links.slots:  # graphs drawn per mini-batch: the buffer by link is the state
-            out.update({f"links/{k}": v for k, v in self._stale_links.arrays().items()})
+        if self._stale_by_link:  # graphs drawn per mini-batch: the buffer by link is the state
+            stale_links = self._stale_links
+            if self.backend.distributed:  # each rank holds the links it receives on: their union
+                parts = self.backend.comm.gather(stale_links.arrays(), root=0)
+                stale_links = StaleLinks.merged(parts) if self.backend.is_root else stale_links
+            out.update({f"links/{k}": v for k, v in stale_links.arrays().items()})
             return out
         for slot, value in sorted((self._stale or {}).items()):
             value = value.numpy()
@@ -831,22 +852,26 @@ class Trainer:
         (:class:`core.distributed.exchange.ValuedView`); W's Metropolis-Hastings weights need the surviving
         degrees of the ghost nodes, which one forward exchange of the owned nodes' degrees brings (a message
         round of topology upkeep: in the bytes on the wire, not in the logical counts, as in-process)."""
-        from core.distributed.exchange import ValuedView
+        from core.distributed.exchange import TensorView, ValuedView
 
         exchange, shift, mixing = self.backend.transport, graph.shift, graph.mixing
+
+        def with_values(view, values):  # (a drawn graph's TensorView holds its values as an input already)
+            return view._replace(values=values) if isinstance(view, TensorView) else ValuedView(view, values)
+
         if shift is not None:
-            values = tf.constant(shift.values, self.dtype)
-            shift = ValuedView(shift, tf.where(up["shift"], values, tf.zeros_like(values)))
+            values = tf.cast(shift.values, self.dtype)
+            shift = with_values(shift, tf.where(up["shift"], values, tf.zeros_like(values)))
         if mixing is not None:
-            local = Operator(tf.constant(mixing.rows), tf.constant(mixing.cols), tf.constant(mixing.values, self.dtype),
-                             mixing.num_owned)
+            local = Operator(tf.convert_to_tensor(mixing.rows), tf.convert_to_tensor(mixing.cols),
+                             tf.cast(mixing.values, self.dtype), mixing.num_owned)
             view = mixing
 
             def extended_degrees(degree):
                 return exchange.extended_block(view, degree[:, None])[:, 0]
 
             rebuilt = surviving_mixing_tf(local, up["mixing"], self.links.mixing_rule, extended_degrees)
-            mixing = ValuedView(mixing, rebuilt.values)
+            mixing = with_values(mixing, rebuilt.values)
         return graph._replace(shift=shift, mixing=mixing)
 
     def _evaluate(self, theta, graph: GraphOps, split: str):
@@ -1170,7 +1195,7 @@ class Trainer:
         graph = self.graphs.ops if self.graphs.fixed else None
         step0 = self.step  # per-step logging advances self.step within the loop: t = step0 + b
         stale = None
-        by_link = not self.graphs.fixed and self.links is not None and self.links.policy.kind == "stale"
+        by_link = self._stale_by_link
         for b, indices in enumerate(batches):
             if not self.graphs.fixed:
                 graph = self.graphs.draw(self.rng)
@@ -1253,9 +1278,17 @@ class Trainer:
         ``model.for_evaluation(evaluation)`` (fresh chains, a fresh stale buffer, its own links down), so
         evaluating never changes the training draws. The task must evaluate through ``task.backend.eval_transport``
         (as :class:`core.supervised.SupervisedGCNN` does)."""
+        own = self.task.test_links()
+        if own is None:
+            layout, transport = self._layout(graph), self.backend.eval_transport if self.backend.distributed else None
+        else:  # the task's test graph (the same every time: its layout is kept)
+            shift, transport = own
+            if self._test_layout is None or self._test_layout[0] is not shift:
+                owned = np.asarray(shift.owned) if transport is not None else None
+                self._test_layout = (shift, LinkLayout({"shift": shift}, owned))
+            layout = self._test_layout[1]
         exchange = _EvaluationLinks(self.links.model.for_evaluation(evaluation), self.links.policy,
-                                    self._schedule.L, self._layout(graph),
-                                    self.backend.eval_transport if self.backend.distributed else None)
+                                    self._schedule.L, layout, transport)
         backend = self.task.backend if hasattr(self.task, "backend") else None
         self.task.backend = _EvaluationBackend(backend or self.backend, exchange)
         try:
@@ -1362,6 +1395,8 @@ class Trainer:
 
 class _EvaluationBackend:
     """A task's backend with another ``eval_transport`` (see :meth:`Trainer._evaluate_under_loss`)."""
+
+    under_loss = True  # (Task.test_links: the task's test exchanges then go through eval_transport)
 
     def __init__(self, backend, eval_transport: Exchange):
         self._backend, self.eval_transport = backend, eval_transport

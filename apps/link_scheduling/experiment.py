@@ -217,15 +217,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "with dense per-sample matrices inside the optimizer, not through the exchanges; use "
                          "--mode algorithm1")
     common_cli.check_link_arguments(args)
-    if args.backend == "mpi" and args.on_loss == "stale" and common_cli.links_active(args):
-        raise ValueError("--on-loss stale does not run on --backend mpi in App C (zero and retransmit:R do): each "
-                         "mini-batch's graph has its own entries on a rank, which a stale buffer cannot follow")
-    if args.eval_under_loss:
-        raise ValueError("--eval-under-loss is not available in App C: its test ratio is measured on test graphs of "
-                         "its own, over perfect links (the trainer evaluates under loss on a fixed graph only)")
-    if args.backend == "mpi" and args.link_failure > 0:
-        raise ValueError("--link-failure does not run on --backend mpi in App C (it does in App A): its graphs are "
-                         "drawn per mini-batch")
     if args.mode == "authors" and common_cli.links_active(args):
         raise ValueError("--mode authors runs over perfect links only: its replay mixes the per-sample gradients "
                          "inside the optimizer, outside the exchanges the link model acts on; use --mode algorithm1")

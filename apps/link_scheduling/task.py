@@ -33,20 +33,22 @@ snapshots through :meth:`LinkSchedulingTask.state_arrays` / :meth:`load_state_ar
 
 MPI (``backend``: a :class:`core.backend.MPIBackend`; docs/design.md, section 11): the actor is distributed
 over the ranks, each running the forward and backward passes of its vertices (vertex i keeps parameter copy
-i), exchanging with the others along the drawn graph's edges: every graph of a run reaches the trainer as
-this rank's views of S(t) and W(t) (:class:`core.distributed.exchange.TensorView`, on the communicator of
-the union of the training and test graphs' edges, so one compiled step serves every graph and each
-exchanges its own halo) together with the whole S(t) for the server. The server is rank 0: the nodes send
-it z~_i(b) and z_i (:meth:`core.backend.LocalBackend.gather_to_root`); it runs the LGS (targets and the
-training ratio: a measurement computed centrally from the gathered z and its own weight draws, although the
-LGS itself is a distributed algorithm whose rounds are reported), the critic's forward and backward passes
-and its Adam step, and sends node i its dJ/dz~_i(b) (``scatter_from_root``) and every rank the logged
-metrics (``bcast_tensor``). The critic's parameters and moments live on rank 0 (the other ranks hold a copy
-they never update) and go into rank 0's checkpoints, so a run resumes under another P or in-process. Every
-random draw is the same stateless function of (seed, t) on every rank; a rank uses its vertices' rows of the
-exploration noise, rank 0 the server's draws (weights and target noise). Evaluation runs the actor on the
-block-diagonal test graph distributed the same way (a vertex's copy serves its G_test block copies), and
-rank 0 measures the LGS ratio.
+i), exchanging with the others along the drawn graph's edges: every graph of a run reaches the trainer as this
+rank's views of S(t) and W(t) (:class:`core.distributed.exchange.TensorView`, on the communicator of the union
+of the training and test graphs' edges, so one compiled step serves every graph and each exchanges its own
+halo) together with the whole S(t) for the server (``GraphOps.observed``: no messages between neighbours, so
+the link model never loses nor restricts it, in-process as under MPI). The server is rank 0: the nodes send it
+z~_i(b) and z_i (:meth:`core.backend.LocalBackend.gather_to_root`); it runs the LGS (targets and the training
+ratio: a measurement computed centrally from the gathered z and its own weight draws, although the LGS itself
+is a distributed algorithm whose rounds are reported), the critic's forward and backward passes and its Adam
+step, and sends node i its dJ/dz~_i(b) (``scatter_from_root``) and every rank the logged metrics
+(``bcast_tensor``). The critic's parameters and moments live on rank 0 (the other ranks hold a copy they never
+update) and go into rank 0's checkpoints, so a run resumes under another P or in-process. Every random draw is
+the same stateless function of (seed, t) on every rank; a rank uses its vertices' rows of the exploration
+noise, rank 0 the server's draws (weights and target noise). Evaluation runs the actor on the block-diagonal
+test graph distributed the same way (a vertex's copy serves its G_test block copies), and rank 0 measures the
+LGS ratio. Over imperfect links with ``--eval-under-loss`` the trainer draws the test exchanges' losses on the
+links of that block graph (:meth:`LinkSchedulingTask.test_links`).
 
 Evaluation: ``test`` is the mean utility ratio over every stored weight sample of the test graphs,
 with each node using its own parameter copy (all test graphs form one block-diagonal graph whose node
@@ -55,8 +57,6 @@ the first training graph without updating anything.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -68,33 +68,10 @@ from core.comm import CommSimulator, Schedule
 from core.executors import BatchedExecutor
 from core.gcnn import NO_COUNT
 from core.graph import Graph, SparseOperator
-from core.ops import Operator, to_operator
+from core.ops import to_operator
 from core.optimizers import CentralizedAdam, Optimizer
 from core.replicas import flatten
 from core.trainer import GraphOps, Task
-
-
-class RankShift(NamedTuple):
-    """The shift S(t) of a drawn graph as one MPI rank runs a mini-batch on it: ``local``, this rank's
-    :class:`core.distributed.exchange.TensorView` (the actor's exchanges), and ``full``, S(t) of the whole
-    graph (padded like the in-process operators), which the server on rank 0 uses (critic and LGS)."""
-
-    local: object
-    full: Operator
-
-    # what the link model sees of S(t) (core.trainer binds it; its exchanges run on ``local``): the local
-    # view's entries and plan
-    @property
-    def rows(self):
-        return self.local.rows
-
-    @property
-    def cols(self):
-        return self.local.cols
-
-    @property
-    def plan(self):
-        return self.local.plan
 
 
 class LinkSchedulingTask(Task):
@@ -163,8 +140,9 @@ class LinkSchedulingTask(Task):
     # ------------------------------------------------------------------ graphs
     def graph_ops(self, index: int) -> GraphOps:
         """What a mini-batch on training graph ``index`` runs on (cached): in-process, S (normalized
-        Laplacian) and W of the whole graph (:meth:`_global_ops`); under MPI, this rank's views of them and
-        the whole S for the server (:class:`RankShift`)."""
+        Laplacian) and W of the whole graph (:meth:`_global_ops`); under MPI, this rank's views of them; and
+        S of the whole graph as ``observed``, which the server uses (critic and LGS: no messages between
+        neighbours, so neither lost nor restricted by the link model)."""
         if index not in self._ops_cache:
             if self.backend.distributed:
                 self._ops_cache[index] = self._rank_ops(index, self.backend.transport)
@@ -180,7 +158,8 @@ class LinkSchedulingTask(Task):
         if index not in self._global_cache:
             graph = Graph.from_dense(self.train_adjacency[index])
             sparse = (graph.shift_operator(model.SHIFT), graph.mixing_matrix(self.mixing, self.mixing_beta))
-            ops = GraphOps(*(to_operator(_padded(op, self._nnz), self.dtype) for op in sparse))
+            shift, mixing = (to_operator(_padded(op, self._nnz), self.dtype) for op in sparse)
+            ops = GraphOps(shift, mixing, observed=shift)
             self._global_cache[index] = (ops, sparse)
         return self._global_cache[index][0]
 
@@ -188,8 +167,8 @@ class LinkSchedulingTask(Task):
         """Under MPI: this rank's views of S and W of training graph ``index`` on ``exchange``, and the whole S."""
         full = self._global_ops(index)
         shift, mixing = self._global_cache[index][1]
-        return GraphOps(RankShift(exchange.tensor_view(shift, self.dtype), full.shift),
-                        exchange.tensor_view(mixing, self.dtype))
+        return GraphOps(exchange.tensor_view(shift, self.dtype), exchange.tensor_view(mixing, self.dtype),
+                        observed=full.observed)
 
     def draw_graph(self, rng: np.random.Generator) -> GraphOps:
         """Algorithm 1, line 3: a training graph drawn uniformly (for :class:`core.trainer.RandomGraphs`)."""
@@ -278,7 +257,9 @@ class LinkSchedulingTask(Task):
         tests = len(self.test_adjacency)
         if theta.shape.rank == 2:  # node g|V| + i of the block-diagonal test graph runs copy i
             theta = tf.tile(theta, [tests, 1])  # (under MPI local row g n_own + k is block vertex g|V| + owned[k])
-        z = model.actor_output(theta, self._test_shift, self._test_exchange)
+        # over imperfect links (the trainer's eval_under_loss) through the trainer's lossy evaluation exchange
+        exchange = self.backend.eval_transport if self.backend.under_loss else self._test_exchange
+        z = model.actor_output(theta, self._test_shift, exchange)
         # to the server vertex-major (row i: vertex i's outputs on the test graphs), back to block order there
         z = self.backend.gather_to_root(tf.transpose(tf.reshape(z, [tests, -1])))
         if self.backend.is_root:
@@ -287,6 +268,11 @@ class LinkSchedulingTask(Task):
         else:
             ratio = tf.zeros([], self.dtype)  # a placeholder for rank 0's value
         return {"test_ratio": self.backend.bcast_tensor(tf.reshape(ratio, []))}
+
+    def test_links(self):
+        """The block-diagonal test graph's S (this rank's view of it under MPI) and, under MPI, its exchange:
+        what an evaluation over imperfect links draws its links on (core.trainer.Task.test_links)."""
+        return self._test_shift, (self._test_exchange if self.backend.distributed else None)
 
     # ------------------------------------------------------------------ state (for checkpoints)
     def state_arrays(self) -> dict[str, np.ndarray]:
@@ -312,8 +298,7 @@ class LinkSchedulingTask(Task):
         Under MPI the actor's part runs on this rank's vertices and the critic's at the server (rank 0);
         ``critic_grad`` is None on the other ranks."""
         n, b, backend = self.num_vertices, self.batch_size, self.backend
-        local_shift, full_shift = (graph.shift.local, graph.shift.full) if isinstance(graph.shift, RankShift) \
-            else (graph.shift, graph.shift)
+        local_shift, full_shift = graph.shift, graph.shift if graph.observed is None else graph.observed
         # over imperfect links the B forward passes lose different packets: run them all (else one stands for B)
         samples = b if getattr(exchange, "lossy", False) else 1
         with tf.GradientTape() as actor_tape:

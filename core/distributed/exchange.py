@@ -428,6 +428,8 @@ class MPIExchange(Exchange):
     def extended_block(self, view: OperatorView, x):
         """``[x_own; ghost rows]`` of a forward exchange on ``view`` as a TensorFlow op without a gradient (e.g.
         the surviving degrees of the ghost nodes, which their owners computed, under link failures)."""
+        if isinstance(view, TensorView):
+            return self._plan_block_tf(view, x, self.extended_rows, None)
         return self._extended_tf(view, x)
 
     def _extended_tf(self, view: OperatorView, x):

@@ -425,6 +425,21 @@ def test_link_failures_rebuild_w_and_restrict_s_per_mini_batch(problem):
     assert 0.1 < res.summary["link_failure_rate"] < 0.5 and res.summary["packet_loss_rate"] == 0
 
 
+def test_link_failures_restrict_s_and_leave_the_observed_operator_whole(problem):
+    """GraphOps.observed (what a task computes on that is no message: App C's server holds the whole conflict
+    graph) reaches the task unchanged under link failures, while S loses its failed entries."""
+    task, ops, _ = problem
+    t = Trainer(task, make_optimizer("d-sgd"), LearningRate(0.05), FixedGraph(ops),
+                TrainerConfig(epochs=1, batch_size=N_TRAIN, seed=4, jit=False, quiet=True, checkpoint_every=0),
+                links=LinkSetup(LinkModel(seed=2, link_failure=0.3)))
+    graph = ops._replace(observed=ops.shift)
+    feed, _ = t._link_feed(0, [graph])
+    out = t._surviving_graph(graph, tf.nest.map_structure(lambda a: a[0], feed))
+    assert out.observed is graph.observed
+    failed = out.shift.values.numpy() != ops.shift.values.numpy()
+    assert failed.any() and np.all(out.shift.values.numpy()[failed] == 0)
+
+
 # -------------------------------------------------------------------- reproducibility, resume, records
 def test_a_fixed_seed_reproduces_the_drops_and_another_seed_changes_them(problem):
     links = [LinkSetup.from_flags(s, loss_prob=0.2, on_loss="stale") for s in (0, 0, 1)]

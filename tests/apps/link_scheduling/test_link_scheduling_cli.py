@@ -142,7 +142,6 @@ def wrong_size(f):
     ("optimizer", "--optimizer"),
     ("mode", "--mode"),
     ("mixing_in_authors_mode", "does not run in --mode authors"),
-    ("eval_under_loss", "--eval-under-loss is not available in App C"),
 ])
 def test_bad_input_is_one_error_line_with_status_2_and_nothing_written(data, tmp_path, capsys, case, message):
     path, extra = data, []
@@ -156,8 +155,7 @@ def test_bad_input_is_one_error_line_with_status_2_and_nothing_written(data, tmp
     else:
         extra = {"batch_size": ["--batch-size", 0], "lr": ["--lr", -1], "optimizer": ["--optimizer", "adam"],
                  "mode": ["--mode", "greedy"],
-                 "mixing_in_authors_mode": ["--mode", "authors", "--optimizer", "d-sgd"],
-                 "eval_under_loss": ["--loss-prob", "0.1", "--eval-under-loss"]}[case]
+                 "mixing_in_authors_mode": ["--mode", "authors", "--optimizer", "d-sgd"]}[case]
     before = sorted(p.name for p in tmp_path.iterdir())
     status, err = run(["--data", path, "--out", tmp_path / "out", "-q", *extra], capsys)
     assert status == 2

@@ -33,15 +33,19 @@ import numpy as np
 from tests.core.distributed.comparing import ATOL, RTOL, compare_rows, in_process, metrics_rows
 
 CASES = {2: ["link_scheduling/d-adam", "link_scheduling/c-adam", "link_scheduling/app",
-             "link_scheduling/d-adam/retransmit"],
-         3: ["link_scheduling/d-sgd", "link_scheduling/resume_across_p", "link_scheduling/app_validation",
-             "link_scheduling/d-sgd/gilbert"]}
+             "link_scheduling/d-adam/retransmit", "link_scheduling/d-adam/stale",
+             "link_scheduling/d-sgd/eval"],
+         3: ["link_scheduling/d-sgd", "link_scheduling/resume_across_p/stale", "link_scheduling/app_validation",
+             "link_scheduling/d-sgd/gilbert", "link_scheduling/d-amsgrad/failure"]}
 """The cases of each launch, by P (trainer_cases.py runs them; test_mpi_trainer.py checks their lines)."""
 V, B, MINI_BATCHES = 12, 3, 4
 MESSAGES = {"d-adam": 6, "c-adam": 5}  # per rank and mini-batch under 2 ranks (one message per exchange)
 LINKS = {"retransmit": dict(loss_prob=0.3, on_loss="retransmit:2"),
          "gilbert": dict(loss_model="gilbert", gilbert_p_gb=0.2, gilbert_p_bg=0.3, gilbert_loss_good=0.05,
-                         gilbert_loss_bad=0.7)}
+                         gilbert_loss_bad=0.7),
+         "stale": dict(loss_prob=0.3, on_loss="stale"),
+         "failure": dict(loss_prob=0.1, link_failure=0.25, on_loss="stale"),
+         "eval": dict(loss_prob=0.2, link_failure=0.1, on_loss="stale", eval_under_loss=True)}
 """Link models of the lossy cases (``link_scheduling/<optimizer>/<links>``): the same packets are dropped under
 MPI (the drop stream is keyed by global vertex ids), so the runs are equal to the in-process ones."""
 
@@ -130,8 +134,9 @@ def equal_to_in_process(data, rank: int, size: int, comm, name: str, method: str
         compare_state(case, theta, task, ref_theta, ref_task)
         counts = ("mp_rounds_per_batch", "floats_sent_per_node_per_batch", "largest_message", "mp_rounds")
         if links is not None:  # the same packets lost (and retransmitted) as in-process
-            counts += ("packet_loss_rate", "residual_loss_rate", "extra_rounds")
+            counts += ("packet_loss_rate", "residual_loss_rate", "extra_rounds", "link_failure_rate")
             assert result.summary["packet_loss_rate"] > 0.05, result.summary
+            assert (result.summary["link_failure_rate"] > 0) == ("link_failure" in LINKS[links]), result.summary
         for k in counts:
             assert result.summary[k] == ref.summary[k], (k, result.summary[k], ref.summary[k])
         assert result.summary["mpi_ranks"] == size
@@ -144,9 +149,12 @@ def equal_to_in_process(data, rank: int, size: int, comm, name: str, method: str
     return case
 
 
-def resume_across_p(data, out: Path, rank: int, size: int, comm, name: str, method: str) -> str:
+def resume_across_p(data, out: Path, rank: int, size: int, comm, name: str, method: str,
+                    links: str | None = None) -> str:
     """P ranks checkpoint 2 of 4 mini-batches, rank 0 resumes them in-process; in-process checkpoints 1, the
-    P ranks resume it. Both end where the uninterrupted in-process run ends (actor, critic and metrics)."""
+    P ranks resume it. Both end where the uninterrupted in-process run ends (actor, critic and metrics).
+    Over ``stale`` links the checkpoint holds the buffer by link: the union of the ranks' (each has the links it
+    receives on), taken apart again by the resuming ranks."""
     from core.runs import RunDir
 
     mpi_dir, local_dir = out / f"ls_mpi_ckpt_p{size}", out / f"ls_local_ckpt_p{size}"
@@ -154,19 +162,23 @@ def resume_across_p(data, out: Path, rank: int, size: int, comm, name: str, meth
     if rank == 0:
         for d in (mpi_dir, local_dir):
             shutil.rmtree(d, ignore_errors=True)
-        result, theta, task = reference(data, name)
+        result, theta, task = reference(data, name, links)
         ref = (result.rows, theta, task)
     backend = mpi_backend(data, size, method)
-    make_trainer(make_task(data, backend), name, RunDir(mpi_dir) if rank == 0 else None).run(until_epoch=2)
+    make_trainer(make_task(data, backend), name, RunDir(mpi_dir) if rank == 0 else None,
+                 links=links).run(until_epoch=2)
     if rank == 0:
+        if links == "stale":  # the buffer by link went into the checkpoint
+            with np.load(RunDir(mpi_dir, create=False).checkpoint_path) as saved:
+                assert any(k.startswith("array/links/stale_links/") for k in saved.files), saved.files
         task = make_task(data)
-        trainer = make_trainer(task, name, RunDir(mpi_dir))
+        trainer = make_trainer(task, name, RunDir(mpi_dir), links=links)
         compare_rows("resume mpi->local", trainer.run(resume=True).rows, ref[0])
         compare_state("resume mpi->local", trainer.theta.numpy(), task, ref[1], ref[2])
-        make_trainer(make_task(data), name, RunDir(local_dir)).run(until_epoch=1)
+        make_trainer(make_task(data), name, RunDir(local_dir), links=links).run(until_epoch=1)
     comm.Barrier()
     task = make_task(data, backend)
-    trainer = make_trainer(task, name, RunDir(local_dir, create=False) if rank == 0 else None)
+    trainer = make_trainer(task, name, RunDir(local_dir, create=False) if rank == 0 else None, links=links)
     rows = trainer.run(resume=True).rows
     theta = gathered(backend, trainer)
     if rank == 0:
@@ -174,7 +186,7 @@ def resume_across_p(data, out: Path, rank: int, size: int, comm, name: str, meth
         compare_rows("resume local->mpi", rows, ref[0])
         compare_state("resume local->mpi", theta, task, ref[1], ref[2])
     comm.Barrier()
-    return "link_scheduling/resume_across_p"
+    return "link_scheduling/resume_across_p" + ("" if links is None else f"/{links}")
 
 
 # ---------------------------------------------------------------------------- the app
@@ -219,7 +231,7 @@ def app_case(out: Path, rank: int, size: int, comm) -> str:
 
 def app_validation(out: Path, rank: int, size: int, comm) -> str:
     """Refused on every rank with status 2 (rank 0 alone prints the line), nothing written: ``--mode authors``
-    under MPI, more ranks than vertices, the stale policy and link failures under MPI."""
+    under MPI, more ranks than vertices."""
     from apps.link_scheduling import experiment as ex
     from datasets.conflict_graphs import ConflictGraphsConfig, generate
 
@@ -229,10 +241,7 @@ def app_validation(out: Path, rank: int, size: int, comm) -> str:
                                       test_samples=2, seed=0), data)
     comm.Barrier()
     for extra, needle in ((["--mode", "authors"], "--mode authors does not run on --backend mpi"),
-                          ([], f"--backend mpi: {size} ranks for conflict graphs of 2 vertices"),
-                          (["--loss-prob", "0.1", "--on-loss", "stale"],
-                           "--on-loss stale does not run on --backend mpi"),
-                          (["--link-failure", "0.1"], "--link-failure does not run on --backend mpi in App C")):
+                          ([], f"--backend mpi: {size} ranks for conflict graphs of 2 vertices")):
         target = out / f"ls_refused_p{size}"
         err = io.StringIO()
         with redirect_stderr(err):
@@ -259,12 +268,12 @@ def run(out: Path, rank: int, size: int, comm, ok) -> None:
     data, method = problem(), "contiguous" if size == 2 else "metis"
     for case in CASES.get(size, []):
         what = case.split("/")[1]
+        links = case.split("/")[2] if case.count("/") == 2 else None
         if what == "app":
             ok(app_case(out, rank, size, comm))
         elif what == "app_validation":
             ok(app_validation(out, rank, size, comm))
-        elif what == "resume_across_p":  # D-SGD on METIS, whose in-process reference is already computed
-            ok(resume_across_p(data, out, rank, size, comm, "d-sgd", method))
+        elif what == "resume_across_p":  # D-SGD on METIS
+            ok(resume_across_p(data, out, rank, size, comm, "d-sgd", method, links))
         else:
-            links = case.split("/")[2] if case.count("/") == 2 else None
             ok(equal_to_in_process(data, rank, size, comm, what, method, links))

@@ -42,7 +42,7 @@ for _n, _names in PA_CASES.items():  # App B (tests/core/distributed/power_alloc
     CASES[_n] = CASES[_n] + _names
 for _n, _names in LS_CASES.items():  # App C (tests/core/distributed/link_scheduling_cases.py)
     CASES[_n] = CASES[_n] + _names
-TIMEOUT_S = 240  # per launch (about 100 s on the quiet 2-core machine); a hang fails the test, never blocks the suite
+TIMEOUT_S = 300  # per launch (about 130 s on the quiet 2-core machine); a hang fails the test, never blocks the suite
 FAULT_BOUND_S = 30
 
 
