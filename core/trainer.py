@@ -837,7 +837,7 @@ class Trainer:
         up = links.get("up")
         if up is None:
             return graph
-        if self.backend.distributed:
+        if self.backend.distributed and not isinstance(graph.shift, Operator):  # (App B's ranks: global operators)
             return self._surviving_views(graph, up)
         shift, mixing = graph.shift, graph.mixing
         if shift is not None:

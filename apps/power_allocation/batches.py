@@ -112,8 +112,9 @@ class TrainingBatches:
         self._cursor = (self._cursor + 1) % self.num_batches
         values, mixing = self._pending.popleft().result()
         n, pattern = self.num_nodes, self._pattern
-        return GraphOps(complete_operator(values, n, pattern),
-                        None if mixing is None else complete_operator(mixing, n, pattern))
+        shift = complete_operator(values, n, pattern)
+        # observed: H as the WMMSE sums measure it (link failures cut the GCNN's messages, not the channel)
+        return GraphOps(shift, None if mixing is None else complete_operator(mixing, n, pattern), observed=shift)
 
     def _submit(self, position: int) -> Future:
         return self._pool.submit(self._load, int(self._order[position]))

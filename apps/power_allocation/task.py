@@ -142,7 +142,10 @@ class PowerAllocationTask(Task):
 
     def gradients(self, theta, indices, graph: GraphOps, optimizer: Optimizer, exchange):
         del indices  # the mini-batch is the graph's channel (module docstring)
-        channel = Channel.from_shift(graph.shift, self._owned)
+        # the WMMSE sums measure the channel H (graph.observed); the GCNNs' messages travel on S (graph.shift:
+        # H on the links up, under link failures)
+        channel = Channel.from_shift(graph.shift if graph.observed is None else graph.observed, self._owned)
+        channel = channel._replace(shift=graph.shift)
         distributed = not optimizer.centralized
         counter = exchange if isinstance(exchange, CommSimulator) else None
         network = self._network(counter, tape_backward=distributed)

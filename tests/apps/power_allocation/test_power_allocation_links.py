@@ -4,9 +4,11 @@ Exchange level, eager, float64: the dense lossy exchange (apps/power_allocation/
 equals core's ``lossy_apply`` on the same complete operator and mask, per stacked part, forward and tape
 backward, for ``zero`` and ``stale`` (stale buffer read and written); the WMMSE sums are never lost (losing every
 packet of the rounds that carry only WMMSE sums changes nothing, bit for bit; losing the GCNN rounds does); the
-MPI rows of three thread ranks lose what one process loses. App level (``main`` on a tiny dataset, one unfolded
+MPI rows of three thread ranks lose what one process loses; a failed link cuts the GCNNs' S and not the
+measured channel. App level (``main`` on a tiny dataset, one unfolded
 layer, graph mode): --loss-prob 0 is bit for bit the run without link flags; under loss the realised loss rate
-is within 3 standard deviations of p and the centralized approach trains over perfect links; a stale run
+is within 3 standard deviations of p and the centralized approach trains over perfect links; links fail at
+rate q; a stale run
 resumes bit for bit; --backend mpi (P = 1) equals the in-process lossy run; bad or unsupported link flags exit 2
 with one line and write nothing.
 """
@@ -20,12 +22,15 @@ import tensorflow as tf
 from apps.power_allocation.batches import mixing_values
 from apps.power_allocation.exchange import DenseExchange, complete_operator, complete_sparse_operator
 from apps.power_allocation.experiment import build_parser, main
+from apps.power_allocation.task import PowerAllocationTask
 from apps.power_allocation.uwmmse import UWMMSE, Channel
 from core import trainer as trainer_module
 from core.comm import CommSimulator, Message, Schedule
 from core.links import LinkContext, LinkLayout, StaleBuffer, lossy_apply
+from core.optimizers import make_optimizer
 from core.replicas import replicate
 from core.runs import read_csv
+from core.trainer import GraphOps
 from datasets import power_allocation as pa
 from tests.apps.power_allocation.test_mpi_exchange import OWNERS, ThreadRanks
 
@@ -115,6 +120,32 @@ def test_the_wmmse_sums_are_measurements_never_lost(channels, policy):
     assert np.abs(rates - want_rates).max() > 1e-6 and np.abs(grad - want_grad).max() > 1e-6 * np.abs(want_grad).max()
 
 
+def test_a_failed_link_cuts_the_gcnn_messages_and_not_the_measured_channel(channels):
+    """The task's gradients on a graph whose S lost some links (as the trainer restricts it under link failures)
+    and whose ``observed`` H is whole: the GCNNs run on the cut S, the WMMSE sums on the whole H."""
+    H, sigma2, pmax = channels
+    model = UWMMSE(num_layers=2, hidden=3)
+    task = PowerAllocationTask(model, model.init_theta(5, F64), 1, B, sigma2, pmax, H[None], H[None], F64)
+    theta = replicate(model.init_theta(5, F64), N)
+    up = np.random.default_rng(4).random((N, N)) < 0.6
+    up = (up & up.T) | np.eye(N, dtype=bool)
+    cut = np.where(up, H, 0.0)
+    whole, cut_op = (complete_operator(tf.constant(a.reshape(B, N * N)), N) for a in (H, cut))
+    optimizer = make_optimizer("d-adam")
+    grad, metrics = task.gradients(theta, None, GraphOps(cut_op, None, observed=whole), optimizer, None)
+    with tf.GradientTape() as tape:  # the same pipeline by hand: the channel's GCNN shift replaced by the cut S
+        tape.watch(theta)
+        channel = Channel.from_matrices(tf.constant(H))._replace(shift=cut_op)
+        rates, _ = model.rates(theta, channel, sigma2, pmax, DenseExchange(None))
+        objective = -tf.reduce_sum(rates)
+    np.testing.assert_allclose(grad.numpy(), tape.gradient(objective, theta).numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(float(metrics["train_sum_rate"]), float(tf.reduce_mean(tf.reduce_sum(rates, 1))),
+                               rtol=1e-12)
+    # cutting the measured channel as well (what restricting S = H everywhere would do) is another pipeline
+    cut_everywhere, _ = task.gradients(theta, None, GraphOps(cut_op, None), optimizer, None)
+    assert np.abs(cut_everywhere.numpy() - grad.numpy()).max() > 1e-6 * np.abs(grad.numpy()).max()
+
+
 @pytest.mark.parametrize("size", [3])
 def test_mpi_rows_under_loss_equal_the_in_process_exchanges(channels, size):
     """Three thread ranks (tests/apps/power_allocation/test_mpi_exchange.py): rates, local gradients and the lossy
@@ -153,7 +184,7 @@ def test_mpi_rows_under_loss_equal_the_in_process_exchanges(channels, size):
 
 
 # ------------------------------------------------------------------------------------------ app level
-TRAIN_BATCHES, P = 6, 0.2
+TRAIN_BATCHES, P, Q = 6, 0.2, 0.3
 
 
 @pytest.fixture(scope="module")
@@ -175,10 +206,12 @@ def rows_of(path):
 
 @pytest.fixture(scope="module")
 def runs(dataset, tmp_path_factory):
-    """c-adam and d-adam without link flags, with --loss-prob 0, and with --loss-prob P (stale)."""
+    """c-adam and d-adam without link flags, with --loss-prob 0, with --loss-prob P (stale) and with
+    --link-failure Q."""
     root = tmp_path_factory.mktemp("runs")
     for name, extra in (("plain", []), ("p0", ["--loss-prob", "0", "--on-loss", "stale"]),
-                        ("lossy", ["--loss-prob", str(P), "--on-loss", "stale"])):
+                        ("lossy", ["--loss-prob", str(P), "--on-loss", "stale"]),
+                        ("failed", ["--link-failure", str(Q)])):
         assert main(flags(dataset, "--optimizer", "c-adam,d-adam", "--out", str(root / name), *extra)) == 0
     return root
 
@@ -199,6 +232,16 @@ def test_under_loss_the_realised_rate_is_p_and_only_the_distributed_approach_los
     assert [r["mp_rounds"] for r in lossy] == [r["mp_rounds"] for r in plain]  # no retransmissions
     assert lossy[-1]["test_sum_rate"] != plain[-1]["test_sum_rate"]
     assert all(abs(float(r["packet_loss_rate"]) - P) < 0.05 for r in lossy[1:])
+
+
+def test_under_link_failures_links_are_down_at_rate_q_and_only_the_distributed_approach_trains_on_them(runs):
+    assert rows_of(runs / "failed" / "c-adam") == rows_of(runs / "plain" / "c-adam")
+    summary = json.loads((runs / "failed" / "d-adam" / "summary.json").read_text())
+    links = TRAIN_BATCHES * 2 * 6 * 5 // 2  # mini-batches x undirected pairs of the complete pattern
+    assert summary["packet_loss_rate"] == 0 and abs(summary["link_failure_rate"] - Q) < 3 * np.sqrt(Q * (1 - Q) / links)
+    failed, plain = rows_of(runs / "failed" / "d-adam"), rows_of(runs / "plain" / "d-adam")
+    assert [r["mp_rounds"] for r in failed] == [r["mp_rounds"] for r in plain]
+    assert failed[-1]["test_sum_rate"] != plain[-1]["test_sum_rate"]
 
 
 def test_a_stale_run_resumes_bit_for_bit(runs, dataset, tmp_path, monkeypatch):
@@ -222,12 +265,12 @@ def test_a_stale_run_resumes_bit_for_bit(runs, dataset, tmp_path, monkeypatch):
 
 def test_mpi_backend_under_loss_equals_the_in_process_run(dataset, tmp_path, capsys):
     """--backend mpi without mpiexec (P = 1): the consensus through RankRowsExchange.propagate_with and the link
-    counts through its reductions; retransmit:1 counts extra rounds."""
-    lossy = ["--optimizer", "d-gt-adam", "--loss-prob", str(P), "--on-loss", "retransmit:1"]
+    counts through its reductions; retransmit:1 counts extra rounds; links fail on the global operators."""
+    lossy = ["--optimizer", "d-gt-adam", "--loss-prob", str(P), "--on-loss", "retransmit:1", "--link-failure", "0.2"]
     assert main(flags(dataset, *lossy, "--backend", "mpi", "--out", str(tmp_path / "mpi"))) == 0
     assert main(flags(dataset, *lossy, "--out", str(tmp_path / "local"))) == 0
     got, want = rows_of(tmp_path / "mpi"), rows_of(tmp_path / "local")
-    assert got == want and int(want[-1]["extra_rounds"]) > 0
+    assert got == want and int(want[-1]["extra_rounds"]) > 0 and float(want[-1]["link_failure_rate"]) > 0
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -237,7 +280,6 @@ def test_mpi_backend_under_loss_equals_the_in_process_run(dataset, tmp_path, cap
     (["--gilbert-p-gb", "0.1"], "--gilbert-p-gb needs --loss-model gilbert"),
     (["--loss-model", "gilbert", "--gilbert-p-gb", "0", "--gilbert-p-bg", "0.5", "--gilbert-loss-bad", "0.5"],
      "--gilbert-p-gb must be > 0"),
-    (["--link-failure", "0.1"], "--link-failure is not available in App B"),
     (["--loss-prob", "0.1", "--eval-under-loss"], "--eval-under-loss is not available in App B"),
     (["--optimizer", "d-adam,d-naive", "--loss-prob", "0.1"], "d-naive cannot run over imperfect links"),
     (["--loss-prob", "0.1", "--on-loss", "stale", "--backend", "mpi"], "--on-loss stale is not available with"),
