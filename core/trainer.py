@@ -1284,7 +1284,7 @@ class Trainer:
         else:  # the task's test graph (the same every time: its layout is kept)
             shift, transport = own
             if self._test_layout is None or self._test_layout[0] is not shift:
-                owned = np.asarray(shift.owned) if transport is not None else None
+                owned = getattr(shift, "owned", None) if transport is not None else None  # (a rank's view)
                 self._test_layout = (shift, LinkLayout({"shift": shift}, owned))
             layout = self._test_layout[1]
         exchange = _EvaluationLinks(self.links.model.for_evaluation(evaluation), self.links.policy,
@@ -1420,6 +1420,24 @@ class _EvaluationLinks(Exchange):
         self.used = 0
         self._context = None
         self._up = None
+
+    def plans(self, schedule: Schedule, num: int):
+        """For a task whose evaluation runs simulators of its own (App B: a :class:`core.comm.CommSimulator` per
+        test batch): the plans of ``num`` evaluation mini-batches under ``schedule`` on the layout's links,
+        ``(lost, keep)``: ``lost`` bool (num, E, T, P), link-major (a :class:`core.links.LinkContext` with
+        ``link_major``), and ``keep`` bool (num, nnz) of the layout's ``shift`` entries up in each, or None
+        without link failures. Batch k draws as mini-batch k of the evaluation's stream."""
+        self.used += 1
+        s, r = self.layout.senders, self.layout.receivers
+        up = None
+        if self.model.link_failure > 0:
+            up = np.stack([self.model.link_up(k, s, r) for k in range(num)])
+        plans = draw_plans(self.model, 0, num, s, r, schedule.packets_per_round(), self.policy, active=up)
+        keep = None
+        if up is not None:
+            index = self.layout.index["shift"][0]
+            keep = np.where(index[None] >= 0, up[:, np.maximum(index, 0)], True)
+        return plans.lost, keep
 
     def propagate(self, op: Operator, x: tf.Tensor, message=None) -> tf.Tensor:
         kind, layer = message[0], int(message[1])

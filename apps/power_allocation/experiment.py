@@ -35,9 +35,10 @@ Imperfect links (docs/design.md, sections 8 and 12): the shared link flags (``--
 gilbert``, ``--link-failure``, ``--on-loss``) apply to the distributed approaches' GCNN messages and consensus
 rounds; the WMMSE sums are channel measurements and never lost: a failed link cuts the GCNNs' S (H on the
 surviving links) and rebuilds the consensus weights, while the sums measure the whole H (``GraphOps.observed``);
-centralized approaches train over perfect links (a server). Refused with one line (:func:`check_link_flags`):
-``--eval-under-loss`` (graphs drawn per batch), ``d-naive`` under loss (per-sample gradients) and ``--on-loss
-stale`` under ``--backend mpi``.
+centralized approaches train over perfect links (a server). ``--eval-under-loss``: test batch k loses the
+packets of the evaluation's mini-batch k in the GCNNs' forward exchanges (and, under link failures, its GCNNs
+run on the links up). Refused with one line (:func:`check_link_flags`): ``d-naive`` under loss (per-sample
+gradients) and ``--on-loss stale`` under ``--backend mpi``.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ GENERATE_WAIT_S = 1800  # how long --generate waits for another run writing the 
 TRAIN_EVAL_BATCHES = 20  # training batches on which the initial model's train_sum_rate is measured
 LINK_EXCHANGES = ("the 8 GCNNs' neighbour exchanges and the consensus rounds (not to the WMMSE interference and "
                   "feedback sums: physical measurements of the channel, never lost nor cut by a failed link; "
-                  "refused here: --eval-under-loss, d-naive under loss, --on-loss stale with --backend mpi)")
+                  "refused here: d-naive under loss, --on-loss stale with --backend mpi)")
 """What App B's link model applies to (docs/design.md, section 8): the text of its link flags' group."""
 WORLD: World = World()
 """The processes of this run (set by :func:`main`: the ranks of mpiexec, or this process alone)."""
@@ -181,9 +182,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def check_link_flags(args: argparse.Namespace) -> None:
     """The link flags (docs/design.md, sections 8 and 12) App B cannot honour; ValueError with one line."""
     common_cli.check_link_arguments(args)
-    if args.eval_under_loss:
-        raise ValueError("--eval-under-loss is not available in App B: its mini-batches are graphs drawn per batch "
-                         "and the test split is evaluated over perfect links")
     if not common_cli.links_active(args):
         return
     if "d-naive" in args.optimizer:

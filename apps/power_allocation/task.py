@@ -61,10 +61,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from apps.power_allocation.exchange import DenseExchange
+from apps.power_allocation.exchange import DenseExchange, complete_sparse_operator
 from apps.power_allocation.uwmmse import UWMMSE, Channel
 from core.backend import LOCAL
 from core.comm import CommSimulator, Schedule
+from core.links import LinkContext
 from core.optimizers import Optimizer
 from core.trainer import GraphOps, Task
 
@@ -162,8 +163,17 @@ class PowerAllocationTask(Task):
         rate = self._over_all_pairs(tf.reduce_mean(tf.reduce_sum(rates, axis=1)))
         return grad, {"train_sum_rate": rate, "train_sum_rate_mbps": rate * self.mbps_per_bit_s_hz}
 
+    def test_links(self):
+        """The complete pattern of the N pairs and, under MPI, the evaluation's exchange: the links an evaluation
+        over imperfect links draws on (core.trainer.Task.test_links; :meth:`_evaluate_under_loss`)."""
+        if getattr(self, "_pattern", None) is None:  # one object: the trainer keeps its layout
+            self._pattern = complete_sparse_operator(self.pairs)
+        return self._pattern, (self.backend.eval_transport if self._split else None)
+
     def evaluate(self, theta, graph: GraphOps | None, split: str) -> dict[str, tf.Tensor]:
         del graph  # evaluation uses the stored batches of the split
+        if self.backend.under_loss and split == "test":
+            return self._evaluate_under_loss(theta)
         data = self._eval_data[split]
         num_batches = data.shape[0]
 
@@ -175,6 +185,42 @@ class PowerAllocationTask(Task):
         _, total = tf.while_loop(lambda k, _: k < num_batches, body, (tf.constant(0), tf.zeros([], self.dtype)))
         mean = total / tf.cast(num_batches * data.shape[1], self.dtype)
         return {f"{split}_sum_rate": mean, f"{split}_sum_rate_mbps": mean * self.mbps_per_bit_s_hz}
+
+    def _evaluate_under_loss(self, theta) -> dict[str, tf.Tensor]:
+        """The test sum-rate over imperfect links (the trainer's ``eval_under_loss``): test batch k loses the packets
+        of the evaluation's mini-batch k (``backend.eval_transport.plans``) in the GCNNs' forward exchanges, and
+        under link failures its GCNNs run on S = H on the links up; the WMMSE sums measure the whole H."""
+        links = self.backend.eval_transport  # the trainer's evaluation links (core.trainer._EvaluationLinks)
+        data = self._eval_data["test"]
+        schedule = Schedule("forward", self.model.num_exchanges, int(data.shape[1]))
+        lost, keep = links.plans(schedule, int(data.shape[0]))
+        total = tf.zeros([], self.dtype)
+        for k in range(data.shape[0]):
+            up = tf.ones([self.pairs * self.pairs], tf.bool) if keep is None else tf.constant(keep[k])
+            total += self._lossy_rate_sum(theta, data[k], lost[k], up, links)
+        mean = total / tf.cast(data.shape[0] * data.shape[1], self.dtype)
+        return {"test_sum_rate": mean, "test_sum_rate_mbps": mean * self.mbps_per_bit_s_hz}
+
+    def _lossy_rate_sum(self, theta, H, lost, up, links) -> tf.Tensor:
+        """The sum over a test batch and this process's pairs of the rates, over the links of ``lost`` and ``up``
+        (compiled once per evaluation setup: ``links`` is the same object throughout an evaluation)."""
+        key = (links.policy, id(links.layout), links.transport)
+        if getattr(self, "_lossy_eval", (None,))[0] != key:
+            schedule = Schedule("forward", self.model.num_exchanges, int(H.shape[0]))
+
+            @tf.function(autograph=False)
+            def rate_sum(theta, H, lost, up):
+                context = LinkContext(lost, links.policy, None, links.layout, link_major=True)
+                network = DenseExchange(CommSimulator(schedule, links=context), transport=links.transport)
+                channel = Channel.from_matrices(H, self._owned)
+                values = channel.shift.values
+                channel = channel._replace(shift=channel.shift._replace(
+                    values=tf.where(up[None], values, tf.zeros_like(values))))  # the failed links carry nothing
+                rates, _ = self.model.rates(theta, channel, self.sigma2, self.pmax, network)
+                return self._over_all_pairs(tf.reduce_sum(rates))
+
+            self._lossy_eval = (key, rate_sum)
+        return self._lossy_eval[1](theta, H, lost, up)
 
     def powers(self, theta, split: str = "test") -> np.ndarray | None:
         """Allocated powers p (T, B, N) in W of theta on the stored batches of ``split``; under MPI

@@ -8,7 +8,7 @@ MPI rows of three thread ranks lose what one process loses; a failed link cuts t
 measured channel. App level (``main`` on a tiny dataset, one unfolded
 layer, graph mode): --loss-prob 0 is bit for bit the run without link flags; under loss the realised loss rate
 is within 3 standard deviations of p and the centralized approach trains over perfect links; links fail at
-rate q; a stale run
+rate q; --eval-under-loss loses each test batch's GCNN packets (against a hand computation); a stale run
 resumes bit for bit; --backend mpi (P = 1) equals the in-process lossy run; bad or unsupported link flags exit 2
 with one line and write nothing.
 """
@@ -19,18 +19,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from apps.power_allocation.batches import mixing_values
+from apps.power_allocation.batches import TrainingBatches, mixing_values
 from apps.power_allocation.exchange import DenseExchange, complete_operator, complete_sparse_operator
 from apps.power_allocation.experiment import build_parser, main
 from apps.power_allocation.task import PowerAllocationTask
 from apps.power_allocation.uwmmse import UWMMSE, Channel
 from core import trainer as trainer_module
 from core.comm import CommSimulator, Message, Schedule
-from core.links import LinkContext, LinkLayout, StaleBuffer, lossy_apply
-from core.optimizers import make_optimizer
+from core.links import LinkContext, LinkLayout, LinkSetup, StaleBuffer, lossy_apply
+from core.optimizers import LearningRate, make_optimizer
 from core.replicas import replicate
 from core.runs import read_csv
-from core.trainer import GraphOps
+from core.trainer import GraphOps, RandomGraphs, Trainer, TrainerConfig
 from datasets import power_allocation as pa
 from tests.apps.power_allocation.test_mpi_exchange import OWNERS, ThreadRanks
 
@@ -244,6 +244,53 @@ def test_under_link_failures_links_are_down_at_rate_q_and_only_the_distributed_a
     assert failed[-1]["test_sum_rate"] != plain[-1]["test_sum_rate"]
 
 
+def _trained_under_loss(dataset, setup: LinkSetup):
+    """(trainer, task) of D-Adam trained for 2 epochs over ``setup``'s links, float64, the app's pieces."""
+    model = UWMMSE(num_layers=1, hidden=3)
+    with pa.PowerAllocationDataset(dataset) as data:
+        test_H = np.stack([data.batch("test", k).H for k in range(data.num_batches("test"))])
+        task = PowerAllocationTask(model, model.init_theta(11, F64), data.num_batches("train"), 8, data.noise_power_w,
+                                   data.pmax_w, test_H, test_H[:1], F64)
+        config = TrainerConfig(epochs=2, batch_size=8, seed=5, checkpoint_every=0, jit=False, quiet=True)
+        with TrainingBatches(data, F64, "mh", prefetch=2) as batches:
+            trainer = Trainer(task, make_optimizer("d-adam"), LearningRate(0.05),
+                              RandomGraphs(batches.draw, same_shapes=True), config, links=setup)
+            trainer.run()
+    return trainer, task
+
+
+def test_eval_under_loss_loses_the_test_batches_gcnn_packets(dataset):
+    """The test sum-rate over lossy links, by hand: test batch k of evaluation e loses the packets of the
+    evaluation stream's mini-batch k (NumPy plan) in the GCNNs' forward exchanges, its GCNNs run on S = H on the
+    links up, the WMMSE sums on the whole H; the training draws are those of a run evaluated over perfect links."""
+    setup = LinkSetup.from_flags(3, loss_prob=0.3, link_failure=0.2, eval_under_loss=True)
+    trainer, task = _trained_under_loss(dataset, setup)
+    plain, _ = _trained_under_loss(dataset, LinkSetup.from_flags(3, loss_prob=0.3, link_failure=0.2))
+    for a, b in zip(plain.rows, trainer.rows):
+        assert a["train_sum_rate"] == b["train_sum_rate"]
+    evaluation, model = trainer.step, setup.model.for_evaluation(trainer.step)
+    assert evaluation == 2 * TRAIN_BATCHES
+    test_H = task._eval_data["test"].numpy()
+    schedule = Schedule("forward", task.model.num_exchanges, test_H.shape[1])
+    total, down = 0.0, 0
+    for k, H in enumerate(test_H):
+        up = model.link_up(k, LAYOUT.senders, LAYOUT.receivers)
+        plan = model.plan(k, LAYOUT.senders, LAYOUT.receivers, schedule.packets_per_round(), "zero", active=up)
+        assert plan.lost.any()
+        down += int((~up).sum())
+        index = LAYOUT.index["shift"][0]
+        keep = np.where(index >= 0, up[np.maximum(index, 0)], True).reshape(N, N)
+        channel = Channel.from_matrices(tf.constant(H))
+        channel = channel._replace(shift=complete_operator(tf.constant((H * keep).reshape(len(H), -1)), N))
+        sim = CommSimulator(schedule, links=context(plan.lost, "zero"))
+        rates, _ = task.model.rates(trainer.theta, channel, task.sigma2, task.pmax, DenseExchange(sim))
+        total += float(tf.reduce_sum(rates))
+    assert down > 0
+    want = total / test_H.shape[0] / test_H.shape[1]
+    np.testing.assert_allclose(trainer.rows[-1]["test_sum_rate"], want, rtol=1e-12)
+    assert abs(plain.rows[-1]["test_sum_rate"] - want) > 1e-9
+
+
 def test_a_stale_run_resumes_bit_for_bit(runs, dataset, tmp_path, monkeypatch):
     out = tmp_path / "killed"
     original, calls = trainer_module.Trainer._commit, []
@@ -265,8 +312,10 @@ def test_a_stale_run_resumes_bit_for_bit(runs, dataset, tmp_path, monkeypatch):
 
 def test_mpi_backend_under_loss_equals_the_in_process_run(dataset, tmp_path, capsys):
     """--backend mpi without mpiexec (P = 1): the consensus through RankRowsExchange.propagate_with and the link
-    counts through its reductions; retransmit:1 counts extra rounds; links fail on the global operators."""
-    lossy = ["--optimizer", "d-gt-adam", "--loss-prob", str(P), "--on-loss", "retransmit:1", "--link-failure", "0.2"]
+    counts through its reductions; retransmit:1 counts extra rounds; links fail on the global operators; the test
+    batches lose their packets through the ranks' evaluation exchange."""
+    lossy = ["--optimizer", "d-gt-adam", "--loss-prob", str(P), "--on-loss", "retransmit:1", "--link-failure", "0.2",
+             "--eval-under-loss"]
     assert main(flags(dataset, *lossy, "--backend", "mpi", "--out", str(tmp_path / "mpi"))) == 0
     assert main(flags(dataset, *lossy, "--out", str(tmp_path / "local"))) == 0
     got, want = rows_of(tmp_path / "mpi"), rows_of(tmp_path / "local")
@@ -280,7 +329,6 @@ def test_mpi_backend_under_loss_equals_the_in_process_run(dataset, tmp_path, cap
     (["--gilbert-p-gb", "0.1"], "--gilbert-p-gb needs --loss-model gilbert"),
     (["--loss-model", "gilbert", "--gilbert-p-gb", "0", "--gilbert-p-bg", "0.5", "--gilbert-loss-bad", "0.5"],
      "--gilbert-p-gb must be > 0"),
-    (["--loss-prob", "0.1", "--eval-under-loss"], "--eval-under-loss is not available in App B"),
     (["--optimizer", "d-adam,d-naive", "--loss-prob", "0.1"], "d-naive cannot run over imperfect links"),
     (["--loss-prob", "0.1", "--on-loss", "stale", "--backend", "mpi"], "--on-loss stale is not available with"),
 ])
