@@ -708,7 +708,8 @@ class Trainer:
             return out
         for slot, value in sorted((self._stale or {}).items()):
             value = value.numpy()
-            if self.backend.distributed:
+            # (graphs of one pattern under MPI are global operators, e.g. App B's: every rank holds the whole slot)
+            if self.backend.distributed and self.graphs.fixed:
                 view = self._slot_operator(slot)
                 parts = self.backend.comm.gather((view.entries, value), root=0)
                 if self.backend.is_root:
@@ -731,8 +732,6 @@ class Trainer:
 
     def _slot_operator(self, slot: str):
         """This rank's view of the operator a stale slot is aligned with (a fixed graph)."""
-        if not self.graphs.fixed:
-            raise ValueError("checkpointing the stale buffer under MPI needs a fixed graph")
         return self._slot_of(self.graphs.ops, slot)
 
     def _checked_link_state(self, arrays: Mapping, meta: Mapping, bad: Callable):
@@ -757,7 +756,7 @@ class Trainer:
         for slot, value in stale.items():
             if value.dtype != self.dtype.as_numpy_dtype:
                 raise bad(f"has the stale slot {slot} in {value.dtype}, not {self.dtype.name}")
-            if self.backend.distributed:
+            if self.backend.distributed and self.graphs.fixed:
                 value = self._slot_operator(slot).localize(np.moveaxis(value, 0, -1))
                 value = np.moveaxis(value, -1, 0)
             stale[slot] = tf.constant(value, self.dtype)

@@ -35,10 +35,10 @@ trainer's simulator): the rows of the owned pairs go to every other rank in one 
 (on the complete pattern every rank neighbours every other), and each rank computes the rows of its pairs
 with the owned rows of the operator, ``M[owned, :] @ x``, as a dense product. The transposed operator (the
 backward pass) computes the owned rows' contributions to every column and sends the other ranks' parts back,
-to be summed at their owner (the reverse exchange). Under packet loss (``zero`` and ``retransmit:R``; ``stale``
-is refused under MPI) the lost weights of the global operator are zeroed before its owned rows are taken, and
-the simulator's lossy consensus rounds come through :meth:`RankRowsExchange.propagate_with`. :class:`PairsBackend`
-is the
+to be summed at their owner (the reverse exchange). Under packet loss (``zero`` and ``retransmit:R``) the lost
+weights of the global operator are zeroed before its owned rows are taken; under ``stale`` each rank gathers the
+whole network's rows and keeps the whole stale buffer (:meth:`DenseExchange._stale`); the simulator's lossy
+consensus rounds come through :meth:`RankRowsExchange.propagate_with`. :class:`PairsBackend` is the
 :class:`core.backend.MPIBackend` whose transports are these exchanges. The logical counts are recorded as
 in-process (the simulator never sees a rank); the bytes really sent are the MPI exchange's counters.
 """
@@ -189,9 +189,16 @@ class DenseExchange(Exchange):
 
     def _stale(self, sent: Operator, x: tf.Tensor, mask: tf.Tensor, slot) -> tf.Tensor:
         """:func:`core.links.lossy_apply` under ``stale`` with the P stacked parts as feature columns: one packet
-        per link and round carries every part, so the (sample, entry) mask loses all of them together."""
+        per link and round carries every part, so the (sample, entry) mask loses all of them together.
+
+        Under MPI every rank gathers the whole network's rows and runs this on the global operator and stale
+        buffer, keeping its own rows: every rank then holds the same buffer (the same bits; the in-process one to
+        rounding), at N / n_own times the arithmetic of its rows (App B's N is small)."""
         if self.transport is not None:
-            raise ValueError("--on-loss stale is not supported under the MPI backend in App B")
+            return self.transport.own_rows(self._stale_on(sent, self.transport.gathered(x), mask, slot))
+        return self._stale_on(sent, x, mask, slot)
+
+    def _stale_on(self, sent: Operator, x: tf.Tensor, mask: tf.Tensor, slot) -> tf.Tensor:
         n = sent.num_nodes
         parts, g = stacked_parts(sent, x), int(x.shape[-1])
         columns = tf.reshape(tf.transpose(tf.reshape(x, [parts, n, -1, g]), [1, 2, 0, 3]), [n, -1, parts * g])
@@ -282,6 +289,19 @@ class RankRowsExchange(Exchange):
             full = tf.gather(tf.concat([x, ghosts], axis=0), self._to_global)  # (N, ...) in pair order
             return tf.gather(local(op, full), self._owned)
 
+    def gathered(self, x: tf.Tensor) -> tf.Tensor:
+        """Every pair's rows of part-major features: this rank's (parts * n_own, ...) in, (parts * N, ...) in pair
+        order out, the other ranks' rows received in one exchange (not differentiable)."""
+        rows = self._node_first(tf.convert_to_tensor(x))
+        ghosts = self.mpi.communicate(self.plan, tf.gather(rows, self._send))
+        with tf.control_dependencies([ghosts]):  # the collective runs on every rank, even without ghosts
+            return self._part_major(tf.gather(tf.concat([rows, ghosts], axis=0), self._to_global))
+
+    def own_rows(self, y: tf.Tensor) -> tf.Tensor:
+        """This rank's rows (parts * n_own, ...) of part-major features of every pair (parts * N, ...)."""
+        parts = int(y.shape[0]) // self.num_nodes
+        return _merge_rows(tf.gather(_split_rows(y, parts, self.num_nodes), self._owned, axis=1))
+
     def allreduce_sum(self, value):
         """The sum over ranks (the trainer's link counts; :class:`core.distributed.exchange.MPIExchange`'s)."""
         return self.mpi.allreduce_sum(value)
@@ -368,3 +388,7 @@ class PairsBackend(MPIBackend):
         super().__init__(owner, [complete_sparse_operator(owner.size)], comm, debug=debug, partition=partition)
         self.transport = RankRowsExchange(self.transport)
         self.eval_transport = RankRowsExchange(self.eval_transport)
+
+    def link_view(self, op):
+        """``op`` itself: every rank runs on the global operators (the link model draws their entries' links)."""
+        return op

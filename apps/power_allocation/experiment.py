@@ -38,7 +38,7 @@ surviving links) and rebuilds the consensus weights, while the sums measure the 
 centralized approaches train over perfect links (a server). ``--eval-under-loss``: test batch k loses the
 packets of the evaluation's mini-batch k in the GCNNs' forward exchanges (and, under link failures, its GCNNs
 run on the links up). Refused with one line (:func:`check_link_flags`): ``d-naive`` under loss (per-sample
-gradients) and ``--on-loss stale`` under ``--backend mpi``.
+gradients).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ GENERATE_WAIT_S = 1800  # how long --generate waits for another run writing the 
 TRAIN_EVAL_BATCHES = 20  # training batches on which the initial model's train_sum_rate is measured
 LINK_EXCHANGES = ("the 8 GCNNs' neighbour exchanges and the consensus rounds (not to the WMMSE interference and "
                   "feedback sums: physical measurements of the channel, never lost nor cut by a failed link; "
-                  "refused here: d-naive under loss, --on-loss stale with --backend mpi)")
+                  "refused here: d-naive under loss)")
 """What App B's link model applies to (docs/design.md, section 8): the text of its link flags' group."""
 WORLD: World = World()
 """The processes of this run (set by :func:`main`: the ranks of mpiexec, or this process alone)."""
@@ -188,8 +188,6 @@ def check_link_flags(args: argparse.Namespace) -> None:
         raise ValueError("--optimizer d-naive cannot run over imperfect links in App B: each sample's gradient must "
                          "be mixed in its own rounds, and UWMMSE's GradientTape gives the batch's sum; use "
                          "d-naive-pb")
-    if args.backend == "mpi" and args.on_loss == "stale":
-        raise ValueError("--on-loss stale is not available with --backend mpi in App B (zero and retransmit:R are)")
 
 
 def plan(args: argparse.Namespace) -> Plan:

@@ -146,10 +146,11 @@ def test_a_failed_link_cuts_the_gcnn_messages_and_not_the_measured_channel(chann
     assert np.abs(cut_everywhere.numpy() - grad.numpy()).max() > 1e-6 * np.abs(grad.numpy()).max()
 
 
-@pytest.mark.parametrize("size", [3])
-def test_mpi_rows_under_loss_equal_the_in_process_exchanges(channels, size):
+@pytest.mark.parametrize("policy", ["zero", "stale"])
+def test_mpi_rows_under_loss_equal_the_in_process_exchanges(channels, policy, size=3):
     """Three thread ranks (tests/apps/power_allocation/test_mpi_exchange.py): rates, local gradients and the lossy
-    eq. (17) consensus of their pairs, under the same drops (zero), against one process."""
+    eq. (17) consensus of their pairs, under the same drops, against one process; under ``stale`` every rank's
+    buffer is the process's (each rank keeps the whole network's), to rounding."""
     H, sigma2, pmax = channels
     model = UWMMSE(num_layers=1, hidden=3)
     rng = np.random.default_rng(2)
@@ -159,7 +160,8 @@ def test_mpi_rows_under_loss_equal_the_in_process_exchanges(channels, size):
     lost = rng.random((schedule.num_rounds, 2, LAYOUT.num_links)) < 0.3
 
     def pipeline(theta, owned=None, transport=None):
-        sim = CommSimulator(schedule, transport=transport, links=context(lost, "zero"))
+        stale = StaleBuffer() if policy == "stale" else None
+        sim = CommSimulator(schedule, transport=transport, links=context(lost, policy, stale))
         with tf.GradientTape() as tape:
             tape.watch(theta)
             rates, _ = model.rates(theta, Channel.from_matrices(tf.constant(H), owned), sigma2, pmax,
@@ -167,9 +169,12 @@ def test_mpi_rows_under_loss_equal_the_in_process_exchanges(channels, size):
             objective = -tf.reduce_sum(rates)
         grad = tape.gradient(objective, theta)
         mixed = sim.propagate(mixing, theta, message=("param", 0))
-        return rates.numpy(), grad.numpy(), mixed.numpy()
+        buffer = {} if stale is None else {k: v.numpy() for k, v in stale.values.items()}
+        return rates.numpy(), grad.numpy(), mixed.numpy(), buffer
 
-    want_rates, want_grad, want_mixed = pipeline(theta)
+    want_rates, want_grad, want_mixed, want_buffer = pipeline(theta)
+    if policy == "stale":
+        assert {"fwd/1/gcnn", "fwd/2/gcnn", "bwd/2/gcnn"} <= set(want_buffer), sorted(want_buffer)
     lossless = CommSimulator(schedule).propagate(mixing, theta, message=("param", 0)).numpy()
     assert np.abs(want_mixed - lossless).max() > 1e-6  # the consensus lost packets too
 
@@ -177,7 +182,10 @@ def test_mpi_rows_under_loss_equal_the_in_process_exchanges(channels, size):
         owned = np.flatnonzero(OWNERS[size] == rank)
         return (owned, *pipeline(tf.gather(theta, owned), tf.constant(owned, tf.int32), exchange))
 
-    for owned, rates, grad, mixed in ThreadRanks(OWNERS[size]).run(on_rank):
+    for owned, rates, grad, mixed, buffer in ThreadRanks(OWNERS[size]).run(on_rank):
+        assert sorted(buffer) == sorted(want_buffer)
+        for k, v in want_buffer.items():
+            np.testing.assert_allclose(buffer[k], v, rtol=1e-12, atol=1e-14, err_msg=k)
         np.testing.assert_allclose(rates, want_rates[:, owned], rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(grad, want_grad[owned], rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(mixed, want_mixed[owned], rtol=1e-12, atol=1e-14)
@@ -291,7 +299,9 @@ def test_eval_under_loss_loses_the_test_batches_gcnn_packets(dataset):
     assert abs(plain.rows[-1]["test_sum_rate"] - want) > 1e-9
 
 
-def test_a_stale_run_resumes_bit_for_bit(runs, dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["local", "mpi"])
+def test_a_stale_run_resumes_bit_for_bit(runs, dataset, tmp_path, monkeypatch, backend):
+    """In-process, and under --backend mpi (P = 1: the checkpoint holds the whole network's stale slots)."""
     out = tmp_path / "killed"
     original, calls = trainer_module.Trainer._commit, []
 
@@ -303,23 +313,25 @@ def test_a_stale_run_resumes_bit_for_bit(runs, dataset, tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer_module.Trainer, "_commit", interrupted)
     assert main(flags(dataset, "--optimizer", "d-adam", "--loss-prob", str(P), "--on-loss", "stale",
-                      "--checkpoint-every", "0", "--out", str(out))) == 130
+                      "--checkpoint-every", "0", "--backend", backend, "--out", str(out))) == 130
     monkeypatch.setattr(trainer_module.Trainer, "_commit", original)
     assert len(read_csv(out / "metrics.csv")) == 2
     assert main(["--resume", str(out), "-q"]) == 0
     assert rows_of(out) == rows_of(runs / "lossy" / "d-adam")
 
 
-def test_mpi_backend_under_loss_equals_the_in_process_run(dataset, tmp_path, capsys):
+@pytest.mark.parametrize("policy", ["retransmit:1", "stale"])
+def test_mpi_backend_under_loss_equals_the_in_process_run(dataset, tmp_path, capsys, policy):
     """--backend mpi without mpiexec (P = 1): the consensus through RankRowsExchange.propagate_with and the link
     counts through its reductions; retransmit:1 counts extra rounds; links fail on the global operators; the test
     batches lose their packets through the ranks' evaluation exchange."""
-    lossy = ["--optimizer", "d-gt-adam", "--loss-prob", str(P), "--on-loss", "retransmit:1", "--link-failure", "0.2",
+    lossy = ["--optimizer", "d-gt-adam", "--loss-prob", str(P), "--on-loss", policy, "--link-failure", "0.2",
              "--eval-under-loss"]
     assert main(flags(dataset, *lossy, "--backend", "mpi", "--out", str(tmp_path / "mpi"))) == 0
     assert main(flags(dataset, *lossy, "--out", str(tmp_path / "local"))) == 0
     got, want = rows_of(tmp_path / "mpi"), rows_of(tmp_path / "local")
-    assert got == want and int(want[-1]["extra_rounds"]) > 0 and float(want[-1]["link_failure_rate"]) > 0
+    assert got == want and float(want[-1]["link_failure_rate"]) > 0
+    assert (int(want[-1]["extra_rounds"]) > 0) == (policy == "retransmit:1")
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -330,7 +342,6 @@ def test_mpi_backend_under_loss_equals_the_in_process_run(dataset, tmp_path, cap
     (["--loss-model", "gilbert", "--gilbert-p-gb", "0", "--gilbert-p-bg", "0.5", "--gilbert-loss-bad", "0.5"],
      "--gilbert-p-gb must be > 0"),
     (["--optimizer", "d-adam,d-naive", "--loss-prob", "0.1"], "d-naive cannot run over imperfect links"),
-    (["--loss-prob", "0.1", "--on-loss", "stale", "--backend", "mpi"], "--on-loss stale is not available with"),
 ])
 def test_bad_link_flags_exit_2_with_one_line_and_write_nothing(dataset, tmp_path, capsys, extra, needle):
     out = tmp_path / "run"

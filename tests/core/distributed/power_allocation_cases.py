@@ -7,7 +7,9 @@ to rtol 1e-10 / atol 1e-12, every logged metric and the parameters and optimizer
 (12 mini-batches, 4 per compiled call so that the stacked graphs' shapes are relaxed once), and the logical
 counts exactly:
 
-- :func:`trainer_equal`: one optimizer through :class:`core.trainer.Trainer`;
+- :func:`trainer_equal`: one optimizer through :class:`core.trainer.Trainer`, over perfect links or (a third
+  part in the case's name, :data:`LINKS`) over imperfect ones: then also the same packets lost and the link
+  counts;
 - :func:`resume_across_p`: 1 epoch under P ranks, resumed in-process (rank 0), and 1 epoch in-process,
   resumed under P ranks, both ending where the uninterrupted in-process run ends;
 - :func:`app_equal`: ``apps.power_allocation --backend mpi`` with two approaches into the group run directory
@@ -43,8 +45,12 @@ F64 = tf.float64
 PAIRS, BATCH, LAYERS, HIDDEN = 7, 4, 1, 3  # 7 pairs: ranks of unequal sizes
 RTOL, ATOL = 1e-10, 1e-12
 CASES = {2: ["power_allocation/d-adam", "power_allocation/c-adam", "power_allocation/app/c-adam,d-gcp-adam"],
-         3: ["power_allocation/d-amsgrad", "power_allocation/c-adam", "power_allocation/resume_across_p/d-adam"]}
+         3: ["power_allocation/d-amsgrad", "power_allocation/c-adam", "power_allocation/resume_across_p/d-adam",
+             "power_allocation/d-adam/stale"]}
 """The cases of each launch, by P (trainer_cases.py's CASES include them)."""
+LINKS = {"stale": dict(loss_prob=0.3, on_loss="stale", link_failure=0.2, eval_under_loss=True)}
+"""Link models of the lossy cases (``power_allocation/<optimizer>/<links>``): every rank keeps the whole network's
+stale buffer (apps/power_allocation/exchange.py), links fail on the GCNNs' S, test batches lose their packets."""
 
 
 def dataset(out: Path, comm) -> Path:
@@ -58,8 +64,11 @@ def dataset(out: Path, comm) -> Path:
 
 
 def train(path: Path, backend, name: str, epochs: int = 2, run=None, until: int | None = None, resume=False,
-          dtype=F64, jit: bool = False):
-    """(trainer, result) of optimizer ``name`` on the dataset, on ``backend``'s pairs."""
+          dtype=F64, jit: bool = False, links: str | None = None):
+    """(trainer, result) of optimizer ``name`` on the dataset, on ``backend``'s pairs (over :data:`LINKS`
+    ``[links]``)."""
+    from core.links import LinkSetup
+
     model = UWMMSE(LAYERS, HIDDEN)
     optimizer = make_optimizer(name, 2)
     with pa.PowerAllocationDataset(path) as data:
@@ -71,7 +80,7 @@ def train(path: Path, backend, name: str, epochs: int = 2, run=None, until: int 
                                steps_per_call=4)
         with TrainingBatches(data, dtype, None if optimizer.centralized else "mh", prefetch=4) as batches:
             trainer = Trainer(task, optimizer, LearningRate(0.02), RandomGraphs(batches.draw, same_shapes=True),
-                              config, run)
+                              config, run, links=None if links is None else LinkSetup.from_flags(5, **LINKS[links]))
             result = trainer.run(resume=resume, until_epoch=until)
     return trainer, result
 
@@ -114,28 +123,36 @@ def backend_for(comm, method: str = "contiguous") -> PairsBackend:
     return PairsBackend(owner, partition=method)
 
 
-def reference_run(path: Path, name: str, reference: dict):
+def reference_run(path: Path, name: str, reference: dict, links: str | None = None):
     """The in-process run of ``name`` (rank 0), trained once per launch."""
-    if name not in reference:
-        reference[name] = train(path, LocalBackend(PAIRS), name)
-    return reference[name]
+    if (name, links) not in reference:
+        reference[name, links] = train(path, LocalBackend(PAIRS), name, links=links)
+    return reference[name, links]
 
 
-def trainer_equal(path: Path, name: str, comm, compare, method: str, reference: dict) -> None:
+def trainer_equal(path: Path, name: str, comm, compare, method: str, reference: dict,
+                  links: str | None = None) -> None:
     backend = backend_for(comm, method)
-    trainer, result = train(path, backend, name)
+    trainer, result = train(path, backend, name, links=links)
     arrays = gathered(backend, trainer)
     if comm.Get_rank() == 0:
-        ref_trainer, ref = reference_run(path, name, reference)
-        compare(f"power_allocation/{name}", result.rows, trainer.theta.numpy() if trainer.optimizer.centralized
+        case = f"power_allocation/{name}" + ("" if links is None else f"/{links}")
+        ref_trainer, ref = reference_run(path, name, reference, links)
+        compare(case, result.rows, trainer.theta.numpy() if trainer.optimizer.centralized
                 else arrays[0], ref.rows, ref_trainer.theta.numpy())
-        check_arrays(f"power_allocation/{name}", arrays, gathered(None, ref_trainer))
-        for k in ("mp_rounds_per_batch", "floats_sent_per_node_per_batch", "largest_message", "mp_rounds",
-                  "floats_sent_per_node"):
+        check_arrays(case, arrays, gathered(None, ref_trainer))
+        counts = ("mp_rounds_per_batch", "floats_sent_per_node_per_batch", "largest_message", "mp_rounds",
+                  "floats_sent_per_node")
+        if links is not None:  # the same packets lost and links down as in-process
+            counts += ("packet_loss_rate", "residual_loss_rate", "link_failure_rate", "packets")
+            assert result.summary["packet_loss_rate"] > 0.2 and result.summary["link_failure_rate"] > 0.1
+        for k in counts:
             assert result.summary[k] == ref.summary[k], (k, result.summary[k], ref.summary[k])
         sizes = np.bincount(backend.owner, minlength=comm.Get_size()).tolist()
-        assert (result.summary["mpi_bytes_sent_per_batch"], result.summary["mpi_messages_sent_per_batch"]) == wire(
-            name, 2, sizes), (result.summary, wire(name, 2, sizes))
+        if links is None:  # (under stale a backward gathers every pair's rows instead of returning contributions)
+            assert (result.summary["mpi_bytes_sent_per_batch"],
+                    result.summary["mpi_messages_sent_per_batch"]) == wire(name, 2, sizes), (result.summary,
+                                                                                              wire(name, 2, sizes))
         s = result.summary
         print(f"COUNTS power_allocation/{name} rounds/batch={s['mp_rounds_per_batch']} floats/node/batch="
               f"{s['floats_sent_per_node_per_batch']} bytes/batch={s['mpi_bytes_sent_per_batch']} "
@@ -251,5 +268,6 @@ def run(out: Path, rank: int, size: int, comm, ok, compare) -> None:
         elif parts[1] == "app":
             app_equal(path, out, parts[2], comm)
         else:
-            trainer_equal(path, parts[1], comm, compare, "metis" if size == 2 else "contiguous", reference)
+            trainer_equal(path, parts[1], comm, compare, "metis" if size == 2 else "contiguous", reference,
+                          parts[2] if len(parts) == 3 else None)
         ok(case)
