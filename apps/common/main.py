@@ -44,7 +44,7 @@ def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], app: str,
     args = _parse_with_preset(parser, argv, presets)
     if args.resume is None:
         return args, None
-    given = _given_flags(parser, argv)
+    given = given_flags(parser, argv)
     refused = [flag for dest, flag in given.items() if dest not in (*RESUME_IGNORED[:2], *RESUME_OVERRIDES)]
     if refused:
         raise ValueError(f"--resume continues a run with its saved flags, so {refused[0]} would not apply: resume "
@@ -76,7 +76,7 @@ def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], app: str,
     return resumed, config
 
 
-def _given_flags(parser: argparse.ArgumentParser, argv) -> dict[str, str]:
+def given_flags(parser: argparse.ArgumentParser, argv) -> dict[str, str]:
     """{dest: option string} of the flags ``argv`` gives explicitly (abbreviations included): parsed into a
     namespace whose every attribute is a sentinel, which argparse leaves alone where no flag sets it."""
     actions = [a for a in parser._actions if a.dest != argparse.SUPPRESS]

@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=None,
                      help="the sweep's folder (default runs/robustness/<timestamp>); it must be new or empty")
     run.add_argument("--resume", type=Path, default=None,
-                     help="continue the sweep in this folder with its saved grid (other grid flags are ignored)")
+                     help="continue the sweep in this folder with its saved grid (with --jobs and -q only: any "
+                     "other flag would not apply, so it is refused)")
     run.add_argument("--jobs", type=positive_int, default=min(2, os.cpu_count() or 1),
                      help="runs of the app side by side (each with cores/jobs TensorFlow threads)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
@@ -98,6 +99,14 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     taken = [f for f in app_flags if f.split("=")[0] in OWN_FLAGS]
     if taken:
         parser.error(f"{taken[0]} after -- is set by the sweep itself; use the sweep's own flag")
+    if args.resume is not None:  # the saved grid and app flags are the sweep's: anything else would not apply
+        from apps.common.main import given_flags
+
+        refused = [flag for dest, flag in given_flags(parser, own).items() if dest not in ("resume", "jobs", "quiet")]
+        if refused or "--" in argv:
+            parser.error(f"--resume continues a sweep with its saved grid and app flags, so "
+                         f"{refused[0] if refused else 'flags after --'} would not apply: resume without "
+                         f"{'it' if refused else 'them'}, or start a new sweep with --out")
     return args, app_flags
 
 

@@ -113,7 +113,15 @@ def test_tiny_sweep_end_to_end_and_resume_is_a_no_op(tmp_path, capsys):
     assert config["grid"]["policies"] == ["stale", "retransmit:1"] and "git_commit" in config
     one = out / "runs" / "stale" / "p0.2" / "seed0" / "metrics.csv"  # a cell of one approach: the app's own folder
     before = one.read_bytes()
-    assert main(["--resume", str(out), "-q"]) == 0  # every cell finished: nothing runs again
+    assert main(["--resume", str(out), "-q", "--jobs", "1"]) == 0  # every cell finished: nothing runs again
+    assert one.read_bytes() == before
+    capsys.readouterr()
+    for extra in (["--loss-probs", "0.5"], ["--", "--epochs", "3"]):  # they would not apply: refused
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--resume", str(out), "-q", *extra])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "would not apply" in err[0] and (extra[0] in err[0] or "after --" in err[0]), err
     assert one.read_bytes() == before
 
 
