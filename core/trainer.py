@@ -69,8 +69,11 @@ on some link in it: round t's bundle for packet 0, its parameter piece for packe
 columns ``packet_loss_rate`` and ``residual_loss_rate`` (of the row's mini-batches: lost at the first
 transmission, and never delivered, over the packets sent), ``extra_rounds`` (cumulative) and
 ``link_failure_rate`` (undirected links down over link-mini-batches of the row); summary.json the same over
-the run. Test metrics are measured over lossless links unless ``eval_under_loss``. An inactive model (nothing
-can be lost or down) runs exactly the lossless programs (only the columns are added).
+the run. Test metrics are measured over lossless links unless ``eval_under_loss`` (on the fixed graph's links,
+or on those of the task's own test graph, :meth:`Task.test_links`). What a task computes on that is no message
+(``GraphOps.observed``) is never lost nor restricted. Between the calls of graphs drawn per mini-batch the
+stale buffer is kept by link (:class:`core.links.StaleLinks`; under MPI each rank the links it receives on).
+An inactive model (nothing can be lost or down) runs exactly the lossless programs (only the columns are added).
 
 Exchange kernels (``TrainerConfig.kernel``, docs/design.md, section 2): ``auto`` runs the exchanges of a fixed
 graph of at least ``core.ops.CSR_MIN_NODES`` nodes, in-process over perfect links, as CSR sparse-dense products

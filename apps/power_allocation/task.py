@@ -114,6 +114,8 @@ class PowerAllocationTask(Task):
             "test": tf.Variable(np.asarray(test_H, self.dtype.as_numpy_dtype), trainable=False),
             "train": tf.Variable(np.asarray(train_eval_H, self.dtype.as_numpy_dtype), trainable=False),
         }
+        self._pattern = None  # the complete pattern the test links are drawn on (test_links)
+        self._lossy_eval = None  # (its setup, the compiled rate sum) of the evaluation over lossy links
 
     def upgrade_row(self, row: dict) -> dict:
         """Rows saved before the Mbps columns existed get them (bit/s/Hz x bandwidth)."""
@@ -166,7 +168,7 @@ class PowerAllocationTask(Task):
     def test_links(self):
         """The complete pattern of the N pairs and, under MPI, the evaluation's exchange: the links an evaluation
         over imperfect links draws on (core.trainer.Task.test_links; :meth:`_evaluate_under_loss`)."""
-        if getattr(self, "_pattern", None) is None:  # one object: the trainer keeps its layout
+        if self._pattern is None:  # one object: the trainer keeps its layout
             self._pattern = complete_sparse_operator(self.pairs)
         return self._pattern, (self.backend.eval_transport if self._split else None)
 
@@ -203,9 +205,9 @@ class PowerAllocationTask(Task):
 
     def _lossy_rate_sum(self, theta, H, lost, up, links) -> tf.Tensor:
         """The sum over a test batch and this process's pairs of the rates, over the links of ``lost`` and ``up``
-        (compiled once per evaluation setup: ``links`` is the same object throughout an evaluation)."""
+        (compiled once: every evaluation's ``links`` has the run's policy, the kept layout and one transport)."""
         key = (links.policy, id(links.layout), links.transport)
-        if getattr(self, "_lossy_eval", (None,))[0] != key:
+        if self._lossy_eval is None or self._lossy_eval[0] != key:
             schedule = Schedule("forward", self.model.num_exchanges, int(H.shape[0]))
 
             @tf.function(autograph=False)
