@@ -10,11 +10,15 @@ its launches):
 - P = 2: ``link_scheduling/d-adam`` (the authors' variant, App C's default) and ``link_scheduling/c-adam``
   (a gradient Allreduce), contiguous blocks; ``link_scheduling/app``: ``python -m apps.link_scheduling
   --backend mpi`` against the same flags in-process (C-Adam and D-Adam into one group: metrics.csv,
-  summary counts and each optimizer's own messages, config.json's backend);
-- P = 3: ``link_scheduling/d-sgd`` on a METIS partition of the union, ``link_scheduling/resume_across_p``
-  (D-SGD checkpointed under P ranks and resumed in-process, and the reverse, both ending where the
-  uninterrupted in-process run ends) and ``link_scheduling/app_validation`` (``--mode authors`` and P > |V|
-  refused on every rank with status 2, rank 0 alone printing the one line, nothing written).
+  summary counts and each optimizer's own messages, config.json's backend); over imperfect links
+  (:data:`LINKS`): D-Adam with ``retransmit:2`` and with ``stale`` (each rank's buffer by link), D-SGD with
+  ``--eval-under-loss`` (the test ratio over lossy links of the block-diagonal test graph);
+- P = 3: ``link_scheduling/d-sgd`` on a METIS partition of the union, ``link_scheduling/resume_across_p/stale``
+  (D-SGD over ``stale`` links checkpointed under P ranks and resumed in-process, and the reverse, both ending
+  where the uninterrupted in-process run ends: the checkpoint holds the union of the ranks' buffers by link),
+  ``link_scheduling/app_validation`` (``--mode authors`` and P > |V| refused on every rank with status 2, rank
+  0 alone printing the one line, nothing written), D-SGD over a Gilbert chain and D-AMSGrad under link
+  failures (each drawn graph's views restricted and W rebuilt in the program).
 
 Each launch's conflict graphs change per mini-batch, so every mini-batch exchanges along another graph's
 edges (:class:`core.distributed.exchange.TensorView`) on the communicator of the union of all of them.
