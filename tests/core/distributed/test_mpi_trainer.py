@@ -9,9 +9,12 @@ what they compare with the in-process run, in float64 to rtol 1e-10 / atol 1e-12
   run; --jobs and P > |V| refused with one line); ``-n 3`` also checkpoints under 3 ranks and resumes
   in-process and the reverse, then one rank raises mid-run: the job must end within 30 s with one line;
 - both launches also run App B's cases (tests/core/distributed/power_allocation_cases.py: UWMMSE with C-Adam and
-  distributed Adams through the trainer and the app, resume across P);
+  distributed Adams through the trainer and the app, resume across P, and over lossy links: stale, link
+  failures and the lossy evaluation);
 - and App C's (tests/core/distributed/link_scheduling_cases.py: the actor on the ranks with a graph drawn per
-  mini-batch, the critic on rank 0; D-Adam, C-Adam and D-SGD, the app, resume across P, refused flags);
+  mini-batch, the critic on rank 0; D-Adam, C-Adam and D-SGD, the app, refused flags, and over lossy links:
+  retransmissions, a Gilbert chain, stale buffers by link with a resume across P, link failures and the lossy
+  evaluation);
 - ``-n 6`` on a 6-node graph, one process per network node (six more TensorFlow start-ups: about 21 s on
   2 cores, in the default suite).
 
