@@ -556,7 +556,7 @@ class Trainer:
         graphs drawn per mini-batch, a call each (:meth:`_run_steps`; the stacked calls of graphs of one
         pattern, :meth:`_run_stacked`, keep it entry-aligned)."""
         return (self.links is not None and self.links.policy.kind == "stale" and not self.graphs.fixed
-                and not (not self.config.log_every_step and getattr(self.graphs, "same_shapes", False)))
+                and (self.config.log_every_step or not getattr(self.graphs, "same_shapes", False)))
 
     def _per_node(self, array) -> bool:
         """Whether an array of theta or the optimizer state has a node axis (one row per owned node)."""
