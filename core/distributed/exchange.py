@@ -54,6 +54,7 @@ mpi4py is imported when an :class:`MPIExchange` is created, never at import time
 from __future__ import annotations
 
 import os
+import sys
 import time
 import weakref
 from dataclasses import dataclass, fields
@@ -225,6 +226,7 @@ class MPIExchange(Exchange):
             raise RuntimeError(f"MPI reordered the neighbour list {nb} to {sources}/{destinations}")
         self.debug = debug_from_env() if debug is None else bool(debug)
         self.counters = ExchangeCounters()
+        self.blocks = BlockPool()  # the exchanges' large buffers, reused from step to step
         self.sequence = 0  # exchanges performed so far on this rank (must be equal on all ranks)
         self._tensors = weakref.WeakKeyDictionary()  # view -> {dtype: TF constants, "csr": CSR layout}
         # rank-local products of views with at least this many owned rows run as CSR products (core.ops)
@@ -266,7 +268,7 @@ class MPIExchange(Exchange):
         row = int(np.prod(buffer.shape[1:], dtype=np.int64))
         shape = (int(recv_counts.sum()),) + buffer.shape[1:]
         if out is None:
-            received = aligned_empty(shape, buffer.dtype)
+            received = self.blocks.empty(shape, buffer.dtype)
         elif out.shape != shape or out.dtype != buffer.dtype or not out.flags.c_contiguous:
             raise ValueError(f"receive buffer must be a C-contiguous {buffer.dtype} block of shape {shape}, got "
                              f"{out.dtype} {out.shape}")
@@ -396,12 +398,18 @@ class MPIExchange(Exchange):
         x_own = np.asarray(x_own)
         n_own = view.num_owned
         if not view.num_ghosts:  # the collective still runs; x_own itself is the block (no copy)
-            self.exchange_rows(view, np.take(x_own, view.send_index, axis=0))
+            self.exchange_rows(view, self._boundary_rows(view, x_own))
             return x_own
-        x_ext = aligned_empty((n_own + view.num_ghosts,) + x_own.shape[1:], x_own.dtype)
-        self.exchange_rows(view, np.take(x_own, view.send_index, axis=0), out=x_ext[n_own:])
+        x_ext = self.blocks.empty((n_own + view.num_ghosts,) + x_own.shape[1:], x_own.dtype)
+        self.exchange_rows(view, self._boundary_rows(view, x_own), out=x_ext[n_own:])
         x_ext[:n_own] = x_own
         return x_ext
+
+    def _boundary_rows(self, view: OperatorView, x_own: np.ndarray) -> np.ndarray:
+        """The send buffer of a forward exchange, ``x_own[send_index]``, in a pooled block (free again once the
+        collective returned: nothing else refers to it)."""
+        rows = self.blocks.empty((view.num_sent,) + x_own.shape[1:], x_own.dtype)
+        return np.take(x_own, view.send_index, axis=0, out=rows, mode="clip")  # indices valid: unbuffered
 
     def returned_rows_added(self, view: OperatorView, contributions) -> np.ndarray:
         """``(M^T x)[owned]`` from the contributions of this rank's entries to every extended column,
@@ -416,7 +424,7 @@ class MPIExchange(Exchange):
         back = self.exchange_rows(view, contributions[n_own:], reverse=True)
         if not view.num_sent:  # nothing came back: the owned part as it is (no copy)
             return contributions[:n_own]
-        out = aligned_empty((n_own,) + contributions.shape[1:], contributions.dtype)
+        out = self.blocks.empty((n_own,) + contributions.shape[1:], contributions.dtype)
         out[...] = contributions[:n_own]
         start = 0
         for count in view.send_counts.tolist():  # a loop over neighbour ranks, not nodes
@@ -671,9 +679,48 @@ def aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes == 0:  # nothing to align (an empty slice's address is not its base's)
         return np.empty(shape, dtype)
-    raw = np.empty(nbytes + alignment, np.uint8)
+    return _aligned_view(np.empty(nbytes + alignment, np.uint8), shape, dtype, alignment)
+
+
+def _aligned_view(raw: np.ndarray, shape, dtype, alignment: int = 64) -> np.ndarray:
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     start = (-raw.ctypes.data) % alignment
     return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+class BlockPool:
+    """Large 64-byte aligned blocks (:func:`aligned_empty`), handed out again once nothing refers to them.
+
+    Without it, an exchange at 10^5 nodes (P = 2, B g = 1000) allocated its send buffer and its
+    ``[x_own; ghosts]`` block afresh, 86 and 273 MB, above glibc's mmap threshold: every D-SGD step mapped,
+    faulted in (the kernel zeroes each page) and unmapped 1.1 GB (traced with strace). With the pool a step
+    maps nothing after the first: 12 % faster (median of three alternating launches, 948 against 1078 ms).
+    A block is free when the only references left are the pool's:
+    every array handed out is a view whose ``base`` is the block, and TensorFlow keeps the array it wraps
+    (a ``tf.numpy_function`` result) referenced until its tensor is released, so a block still in use by a
+    tensor, a view or a caller is never handed out twice. At most ``per_size`` blocks of each byte size are
+    kept (the exchanges of a step repeat their shapes); anything beyond is an ordinary allocation.
+    """
+
+    def __init__(self, min_bytes: int = 1 << 20, per_size: int = 4):
+        self.min_bytes, self.per_size = int(min_bytes), int(per_size)
+        self._blocks: dict[int, list[np.ndarray]] = {}
+
+    def empty(self, shape, dtype) -> np.ndarray:
+        """An uninitialised aligned C-contiguous array of ``shape`` and ``dtype``, in a free pooled block when
+        it is large (``min_bytes``)."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes < self.min_bytes:
+            return aligned_empty(shape, dtype)
+        blocks = self._blocks.setdefault(nbytes, [])
+        for raw in blocks:
+            if sys.getrefcount(raw) <= 3:  # the list, this loop variable, getrefcount's argument: free
+                return _aligned_view(raw, shape, dtype)
+        raw = np.empty(nbytes + 64, np.uint8)
+        if len(blocks) < self.per_size:
+            blocks.append(raw)
+        return _aligned_view(raw, shape, dtype)
 
 
 def _displs(counts: np.ndarray) -> np.ndarray:
