@@ -199,8 +199,16 @@ class Graph:
         return g
 
     def is_connected(self) -> bool:
-        n_comp = sp.csgraph.connected_components(self._csr(), directed=False)[0]
-        return n_comp == 1
+        return self.num_components() == 1
+
+    def num_components(self) -> int:
+        """Connected components (an isolated node is one): consensus mixes within each only (eq. (16))."""
+        return int(sp.csgraph.connected_components(self._csr(), directed=False)[0])
+
+    def component_sizes(self) -> np.ndarray:
+        """Nodes per connected component, largest first."""
+        labels = sp.csgraph.connected_components(self._csr(), directed=False)[1]
+        return np.sort(np.bincount(labels, minlength=1))[::-1] if self.num_nodes else np.zeros(0, np.int64)
 
     def _csr(self):
         return sp.csr_matrix((self.weights, (self.receivers, self.senders)), shape=(self.num_nodes,) * 2)

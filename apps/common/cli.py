@@ -113,6 +113,24 @@ LABELS = {"c-sgd": "C-SGD", "c-adam": "C-Adam", "d-naive": "D-naive", "d-naive-p
 """How figures, tables and legends name each optimizer."""
 
 
+def is_distributed(approach: str) -> bool:
+    """Whether an approach trains per-node copies that mix with neighbours (all but C-SGD and C-Adam)."""
+    return approach not in ("c-sgd", "c-adam")
+
+
+def disconnected_graph_note(sizes, approaches) -> str | None:
+    """The note a run prints when its graph is not connected and it trains a distributed approach (``sizes``:
+    nodes per connected component, largest first), or None: the per-node copies then agree within each
+    component only (docs/design.md, section 2), which is allowed but rarely what a user meant."""
+    sizes = [int(n) for n in sizes]
+    if len(sizes) <= 1 or not any(is_distributed(a) for a in approaches):
+        return None
+    isolated = sum(1 for n in sizes if n == 1)
+    return (f"note: the graph is not connected: {len(sizes)} components, the largest with {sizes[0]} of the "
+            f"{sum(sizes)} nodes, {isolated} isolated node{'s' if isolated != 1 else ''}; the distributed approaches "
+            f"reach consensus within each component only")
+
+
 def optimizer_list(allowed: tuple[str, ...] = PAPER_OPTIMIZERS + EXTRA_OPTIMIZERS):
     """argparse type of ``--optimizer``: one name, distinct names separated by commas, or ``all`` (the
     paper's seven, those of them in ``allowed``); returns a tuple of names."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,6 +173,16 @@ def plan(args: argparse.Namespace) -> Plan:
     common_cli.check_mixing_beta(args, [data.adjacency])
     nodes = int(data.adjacency.shape[0])
     check_ranks(args, WORLD, nodes, PROG, f"a graph of {nodes} nodes")
+    import numpy as np
+
+    from core.graph import Graph
+
+    sizes = Graph.from_dense(data.adjacency).component_sizes()
+    dataset["graph"] = {"nodes": nodes, "edges": int(np.count_nonzero(np.triu(data.adjacency, 1))),
+                        "components": int(sizes.size), "largest_component": int(sizes[0])}
+    note = common_cli.disconnected_graph_note(sizes, args.optimizer)
+    if note and WORLD.is_root and not args.quiet:
+        print(f"{PROG}: {note}", file=sys.stderr)
     return Plan(args, tuple(args.optimizer), out, args.resume is not None, data, dataset, args.resumed_config,
                 is_grouped(args, args.optimizer))
 

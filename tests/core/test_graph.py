@@ -124,3 +124,7 @@ def test_laplacian_mixing_is_authors_rule():
 def test_connectivity():
     assert not Graph.from_dense(A).is_connected()
     assert Graph.from_networkx(nx.path_graph(4)).is_connected()
+    two_and_isolated = nx.disjoint_union_all([nx.path_graph(3), nx.path_graph(2), nx.empty_graph(2)])
+    g = Graph.from_networkx(two_and_isolated)
+    assert g.num_components() == 4 and g.component_sizes().tolist() == [3, 2, 1, 1]
+    assert Graph.from_networkx(nx.path_graph(4)).component_sizes().tolist() == [4]

@@ -139,6 +139,23 @@ def test_laplacian_mixing_is_recorded(tmp_path):
     assert mode == {"mixing": "laplacian", "mixing_beta": 0.01, "d_adam_variant": "authors"}
 
 
+def test_a_disconnected_graph_is_said_and_recorded(tmp_path, capsys):
+    """An Erdos-Renyi graph this sparse falls apart: the run still trains (consensus within each component,
+    docs/design.md, section 2), says so on stderr and records the components in config.json."""
+    sparse = ["--graph", "er", "--graph-p", "0.05", "--epochs", "1"]
+    out = tmp_path / "er"
+    assert main([*[f for f in TINY if f != "-q"], *sparse, "--optimizer", "d-sgd", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    graph = json.loads((out / "config.json").read_text())["dataset"]["graph"]
+    assert graph["nodes"] == 12 and graph["components"] > 1 and graph["largest_component"] < 12
+    assert f"the graph is not connected: {graph['components']} components, the largest with " \
+           f"{graph['largest_component']} of the 12 nodes" in err
+    assert main([*TINY, *sparse, "--optimizer", "d-sgd", "--out", str(tmp_path / "quiet")]) == 0  # -q: no note
+    assert main([*TINY[:-1], *sparse, "--optimizer", "c-sgd", "--out", str(tmp_path / "central")]) == 0
+    assert main([*TINY[:-1], "--epochs", "1", "--optimizer", "d-sgd", "--out", str(tmp_path / "ba")]) == 0
+    assert "not connected" not in capsys.readouterr().err  # quiet, centralized, or a connected BA graph
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--optimizer", "d-sgdd"], "--optimizer"),
     (["--batch-size", "25"], "--batch-size 25 is larger than the training set (24 samples)"),
