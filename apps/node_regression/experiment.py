@@ -173,12 +173,11 @@ def plan(args: argparse.Namespace) -> Plan:
     common_cli.check_mixing_beta(args, [data.adjacency])
     nodes = int(data.adjacency.shape[0])
     check_ranks(args, WORLD, nodes, PROG, f"a graph of {nodes} nodes")
-    import numpy as np
-
     from core.graph import Graph
 
-    sizes = Graph.from_dense(data.adjacency).component_sizes()
-    dataset["graph"] = {"nodes": nodes, "edges": int(np.count_nonzero(np.triu(data.adjacency, 1))),
+    graph = Graph.from_dense(data.adjacency)
+    sizes = graph.component_sizes()
+    dataset["graph"] = {"nodes": nodes, "edges": int((graph.senders < graph.receivers).sum()),
                         "components": int(sizes.size), "largest_component": int(sizes[0])}
     note = common_cli.disconnected_graph_note(sizes, args.optimizer)
     if note and WORLD.is_root and not args.quiet:

@@ -695,11 +695,12 @@ class BlockPool:
     ``[x_own; ghosts]`` block afresh, 86 and 273 MB, above glibc's mmap threshold: every D-SGD step mapped,
     faulted in (the kernel zeroes each page) and unmapped 1.1 GB (traced with strace). With the pool a step
     maps nothing after the first: 12 % faster (median of three alternating launches, 948 against 1078 ms).
-    A block is free when the only references left are the pool's:
-    every array handed out is a view whose ``base`` is the block, and TensorFlow keeps the array it wraps
-    (a ``tf.numpy_function`` result) referenced until its tensor is released, so a block still in use by a
-    tensor, a view or a caller is never handed out twice. At most ``per_size`` blocks of each byte size are
-    kept (the exchanges of a step repeat their shapes); anything beyond is an ordinary allocation.
+
+    A block is free when the only references left are the pool's: every array handed out is a view whose
+    ``base`` is the block, and TensorFlow keeps the array it wraps (a ``tf.numpy_function`` result) referenced
+    until its tensor is released, so a block still in use by a tensor, a view or a caller is never handed out
+    twice. At most ``per_size`` blocks of each byte size are kept (the exchanges of a step repeat their
+    shapes); anything beyond is an ordinary allocation.
     """
 
     def __init__(self, min_bytes: int = 1 << 20, per_size: int = 4):
