@@ -10,6 +10,7 @@ An app that supports ``--backend {local,mpi}`` (flags: :func:`apps.common.cli.ad
 - :func:`check_backend_flags` in ``parse_args``: ``--backend local`` under mpiexec with P > 1 and ``--jobs``
   under MPI are refused (the ranks are the parallelism);
 - :func:`check_ranks` in ``plan``: P > |V| is refused, P = 1 without mpiexec is said;
+- :func:`say_notes` in ``plan``: what a run should know about its flags (rank 0, unless ``-q``);
 - :func:`on_root` for what rank 0 alone decides (the run path with its timestamp, a generated dataset),
   broadcast to the others, a ValueError on rank 0 becoming the same error on every rank;
 - :func:`make_backend` in ``execute``: the partition computed on rank 0 and broadcast, the
@@ -110,6 +111,14 @@ def check_ranks(args: argparse.Namespace, world: World, num_nodes: int, prog: st
         if not under_mpiexec():
             print(f"{prog}: note: --backend mpi without mpiexec runs with P = 1 (start it with `mpiexec -n P "
                   f"{prog} ...` to split the nodes over P processes)", file=sys.stderr)
+
+
+def say_notes(args: argparse.Namespace, world: World, prog: str, *notes: str | None) -> None:
+    """Print each given note (``"note: ..."``) once, on stderr of rank 0, unless ``-q``."""
+    if world.is_root and not args.quiet:
+        for note in notes:
+            if note:
+                print(f"{prog}: {note}", file=sys.stderr)
 
 
 def on_root(world: World, fn: Callable):

@@ -23,13 +23,18 @@ def add_lr_schedule_arguments(group, subject: str = "alpha_t", step_unit: str = 
                        help=f"{step_unit} per decay-rate factor of the exponential schedule")
 
 
-def add_consensus_arguments(group, rounds_of: str, graph: str = "", d_adam_default: str = "paper",
-                            d_adam_note: str = "") -> None:
+GRADIENT_CONSENSUS = ("d-naive", "d-naive-pb", "d-gc-adam", "d-gcp-adam")
+"""The approaches that run ``--consensus-rounds`` K rounds of gradient consensus (eq. 15) per mini-batch; the
+others mix once (core.optimizers.make_optimizer)."""
+
+
+def add_consensus_arguments(group, graph: str = "", d_adam_default: str = "paper", d_adam_note: str = "") -> None:
     """``--consensus-rounds``, ``--mixing``, ``--mixing-beta``, ``--d-adam-variant`` of the training apps:
-    ``rounds_of`` names the approaches that run the K rounds, ``graph`` says where W lives (e.g. " on the
-    conflict graph"), and ``d_adam_note`` ends the D-Adam help (e.g. why the app defaults to "authors")."""
+    ``graph`` says where W lives (e.g. " on the conflict graph"), and ``d_adam_note`` ends the D-Adam help
+    (e.g. why the app defaults to "authors")."""
     group.add_argument("--consensus-rounds", type=positive_int, default=1,
-                       help=f"gradient-consensus rounds K of {rounds_of} (eq. 15)")
+                       help=f"gradient-consensus rounds K of {_names(GRADIENT_CONSENSUS)} (eq. 15); the other "
+                       "approaches mix once per mini-batch")
     group.add_argument("--mixing", choices=("mh", "laplacian"), default="mh",
                        help=f"consensus weights W{graph}: Metropolis-Hastings (eq. 16), or the paper authors' "
                        "I - beta (D - A) on the raw adjacency")
@@ -111,6 +116,21 @@ LABELS = {"c-sgd": "C-SGD", "c-adam": "C-Adam", "d-naive": "D-naive", "d-naive-p
           "d-adam": "D-Adam", "d-amsgrad": "D-AMSGrad", "d-gc-adam": "D-GC-Adam", "d-gcp-adam": "D-GCP-Adam",
           "d-gt": "D-GT", "d-gt-adam": "D-GT-Adam"}
 """How figures, tables and legends name each optimizer."""
+
+
+def _names(approaches) -> str:
+    labels = [LABELS[a] for a in approaches]
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
+def consensus_rounds_note(args: argparse.Namespace) -> str | None:
+    """The note a run prints when ``--consensus-rounds`` K > 1 is given but none of its approaches runs K
+    rounds (they would train as with K = 1), or None."""
+    if args.consensus_rounds == 1 or any(a in GRADIENT_CONSENSUS for a in args.optimizer):
+        return None
+    return (f"note: --consensus-rounds {args.consensus_rounds} changes nothing here: only "
+            f"{_names(GRADIENT_CONSENSUS)} run K rounds, and {_names(args.optimizer)} "
+            f"{'mixes' if len(args.optimizer) == 1 else 'mix'} once per mini-batch")
 
 
 def is_distributed(approach: str) -> bool:

@@ -70,7 +70,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apps.common import cli as common_cli
-from apps.common.backend import check_backend_flags, check_ranks, on_root, run_on_world, start_world
+from apps.common.backend import check_backend_flags, check_ranks, on_root, run_on_world, say_notes, start_world
 from apps.common.backend import make_backend as shared_make_backend
 from apps.common.main import World
 from core.parallel import default_workers
@@ -162,9 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=cli.positive_int, default=100,
                        help="weight samples B per mini-batch (all on one graph with --mode algorithm1, each on its "
                        "own graph with --mode authors)")
-    common_cli.add_consensus_arguments(train, rounds_of="d-naive and d-naive-pb", graph=" on the conflict graph",
-                                d_adam_note=", which produced Fig. 2c and the only D-Adam of --mode authors; DADAM's "
-                                "large first steps push the actor into a dip here (see the module docstring)")
+    common_cli.add_consensus_arguments(train, graph=" on the conflict graph",
+                                       d_adam_note=", which produced Fig. 2c and the only D-Adam of --mode authors; "
+                                       "DADAM's large first steps push the actor into a dip here (see the module "
+                                       "docstring)")
     common_cli.add_seed_dtype_preset_arguments(
         train, PRESETS, seed_help="seed of the initial actor and critic, the graph draws and every weight and noise "
         "draw", dtype_of="parameters, optimizer states and data",
@@ -294,6 +295,7 @@ def plan(args: argparse.Namespace) -> Plan:
     common_cli.check_mixing_beta(args, (data.train_adjacency, data.test_adjacency))
     vertices = int(data.train_adjacency.shape[-1])
     check_ranks(args, WORLD, vertices, PROG, f"conflict graphs of {vertices} vertices")
+    say_notes(args, WORLD, PROG, common_cli.consensus_rounds_note(args))
     if args.resumed_config is None:
         derive_mini_batches(args, data.train_adjacency.shape[0])
     return Plan(args, out, args.resume is not None, data, args.resumed_config, is_grouped(args, args.optimizer))

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from apps.common import cli as common_cli
-from apps.common.backend import check_backend_flags, check_ranks, on_root, run_on_world, start_world
+from apps.common.backend import check_backend_flags, check_ranks, on_root, run_on_world, say_notes, start_world
 from apps.common.backend import make_backend as shared_make_backend
 from apps.common.main import World
 from core.parallel import default_workers
@@ -83,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     common_cli.add_lr_schedule_arguments(train)
     train.add_argument("--epochs", type=cli.positive_int, default=1000, help="passes over the training set")
     train.add_argument("--batch-size", type=cli.positive_int, default=100, help="samples per mini-batch B")
-    common_cli.add_consensus_arguments(train, rounds_of="D-naive and D-naive-PB")
+    common_cli.add_consensus_arguments(train)
     common_cli.add_seed_dtype_preset_arguments(
         train, PRESETS, seed_help="training seed: the student's initial parameters and the shuffling derive from it "
         "(never the data)",
@@ -179,9 +178,8 @@ def plan(args: argparse.Namespace) -> Plan:
     sizes = graph.component_sizes()
     dataset["graph"] = {"nodes": nodes, "edges": int((graph.senders < graph.receivers).sum()),
                         "components": int(sizes.size), "largest_component": int(sizes[0])}
-    note = common_cli.disconnected_graph_note(sizes, args.optimizer)
-    if note and WORLD.is_root and not args.quiet:
-        print(f"{PROG}: {note}", file=sys.stderr)
+    say_notes(args, WORLD, PROG, common_cli.disconnected_graph_note(sizes, args.optimizer),
+              common_cli.consensus_rounds_note(args))
     return Plan(args, tuple(args.optimizer), out, args.resume is not None, data, dataset, args.resumed_config,
                 is_grouped(args, args.optimizer))
 

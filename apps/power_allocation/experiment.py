@@ -51,7 +51,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apps.common import cli as common_cli
-from apps.common.backend import check_backend_flags, check_ranks, make_backend, on_root, run_on_world, start_world
+from apps.common.backend import (
+    check_backend_flags,
+    check_ranks,
+    make_backend,
+    on_root,
+    run_on_world,
+    say_notes,
+    start_world,
+)
 from apps.common.main import World
 from core.parallel import default_workers
 from datasets import cli
@@ -128,8 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=cli.positive_int, default=None,
                        help="samples per mini-batch B: must equal the dataset's batch size (one layout per "
                        "batch; default: the dataset's, 64 for the paper preset)")
-    common_cli.add_consensus_arguments(train, rounds_of="D-naive, D-naive-PB, D-GC-Adam and D-GCP-Adam",
-                                graph=" on each batch's consensus graph")
+    common_cli.add_consensus_arguments(train, graph=" on each batch's consensus graph")
     common_cli.add_seed_dtype_preset_arguments(
         train, PRESETS, seed_help="seed of the initial parameters and of the order of the training batches",
         dtype_of="parameters, optimizer state and channels (baselines always float64)",
@@ -205,6 +212,7 @@ def plan(args: argparse.Namespace) -> Plan:
     # a batch's consensus graph links some of its N pairs: at most N - 1 neighbours, whatever the batch
     common_cli.check_mixing_beta(args, (), largest_degree=dataset["pairs"] - 1)
     check_ranks(args, WORLD, dataset["pairs"], PROG, f"{dataset['pairs']} transmitter-receiver pairs")
+    say_notes(args, WORLD, PROG, common_cli.consensus_rounds_note(args))
     return Plan(args, tuple(args.optimizer), out, args.resume is not None, path, dataset, args.resumed_config,
                 is_grouped(args, args.optimizer))
 

@@ -156,6 +156,15 @@ def test_a_disconnected_graph_is_said_and_recorded(tmp_path, capsys):
     assert "not connected" not in capsys.readouterr().err  # quiet, centralized, or a connected BA graph
 
 
+def test_consensus_rounds_without_a_gradient_consensus_approach_is_said(tmp_path, capsys):
+    loud = [f for f in TINY if f != "-q"] + ["--epochs", "1", "--consensus-rounds", "3"]
+    assert main([*loud, "--optimizer", "d-sgd,d-gt", "--out", str(tmp_path / "a")]) == 0
+    assert ("note: --consensus-rounds 3 changes nothing here: only D-naive, D-naive-PB, D-GC-Adam and D-GCP-Adam "
+            "run K rounds, and D-SGD and D-GT mix once per mini-batch") in capsys.readouterr().err
+    assert main([*loud, "--optimizer", "d-sgd,d-naive", "--out", str(tmp_path / "b")]) == 0
+    assert "--consensus-rounds" not in capsys.readouterr().err  # D-naive runs the K rounds
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--optimizer", "d-sgdd"], "--optimizer"),
     (["--batch-size", "25"], "--batch-size 25 is larger than the training set (24 samples)"),
