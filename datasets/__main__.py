@@ -1,4 +1,5 @@
-"""`python -m datasets <kind> [flags]`: generate a dataset file; `--help` lists the kinds.
+"""`python -m datasets <kind> [flags]`: generate a dataset file; `--help` lists the kinds;
+`python -m datasets info FILE [--verify] [--json]` describes a file of any kind.
 
 The kinds are discovered from the modules of this package, and the run follows the error policy of
 `datasets.cli` (one line on stderr per failure; exit status 2, 1 or 130).
@@ -18,11 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     SystemExit(2) after one error line on stderr.
     """
     try:
-        parser = cli.build_parser(cli.discover_kinds())
+        kinds = cli.discover_kinds()
+        parser = cli.build_parser(kinds)
         args = parser.parse_args(argv)
     except KeyboardInterrupt:
         print("python -m datasets: interrupted; nothing written", file=sys.stderr)
         return 130
+    if args._kind is None:  # `info FILE`: describe, not generate
+        return cli.run_info(args, kinds, args._parser)
     return cli.run_kind(args._kind, args, args._parser)
 
 

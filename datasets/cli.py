@@ -12,6 +12,9 @@ A dataset kind is a module of this package that defines a module-level `KIND = D
 * optionally `estimate(config) -> Estimate`: the file size and peak memory of `generate`, so that a
   dataset that cannot fit is refused before any work (see `Estimate`).
 
+* optionally `reader`: its loader class (a `storage.DatasetReader`), which `python -m datasets info FILE`
+  opens to describe a file of the kind (`run_info`).
+
 A minimal kind module (e.g. `datasets/my_kind.py`)::
 
     SCHEMA = storage.Schema("my-kind", 1, (storage.ArraySpec("train/x", ("samples", "width"), np.float32),))
@@ -109,6 +112,7 @@ class DatasetKind:
     configure: Callable[[argparse.Namespace], object]
     generate: Callable[[object, Path, bool], None]
     estimate: Callable[[object], Estimate] | None = None
+    reader: Callable[[Path], storage.DatasetReader] | None = None  # its loader class: `python -m datasets info`
 
     @property
     def default_output(self) -> Path:
@@ -275,7 +279,80 @@ def build_parser(kinds: dict[str, DatasetKind]) -> OneLineErrorParser:
         kind.add_arguments(sub)
         add_common_arguments(sub, kind)
         sub.set_defaults(_kind=kind, _parser=sub)
+    info = subparsers.add_parser(
+        INFO,
+        help="describe a dataset file: its kind, generation settings, arrays and checksum",
+        description="Print what a dataset file of any kind holds: its kind and schema version, the code that "
+        "wrote it, its checksum and size, every generation setting, the attributes derived from them and "
+        "every "
+        "array's dtype and shape. Opening it checks the schema, dtypes and shapes; --verify also reads every "
+        "row. Exit status 0, or 2 (one line on stderr) for a file that is missing, not a dataset of this "
+        "project or damaged.",
+        formatter_class=HelpFormatter,
+    )
+    info.add_argument("file", type=Path, help="the dataset file (HDF5)")
+    info.add_argument("--verify", action="store_true",
+                      help="also read every row (the kind's content checks) and recompute the checksum (about 6 s "
+                      "for the paper's power-allocation dataset)")
+    info.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    info.set_defaults(_kind=None, _parser=info)
     return parser
+
+
+INFO = "info"
+"""The subcommand that describes a dataset file (:func:`run_info`); not a kind."""
+
+
+def run_info(args: argparse.Namespace, kinds: dict[str, DatasetKind], parser: argparse.ArgumentParser) -> int:
+    """`python -m datasets info FILE [--verify] [--json]`: print :func:`storage.describe` of the file; returns
+    the exit status (2 after one line on stderr when the file cannot be used)."""
+    try:
+        with _terminate_as_interrupt():
+            name = storage.stored_kind(args.file)
+            kind = kinds.get(name)
+            if kind is None or kind.reader is None:
+                raise storage.DatasetError(f"{args.file}: a {name!r} dataset, a kind this version does not read "
+                                           f"(it reads {', '.join(k for k, v in kinds.items() if v.reader)})")
+            with kind.reader(args.file) as reader:
+                info = storage.describe(reader)
+                if args.verify:
+                    reader.verify()
+                    info["verified"] = True
+    except storage.DatasetError as exc:
+        print(f"{parser.prog}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    try:
+        _print_info(info, args.json)
+    except BrokenPipeError:  # `... | head`: the reader has gone; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+    return 0
+
+
+def _print_info(info: dict, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return
+    print(f"{info['file']}: {info['kind']} dataset, schema version {info['schema_version']}, "
+          f"{info['bytes'] / 2**20:.1f} MB, written by {info['generator']}")
+    print(f"checksum: {info['checksum']}")
+    print(f"generation settings (see `python -m datasets {info['kind']} --help`):")
+    for key, value in sorted(info["config"].items()):
+        print(f"  {key} = {json.dumps(value)}")
+    if info["attributes"]:
+        print("derived attributes:")
+        for key, value in sorted(info["attributes"].items()):
+            print(f"  {key} = {json.dumps(value)}")
+    print("arrays:")
+    width = max((len(n) for n in info["arrays"]), default=0)
+    for name, spec in info["arrays"].items():
+        print(f"  {name:<{width}}  {spec['dtype']:<8} {tuple(spec['shape'])}")
+    if info.get("verified"):
+        print("verified: every row passes its content checks and the checksum matches")
 
 
 def run_kind(kind: DatasetKind, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

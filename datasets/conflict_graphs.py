@@ -312,4 +312,5 @@ KIND = cli.DatasetKind(
     configure=_configure,
     generate=generate,
     estimate=estimate,
+    reader=ConflictGraphDataset,
 )

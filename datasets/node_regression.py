@@ -416,4 +416,5 @@ KIND = cli.DatasetKind(
     configure=_configure,
     generate=generate,
     estimate=estimate,
+    reader=NodeRegressionDataset,
 )

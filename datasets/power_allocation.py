@@ -577,4 +577,5 @@ KIND = cli.DatasetKind(
     configure=_configure,
     generate=generate,
     estimate=estimate,
+    reader=PowerAllocationDataset,
 )

@@ -578,6 +578,43 @@ def _combine_checksum(metadata: Mapping[str, object], entries) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+def stored_kind(path: str | os.PathLike) -> str:
+    """The `schema` attribute (the dataset kind) of a dataset file, read without knowing its kind; raises
+    `DatasetError` naming the file when it is missing, a folder, not HDF5, or not a dataset of this project."""
+    path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path}: a folder, not a dataset file")
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such dataset file")
+    try:
+        with h5py.File(path, "r") as file:
+            kind = _plain(file.attrs.get(ATTR_SCHEMA))
+    except OSError as exc:
+        raise DatasetError(f"{path}: not a readable HDF5 file (truncated or corrupted?): {exc}") from exc
+    if not isinstance(kind, str):
+        raise DatasetError(f"{path}: not a dataset of this project (no {ATTR_SCHEMA!r} attribute)")
+    return kind
+
+
+def describe(reader: DatasetReader) -> dict:
+    """What an open dataset holds, as plain JSON values: its kind and schema version, the code that wrote it,
+    the checksum, the file size, the generation settings, the kind's other root attributes and every array's
+    dtype and shape."""
+    common = (ATTR_SCHEMA, ATTR_SCHEMA_VERSION, ATTR_GENERATOR, ATTR_CONFIG, ATTR_CHECKSUM)
+    return {
+        "file": str(reader.path),
+        "kind": reader.attrs[ATTR_SCHEMA],
+        "schema_version": reader.attrs[ATTR_SCHEMA_VERSION],
+        "generator": reader.attrs[ATTR_GENERATOR],
+        "checksum": reader.checksum,
+        "bytes": reader.path.stat().st_size,
+        "config": reader.config,
+        "attributes": {k: v for k, v in reader.attrs.items() if k not in common},
+        "arrays": {spec.name: {"dtype": str(reader.file[spec.name].dtype), "shape": list(reader.file[spec.name].shape)}
+                   for spec in reader.schema.arrays},
+    }
+
+
 def _plain(value):
     """HDF5 attribute value (numpy scalar, bytes) -> plain Python value for JSON and comparisons."""
     if isinstance(value, bytes):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from datasets import cli
@@ -192,3 +193,51 @@ def test_module_entry_point_help_and_exit_status(tmp_path):
         "(see --help)\n"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- python -m datasets info FILE
+def test_info_describes_a_file_of_each_kind(tmp_path, capsys, power_file, graph_file, tiny_power_config):
+    import json
+
+    from datasets import node_regression as nr
+
+    regression = nr.generate(nr.NodeRegressionConfig(nodes=6, train_samples=4, test_samples=2), tmp_path / "nr.h5")
+    for path, kind in ((power_file, "power-allocation"), (graph_file, "conflict-graphs"), (regression,
+                                                                                          "node-regression")):
+        assert main(["info", str(path), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["kind"] == kind and info["file"] == str(path) and info["checksum"].startswith("sha256:")
+        assert info["bytes"] == Path(path).stat().st_size and "verified" not in info
+    assert info["config"]["nodes"] == 6 and info["arrays"]["train/x"]["shape"][0] == 4
+    assert main(["info", str(power_file), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{power_file}: power-allocation dataset, schema version 1, ")
+    assert f"  pairs = {tiny_power_config.pairs}" in out and "  noise_power_w = " in out
+    assert re.search(r"  train/H +float32 +\(6, 5, 4, 4\)", out)  # 3 layouts x 2 batches of 5 samples, 4 pairs
+    assert out.rstrip().endswith("verified: every row passes its content checks and the checksum matches")
+
+
+def test_info_refuses_what_is_not_a_usable_dataset_with_one_line(tmp_path, capsys, graph_file):
+    import shutil
+
+    import h5py
+
+    damaged = tmp_path / "damaged.h5"
+    shutil.copy(graph_file, damaged)
+    with h5py.File(damaged, "r+") as f:  # one edge made one-way: the content check of a read fails
+        adjacency = f["train/adjacency"][0]
+        i, j = map(int, np.argwhere(adjacency)[0])
+        adjacency[i, j] = 0
+        f["train/adjacency"][0] = adjacency
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.attrs["schema"] = "weather"
+    (tmp_path / "notes.h5").write_text("not HDF5")
+    cases = {tmp_path / "missing.h5": "no such dataset file", tmp_path: "a folder, not a dataset file",
+             tmp_path / "notes.h5": "not a readable HDF5 file", other: "a 'weather' dataset, a kind this version",
+             damaged: "is not symmetric"}
+    for path, message in cases.items():
+        assert main(["info", str(path), "--verify"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("python -m datasets info: error: ") and message in err
+    assert main(["info", str(damaged)]) == 0  # opening checks the schema; only --verify reads every row
