@@ -123,6 +123,34 @@ def _names(approaches) -> str:
     return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
 
 
+def _lossy(args: argparse.Namespace) -> bool:
+    return args.loss_model == "gilbert" or args.loss_prob > 0
+
+
+EFFECTIVE_ONLY_WITH = (
+    ("mixing_beta", lambda a: a.mixing == "laplacian", "--mixing laplacian"),
+    ("lr_decay_rate", lambda a: a.lr_schedule == "exponential", "--lr-schedule exponential"),
+    ("lr_decay_steps", lambda a: a.lr_schedule == "exponential", "--lr-schedule exponential"),
+    ("on_loss", _lossy, "lost packets (--loss-prob > 0 or --loss-model gilbert)"),
+    ("eval_under_loss", lambda a: links_active(a), "a link model (--loss-prob, --loss-model gilbert or "
+                                                     "--link-failure)"),
+)
+"""(flag, when it matters, what it needs) of the flags shared by the apps that only some settings read."""
+
+
+def ignored_flag_notes(args: argparse.Namespace, more=()) -> list[str]:
+    """A note per flag given on the command line (``args.given_flags``, apps.common.main.parse_run_flags) that
+    these settings do not read, from :data:`EFFECTIVE_ONLY_WITH` and the app's own ``more`` (same triples),
+    and the note of :func:`consensus_rounds_note`."""
+    given = getattr(args, "given_flags", None) or {}
+    notes = [f"note: {given[dest]} has no effect without {needs}"
+             for dest, matters, needs in (*EFFECTIVE_ONLY_WITH, *more)
+             if dest in given and hasattr(args, dest) and not matters(args)]
+    if "consensus_rounds" in given:
+        notes.append(consensus_rounds_note(args))
+    return [n for n in notes if n]
+
+
 def consensus_rounds_note(args: argparse.Namespace) -> str | None:
     """The note a run prints when ``--consensus-rounds`` K > 1 is given but none of its approaches runs K
     rounds (they would train as with K = 1), or None."""

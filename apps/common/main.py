@@ -42,9 +42,10 @@ def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], app: str,
     problem raises ValueError with a one-line message.
     """
     args = _parse_with_preset(parser, argv, presets)
-    if args.resume is None:
-        return args, None
     given = given_flags(parser, argv)
+    if args.resume is None:
+        args.given_flags = given  # for the notes on flags without effect (apps.common.cli.ignored_flag_notes)
+        return args, None
     refused = [flag for dest, flag in given.items() if dest not in (*RESUME_IGNORED[:2], *RESUME_OVERRIDES)]
     if refused:
         raise ValueError(f"--resume continues a run with its saved flags, so {refused[0]} would not apply: resume "
@@ -70,10 +71,20 @@ def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], app: str,
         raise ValueError(f"--resume: {run.config_path}: {exc}") from None
     resumed = _parse_with_preset(_raising(parser, f"--resume: {run.config_path}: saved flags"), replayed, presets)
     resumed.quiet, resumed.resume, resumed.out = args.quiet, args.resume, None
+    resumed.given_flags = {}  # checked when the run started
     for dest in given:
         if dest in RESUME_OVERRIDES:
             setattr(resumed, dest, getattr(args, dest))
     return resumed, config
+
+
+NOT_RECORDED = ("resumed_config", "given_flags")
+"""Attributes of an app's parsed flags that are this invocation's, not the run's: never in config.json."""
+
+
+def recorded_flags(args: argparse.Namespace) -> dict:
+    """The flags config.json records: every parsed flag (paths as strings) but :data:`NOT_RECORDED`."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in NOT_RECORDED}
 
 
 def given_flags(parser: argparse.ArgumentParser, argv) -> dict[str, str]:

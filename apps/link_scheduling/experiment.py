@@ -295,7 +295,7 @@ def plan(args: argparse.Namespace) -> Plan:
     common_cli.check_mixing_beta(args, (data.train_adjacency, data.test_adjacency))
     vertices = int(data.train_adjacency.shape[-1])
     check_ranks(args, WORLD, vertices, PROG, f"conflict graphs of {vertices} vertices")
-    say_notes(args, WORLD, PROG, common_cli.consensus_rounds_note(args))
+    say_notes(args, WORLD, PROG, *common_cli.ignored_flag_notes(args))
     if args.resumed_config is None:
         derive_mini_batches(args, data.train_adjacency.shape[0])
     return Plan(args, out, args.resume is not None, data, args.resumed_config, is_grouped(args, args.optimizer))
@@ -321,7 +321,9 @@ def check_memory(args: argparse.Namespace) -> None:
 
 def run_config(p: Plan, optimizer: str) -> dict:
     """What config.json records: every flag, the optimizer and mode, and the data set."""
-    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(p.args).items() if k != "resumed_config"}
+    from apps.common.main import recorded_flags
+
+    flags = recorded_flags(p.args)
     return {
         "app": APP, "optimizer": optimizer, "label": LABELS.get(optimizer, optimizer), "flags": flags,
         "seed": p.args.seed, "mode": p.args.mode,

@@ -134,6 +134,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+GRAPH_FLAGS = (("graph_m", lambda a: a.graph == "ba", "--graph ba"),
+               ("graph_p", lambda a: a.graph == "er", "--graph er"))
+"""App A's data flags that one graph model reads (apps.common.cli.ignored_flag_notes)."""
+
+
 def load_data(args: argparse.Namespace) -> tuple[nr.NodeRegressionData, dict]:
     """The data of ``--data``, or generated in memory from the data flags; and their provenance."""
     if args.data is not None:
@@ -179,7 +184,7 @@ def plan(args: argparse.Namespace) -> Plan:
     dataset["graph"] = {"nodes": nodes, "edges": int((graph.senders < graph.receivers).sum()),
                         "components": int(sizes.size), "largest_component": int(sizes[0])}
     say_notes(args, WORLD, PROG, common_cli.disconnected_graph_note(sizes, args.optimizer),
-              common_cli.consensus_rounds_note(args))
+              *common_cli.ignored_flag_notes(args, GRAPH_FLAGS))
     return Plan(args, tuple(args.optimizer), out, args.resume is not None, data, dataset, args.resumed_config,
                 is_grouped(args, args.optimizer))
 
@@ -211,7 +216,9 @@ def check_memory(args: argparse.Namespace) -> None:
 
 def run_config(p: Plan, approach: str) -> dict:
     """What config.json records: every flag, the approach, the optimizer mode and the data set."""
-    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(p.args).items() if k != "resumed_config"}
+    from apps.common.main import recorded_flags
+
+    flags = recorded_flags(p.args)
     return {
         "app": APP, "optimizer": approach, "label": LABELS.get(approach, approach), "flags": flags, "seed": p.args.seed,
         "mode": {"mixing": p.args.mixing, "mixing_beta": p.args.mixing_beta if p.args.mixing == "laplacian" else None,

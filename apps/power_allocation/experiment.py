@@ -212,7 +212,7 @@ def plan(args: argparse.Namespace) -> Plan:
     # a batch's consensus graph links some of its N pairs: at most N - 1 neighbours, whatever the batch
     common_cli.check_mixing_beta(args, (), largest_degree=dataset["pairs"] - 1)
     check_ranks(args, WORLD, dataset["pairs"], PROG, f"{dataset['pairs']} transmitter-receiver pairs")
-    say_notes(args, WORLD, PROG, common_cli.consensus_rounds_note(args))
+    say_notes(args, WORLD, PROG, *common_cli.ignored_flag_notes(args))
     return Plan(args, tuple(args.optimizer), out, args.resume is not None, path, dataset, args.resumed_config,
                 is_grouped(args, args.optimizer))
 
@@ -301,7 +301,9 @@ def check_memory(args: argparse.Namespace, dataset: dict) -> None:
 
 def run_config(p: Plan, approach: str) -> dict:
     """What config.json records: every flag, the approach, the optimizer mode and the dataset."""
-    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(p.args).items() if k != "resumed_config"}
+    from apps.common.main import recorded_flags
+
+    flags = recorded_flags(p.args)
     flags["optimizer"] = list(p.args.optimizer)
     return {
         "app": APP, "optimizer": approach, "label": LABELS.get(approach, approach), "flags": flags, "seed": p.args.seed,

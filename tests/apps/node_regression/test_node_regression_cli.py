@@ -165,6 +165,22 @@ def test_consensus_rounds_without_a_gradient_consensus_approach_is_said(tmp_path
     assert "--consensus-rounds" not in capsys.readouterr().err  # D-naive runs the K rounds
 
 
+def test_flags_without_effect_are_said_and_not_recorded(tmp_path, capsys):
+    loud = [f for f in TINY if f != "-q"] + ["--epochs", "1", "--optimizer", "d-sgd"]
+    out = tmp_path / "run"
+    assert main([*loud, "--mixing-beta", "0.01", "--on-loss", "stale", "--graph-p", "0.2", "--out", str(out)]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert notes == ["python -m apps.node_regression: note: --mixing-beta has no effect without --mixing laplacian",
+                     "python -m apps.node_regression: note: --on-loss has no effect without lost packets "
+                     "(--loss-prob > 0 or --loss-model gilbert)",
+                     "python -m apps.node_regression: note: --graph-p has no effect without --graph er"]
+    flags = json.loads((out / "config.json").read_text())["flags"]
+    assert "given_flags" not in flags and "resumed_config" not in flags and flags["mixing_beta"] == 0.01
+    assert main([*loud, "--mixing", "laplacian", "--mixing-beta", "0.01", "--loss-prob", "0.1", "--on-loss", "stale",
+                 "--out", str(tmp_path / "used")]) == 0
+    assert "note:" not in capsys.readouterr().err  # each flag now has its effect
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--optimizer", "d-sgdd"], "--optimizer"),
     (["--batch-size", "25"], "--batch-size 25 is larger than the training set (24 samples)"),
