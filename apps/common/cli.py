@@ -128,14 +128,14 @@ def _lossy(args: argparse.Namespace) -> bool:
 
 
 EFFECTIVE_ONLY_WITH = (
-    ("mixing_beta", lambda a: a.mixing == "laplacian", "--mixing laplacian"),
-    ("lr_decay_rate", lambda a: a.lr_schedule == "exponential", "--lr-schedule exponential"),
-    ("lr_decay_steps", lambda a: a.lr_schedule == "exponential", "--lr-schedule exponential"),
-    ("on_loss", _lossy, "lost packets (--loss-prob > 0 or --loss-model gilbert)"),
-    ("eval_under_loss", lambda a: links_active(a), "a link model (--loss-prob, --loss-model gilbert or "
+    ("mixing_beta", lambda a: a.mixing == "laplacian", "without --mixing laplacian"),
+    ("lr_decay_rate", lambda a: a.lr_schedule == "exponential", "without --lr-schedule exponential"),
+    ("lr_decay_steps", lambda a: a.lr_schedule == "exponential", "without --lr-schedule exponential"),
+    ("on_loss", _lossy, "without lost packets (--loss-prob > 0 or --loss-model gilbert)"),
+    ("eval_under_loss", lambda a: links_active(a), "without a link model (--loss-prob, --loss-model gilbert or "
                                                      "--link-failure)"),
 )
-"""(flag, when it matters, what it needs) of the flags shared by the apps that only some settings read."""
+"""(flag, when it matters, why not otherwise) of the flags shared by the apps that only some settings read."""
 
 
 def ignored_flag_notes(args: argparse.Namespace, more=()) -> list[str]:
@@ -143,8 +143,7 @@ def ignored_flag_notes(args: argparse.Namespace, more=()) -> list[str]:
     these settings do not read, from :data:`EFFECTIVE_ONLY_WITH` and the app's own ``more`` (same triples),
     and the note of :func:`consensus_rounds_note`."""
     given = getattr(args, "given_flags", None) or {}
-    notes = [f"note: {given[dest]} has no effect without {needs}"
-             for dest, matters, needs in (*EFFECTIVE_ONLY_WITH, *more)
+    notes = [f"note: {given[dest]} has no effect {why}" for dest, matters, why in (*EFFECTIVE_ONLY_WITH, *more)
              if dest in given and hasattr(args, dest) and not matters(args)]
     if "consensus_rounds" in given:
         notes.append(consensus_rounds_note(args))

@@ -23,6 +23,7 @@ initial parameters and the shuffling use streams derived from it, the same for e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,9 +135,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-GRAPH_FLAGS = (("graph_m", lambda a: a.graph == "ba", "--graph ba"),
-               ("graph_p", lambda a: a.graph == "er", "--graph er"))
-"""App A's data flags that one graph model reads (apps.common.cli.ignored_flag_notes)."""
+DATA_FLAGS = (
+    *((name, lambda a: a.data is None, "with --data (the file's own settings are used)")
+      for name in [f.name for f in dataclasses.fields(nr.NodeRegressionConfig) if f.name != "seed"] + ["data_seed"]),
+    ("graph_m", lambda a: a.data is not None or a.graph == "ba", "without --graph ba"),  # (--data: said above)
+    ("graph_p", lambda a: a.data is not None or a.graph == "er", "without --graph er"),
+)
+"""App A's data flags that a --data file or the other graph model leaves unread (apps.common.cli.ignored_flag_notes)."""
 
 
 def load_data(args: argparse.Namespace) -> tuple[nr.NodeRegressionData, dict]:
@@ -184,7 +189,7 @@ def plan(args: argparse.Namespace) -> Plan:
     dataset["graph"] = {"nodes": nodes, "edges": int((graph.senders < graph.receivers).sum()),
                         "components": int(sizes.size), "largest_component": int(sizes[0])}
     say_notes(args, WORLD, PROG, common_cli.disconnected_graph_note(sizes, args.optimizer),
-              *common_cli.ignored_flag_notes(args, GRAPH_FLAGS))
+              *common_cli.ignored_flag_notes(args, DATA_FLAGS))
     return Plan(args, tuple(args.optimizer), out, args.resume is not None, data, dataset, args.resumed_config,
                 is_grouped(args, args.optimizer))
 

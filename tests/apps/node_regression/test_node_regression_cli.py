@@ -179,6 +179,13 @@ def test_flags_without_effect_are_said_and_not_recorded(tmp_path, capsys):
     assert main([*loud, "--mixing", "laplacian", "--mixing-beta", "0.01", "--loss-prob", "0.1", "--on-loss", "stale",
                  "--out", str(tmp_path / "used")]) == 0
     assert "note:" not in capsys.readouterr().err  # each flag now has its effect
+    path = nr.generate(nr.NodeRegressionConfig(nodes=12, train_samples=24, test_samples=4, input_dim=6,
+                                               teacher_hidden=(5,)), tmp_path / "data.h5")
+    common = ["--hidden", "4", "--batch-size", str(B), "--epochs", "1", "--no-jit", "--optimizer", "d-sgd"]
+    assert main([*common, "--data", str(path), "--nodes", "99", "--graph-p", "0.3", "--out", str(tmp_path / "f")]) == 0
+    notes = [line.split("note: ")[1] for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert notes == ["--nodes has no effect with --data (the file's own settings are used)",
+                     "--graph-p has no effect with --data (the file's own settings are used)"]
 
 
 @pytest.mark.parametrize("flags, message", [
