@@ -156,8 +156,8 @@ def consensus_rounds_note(args: argparse.Namespace) -> str | None:
     if args.consensus_rounds == 1 or any(a in GRADIENT_CONSENSUS for a in args.optimizer):
         return None
     return (f"note: --consensus-rounds {args.consensus_rounds} changes nothing here: only "
-            f"{_names(GRADIENT_CONSENSUS)} run K rounds, and {_names(args.optimizer)} "
-            f"{'mixes' if len(args.optimizer) == 1 else 'mix'} once per mini-batch")
+            f"{_names(GRADIENT_CONSENSUS)} run K rounds of gradient consensus; {_names(args.optimizer)} "
+            f"{'does' if len(args.optimizer) == 1 else 'do'} not")
 
 
 def is_distributed(approach: str) -> bool:

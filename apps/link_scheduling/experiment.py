@@ -268,6 +268,12 @@ def generate_missing(config: ConflictGraphsConfig, path: Path, quiet: bool) -> N
     generate(config, path, quiet=quiet)
 
 
+GENERATION_FLAGS = tuple((name, lambda a: a.generate, "without --generate (the dataset's own settings are used)")
+                         for name in ("vertices", "min_degree", "max_degree", "train_graphs", "test_graphs",
+                                      "test_samples", "data_seed"))
+"""The dataset flags that only --generate reads (apps.common.cli.ignored_flag_notes)."""
+
+
 def plan(args: argparse.Namespace) -> Plan:
     """Validate everything and load (or generate) the data; raises ValueError with a one-line message."""
     from apps.common.main import check_resumed_dataset, is_grouped, resolve_out
@@ -295,7 +301,7 @@ def plan(args: argparse.Namespace) -> Plan:
     common_cli.check_mixing_beta(args, (data.train_adjacency, data.test_adjacency))
     vertices = int(data.train_adjacency.shape[-1])
     check_ranks(args, WORLD, vertices, PROG, f"conflict graphs of {vertices} vertices")
-    say_notes(args, WORLD, PROG, *common_cli.ignored_flag_notes(args))
+    say_notes(args, WORLD, PROG, *common_cli.ignored_flag_notes(args, GENERATION_FLAGS))
     if args.resumed_config is None:
         derive_mini_batches(args, data.train_adjacency.shape[0])
     return Plan(args, out, args.resume is not None, data, args.resumed_config, is_grouped(args, args.optimizer))

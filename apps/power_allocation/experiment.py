@@ -212,7 +212,8 @@ def plan(args: argparse.Namespace) -> Plan:
     # a batch's consensus graph links some of its N pairs: at most N - 1 neighbours, whatever the batch
     common_cli.check_mixing_beta(args, (), largest_degree=dataset["pairs"] - 1)
     check_ranks(args, WORLD, dataset["pairs"], PROG, f"{dataset['pairs']} transmitter-receiver pairs")
-    say_notes(args, WORLD, PROG, *common_cli.ignored_flag_notes(args))
+    say_notes(args, WORLD, PROG, *common_cli.ignored_flag_notes(
+        args, [("data_seed", lambda a: a.generate, "without --generate (the dataset's own seed is used)")]))
     return Plan(args, tuple(args.optimizer), out, args.resume is not None, path, dataset, args.resumed_config,
                 is_grouped(args, args.optimizer))
 

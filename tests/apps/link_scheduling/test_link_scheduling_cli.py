@@ -195,3 +195,14 @@ def test_epochs_are_passes_over_the_training_graphs(tmp_path, capsys):
     args = build_parser().parse_args(["--epochs", "3", "--mini-batches", "7"])
     with pytest.raises(ValueError, match="give one of the two"):
         derive_mini_batches(args, num_train_graphs=40)
+
+
+def test_dataset_flags_without_generate_are_said(data, tmp_path, capsys):
+    loud = [f for f in TINY_RUN if f != "-q"]
+    status, err = run(["--data", data, "--optimizer", "c-adam", *loud, "--mini-batches", 1, "--vertices", 50,
+                       "--consensus-rounds", 2, "--out", tmp_path / "run"], capsys)
+    notes = [line.split("note: ")[1] for line in err.splitlines() if "note:" in line]
+    assert status == 0 and notes == [
+        "--vertices has no effect without --generate (the dataset's own settings are used)",
+        "--consensus-rounds 2 changes nothing here: only D-naive, D-naive-PB, D-GC-Adam and D-GCP-Adam run K "
+        "rounds of gradient consensus; C-Adam does not"]

@@ -160,7 +160,7 @@ def test_consensus_rounds_without_a_gradient_consensus_approach_is_said(tmp_path
     loud = [f for f in TINY if f != "-q"] + ["--epochs", "1", "--consensus-rounds", "3"]
     assert main([*loud, "--optimizer", "d-sgd,d-gt", "--out", str(tmp_path / "a")]) == 0
     assert ("note: --consensus-rounds 3 changes nothing here: only D-naive, D-naive-PB, D-GC-Adam and D-GCP-Adam "
-            "run K rounds, and D-SGD and D-GT mix once per mini-batch") in capsys.readouterr().err
+            "run K rounds of gradient consensus; D-SGD and D-GT do not") in capsys.readouterr().err
     assert main([*loud, "--optimizer", "d-sgd,d-naive", "--out", str(tmp_path / "b")]) == 0
     assert "--consensus-rounds" not in capsys.readouterr().err  # D-naive runs the K rounds
 

@@ -234,3 +234,11 @@ def test_a_model_that_cannot_fit_is_refused_up_front(dataset, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--layers 100000000" in err[0] and "of memory" in err[0]
     assert not out.exists()
+
+
+def test_data_seed_without_generate_is_said(dataset, tmp_path, capsys):
+    loud = [f for f in flags(dataset, "--epochs", "1", "--optimizer", "c-adam") if f != "-q"]
+    assert main([*loud, "--data-seed", "9", "--out", str(tmp_path / "run")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert notes == ["python -m apps.power_allocation: note: --data-seed has no effect without --generate (the "
+                     "dataset's own seed is used)"]
