@@ -989,8 +989,7 @@ class Trainer:
                            self.links.policy, chain=self._chain, active=up, counted=layout.counted)
         feed = {"lost": plans.lost, "index": self._stacked_index(layouts)}
         if up is not None:
-            feed["up"] = {name: tf.constant(np.stack([np.where(lay.index[name][0] >= 0,
-                                                               up[k][np.maximum(lay.index[name][0], 0)], True)
+            feed["up"] = {name: tf.constant(np.stack([_entries_up(lay.index[name][0], up[k])
                                                       for k, lay in enumerate(layouts)]))
                           for name in ("shift", "mixing") if name in layout.index}
         return feed, (plans.counts_only(), links_drawn, links_down)  # the masks live in the feed only
@@ -1395,6 +1394,12 @@ class Trainer:
                 "mpi_seconds_in_mpi": counts["seconds_in_mpi"]}
 
 
+def _entries_up(index: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """Per operator entry (plan-link ``index``, -1 on the diagonal) whether its link is up, from ``up`` (..., E)
+    per link; a diagonal entry is always up."""
+    return np.where(index >= 0, up[..., np.maximum(index, 0)], True)
+
+
 class _EvaluationBackend:
     """A task's backend with another ``eval_transport`` (see :meth:`Trainer._evaluate_under_loss`)."""
 
@@ -1437,8 +1442,7 @@ class _EvaluationLinks(Exchange):
         plans = draw_plans(self.model, 0, num, s, r, schedule.packets_per_round(), self.policy, active=up)
         keep = None
         if up is not None:
-            index = self.layout.index["shift"][0]
-            keep = np.where(index[None] >= 0, up[:, np.maximum(index, 0)], True)
+            keep = _entries_up(self.layout.index["shift"][0], up)
         return plans.lost, keep
 
     def propagate(self, op: Operator, x: tf.Tensor, message=None) -> tf.Tensor:
