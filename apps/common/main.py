@@ -52,7 +52,8 @@ def parse_run_flags(parser, argv, presets: Mapping[str, Mapping], app: str,
                          f"without it, or start a new run with --out")
     run = RunDir(args.resume, create=False) if Path(args.resume).is_dir() else None
     if run is None:
-        raise ValueError(f"--resume: run directory {args.resume} does not exist")
+        what = "is a file, not a run directory" if Path(args.resume).exists() else "does not exist"
+        raise ValueError(f"--resume: run directory {args.resume} {what}")
     try:
         config = run.read_config()
     except (RunError, OSError, ValueError) as exc:
@@ -83,8 +84,10 @@ NOT_RECORDED = ("resumed_config", "given_flags")
 
 
 def recorded_flags(args: argparse.Namespace) -> dict:
-    """The flags config.json records: every parsed flag (paths as strings) but :data:`NOT_RECORDED`."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in NOT_RECORDED}
+    """The flags config.json records: every parsed flag but :data:`NOT_RECORDED`, paths as absolute strings
+    (so that ``--resume`` finds the run's dataset from any working directory)."""
+    return {k: (str(v.absolute()) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k not in NOT_RECORDED}
 
 
 def given_flags(parser: argparse.ArgumentParser, argv) -> dict[str, str]:
@@ -329,6 +332,25 @@ def check_resumed_dataset(config: Mapping | None, checksum: str, path) -> None:
     if recorded is not None and recorded != checksum:
         raise ValueError(f"--resume: the dataset {path} is not the one this run started on (checksum {checksum} "
                          f"differs from the recorded {recorded}); restore that file or start a new run")
+
+
+def missing_dataset(args: argparse.Namespace, path, create: str = "pass --generate to create it") -> ValueError:
+    """The one-line error for a dataset file that does not exist: for a new run with the way to ``create`` it;
+    for a resumed run (whose flags cannot change) the file its config.json names."""
+    if getattr(args, "resume", None) is not None:
+        return ValueError(f"--resume: the run's dataset {path} does not exist (config.json names it); restore that "
+                          f"file or start a new run")
+    return ValueError(f"--data: {path} does not exist; {create}")
+
+
+def check_generated_settings(path, stored: Mapping, wanted: Mapping) -> None:
+    """``--generate`` found ``path`` already there: refuse it (ValueError naming the first settings that
+    differ) unless it was written with the settings the dataset flags ask for, ``wanted``."""
+    differ = [k for k in wanted if stored.get(k) != wanted[k]]
+    if differ:
+        shown = "; ".join(f"{k}: the file has {stored.get(k)!r}, the flags give {wanted[k]!r}" for k in differ[:3])
+        raise ValueError(f"--data: {path} exists with other settings than the dataset flags ({shown}"
+                         f"{'; ...' if len(differ) > 3 else ''}); remove it or choose another --data")
 
 
 def is_grouped(args: argparse.Namespace, names) -> bool:

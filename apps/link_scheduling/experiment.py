@@ -276,7 +276,13 @@ GENERATION_FLAGS = tuple((name, lambda a: a.generate, "without --generate (the d
 
 def plan(args: argparse.Namespace) -> Plan:
     """Validate everything and load (or generate) the data; raises ValueError with a one-line message."""
-    from apps.common.main import check_resumed_dataset, is_grouped, resolve_out
+    from apps.common.main import (
+        check_generated_settings,
+        check_resumed_dataset,
+        is_grouped,
+        missing_dataset,
+        resolve_out,
+    )
 
     if not 0 < args.lr_decay_rate <= 1:
         raise ValueError(f"--lr-decay-rate must be in (0, 1], got {args.lr_decay_rate}")
@@ -289,14 +295,13 @@ def plan(args: argparse.Namespace) -> Plan:
         config = dataset_config(args)  # ValueError naming the flag
         on_root(WORLD, lambda: generate_missing(config, path, args.quiet))  # under MPI the others wait for it
     elif not path.exists():
-        raise ValueError(f"--data: {path} does not exist (pass --generate to create it)")
+        raise missing_dataset(args, path)
     try:
         data = load_data(path)
     except DatasetError as exc:
         raise ValueError(f"--data: {exc}") from None
-    if args.generate and args.resume is None and data.config != dataclasses.asdict(dataset_config(args)):
-        raise ValueError(f"--data: {path} exists with other settings than the dataset flags; remove it or choose "
-                         "another --data")
+    if args.generate and args.resume is None:
+        check_generated_settings(path, data.config, dataclasses.asdict(dataset_config(args)))
     check_resumed_dataset(args.resumed_config, data.checksum, path)
     common_cli.check_mixing_beta(args, (data.train_adjacency, data.test_adjacency))
     vertices = int(data.train_adjacency.shape[-1])

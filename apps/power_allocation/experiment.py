@@ -47,7 +47,7 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from apps.common import cli as common_cli
@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--generate", action="store_true",
                       help="if the dataset file does not exist, generate it first: the paper preset "
                       "(640 000 training matrices, ~20 s, 1.6 GB), or with --preset quick "
-                      + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in GENERATED["quick"].items()))
+                      + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in GENERATED["quick"].items())
+                      + ", with --pairs, --batch-size and --data-seed; a file already there must have been "
+                      "written with these settings")
     data.add_argument("--pairs", type=cli.positive_int, default=None,
                       help="transmitter-receiver pairs N: checked against the dataset, and used by --generate "
                       "(default: the dataset's; 25 when generating)")
@@ -135,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=cli.positive_int, default=200, help="passes over the training batches")
     train.add_argument("--batch-size", type=cli.positive_int, default=None,
                        help="samples per mini-batch B: must equal the dataset's batch size (one layout per "
-                       "batch; default: the dataset's, 64 for the paper preset)")
+                       "batch; default: the dataset's), and used by --generate (default 64)")
     common_cli.add_consensus_arguments(train, graph=" on each batch's consensus graph")
     common_cli.add_seed_dtype_preset_arguments(
         train, PRESETS, seed_help="seed of the initial parameters and of the order of the training batches",
@@ -219,22 +221,30 @@ def plan(args: argparse.Namespace) -> Plan:
 
 
 def _prepare_dataset(args: argparse.Namespace, path: Path) -> dict:
-    """The checked dataset of ``path`` (generated first if asked and missing); what config.json records."""
+    """The checked dataset of ``path`` (generated first if asked and missing); what config.json records.
+    With ``--generate`` a file already there must have been written with the dataset flags' settings."""
+    from apps.common.main import missing_dataset
+
+    wanted = generation_config(args) if args.generate else None
     if not path.exists():
-        if not args.generate:
-            raise ValueError(f"--data: {path} does not exist; pass --generate to create it")
-        _generate(args, path)
-    return check_dataset(path, args)
+        if wanted is None:
+            raise missing_dataset(args, path)
+        _generate(args, path, wanted)
+    return check_dataset(path, args, wanted)
 
 
-def _generate(args: argparse.Namespace, path: Path) -> None:
+def generation_config(args: argparse.Namespace) -> pa.PowerAllocationConfig:
+    """The dataset ``--generate`` writes: the preset's sizes with ``--pairs``, ``--batch-size`` and ``--data-seed``."""
+    defaults = pa.PowerAllocationConfig
+    return pa.PowerAllocationConfig(**GENERATED[args.preset or "paper"], pairs=args.pairs or defaults.pairs,
+                                    batch_size=args.batch_size or defaults.batch_size, seed=args.data_seed)
+
+
+def _generate(args: argparse.Namespace, path: Path, config: pa.PowerAllocationConfig) -> None:
     if not path.parent.is_dir():
         if args.data is not None:
             raise ValueError(f"--data: folder {path.parent} does not exist")
         path.parent.mkdir(parents=True)
-    sizes = GENERATED[args.preset or "paper"]
-    config = pa.PowerAllocationConfig(**sizes, pairs=args.pairs or pa.PowerAllocationConfig.pairs,
-                                      seed=args.data_seed)
     # Runs started side by side with --generate (e.g. the cells of python -m apps.robustness) ask for the same
     # file: one writes it, the others wait for its claim (datasets/storage.py) and then read what it wrote.
     deadline, waiting = time.monotonic() + GENERATE_WAIT_S, False
@@ -257,10 +267,15 @@ def _generate(args: argparse.Namespace, path: Path) -> None:
             time.sleep(0.5)
 
 
-def check_dataset(path: Path, args: argparse.Namespace) -> dict:
-    """Open and check the dataset against the flags; returns what config.json records about it."""
+def check_dataset(path: Path, args: argparse.Namespace, generated: pa.PowerAllocationConfig | None = None) -> dict:
+    """Open and check the dataset against the flags (and, with ``--generate``, against the settings
+    ``generated`` it would have been written with); returns what config.json records about it."""
+    from apps.common.main import check_generated_settings
+
     try:
         with pa.PowerAllocationDataset(path) as data:
+            if generated is not None:
+                check_generated_settings(path, data.config, asdict(generated))
             for name, value in (("Pmax", data.pmax_w), ("noise power", data.noise_power_w)):
                 if not (math.isfinite(value) and value > 0):
                     raise ValueError(f"--data: {path} has a non-positive or non-finite {name} ({value})")
@@ -296,8 +311,9 @@ def check_memory(args: argparse.Namespace, dataset: dict) -> None:
     from datasets.resources import check_fits
 
     jobs = min(args.jobs, len(args.optimizer))
-    check_fits(jobs * memory_needed(args, dataset), f"--layers {args.layers} with {dataset['pairs']} pairs "
-               f"({jobs} approach(es) side by side)")
+    check_fits(jobs * memory_needed(args, dataset), f"training with --layers {args.layers}, --hidden {args.hidden} "
+               f"and --prefetch {args.prefetch} on {dataset['pairs']} pairs, B = {dataset['batch_size']} ({jobs} "
+               f"approach(es) side by side)", hint="the need grows with each of them")
 
 
 def run_config(p: Plan, approach: str) -> dict:
@@ -306,6 +322,7 @@ def run_config(p: Plan, approach: str) -> dict:
 
     flags = recorded_flags(p.args)
     flags["optimizer"] = list(p.args.optimizer)
+    flags["data"] = str(p.data_path.absolute())  # the preset's default too: --resume reads this file
     return {
         "app": APP, "optimizer": approach, "label": LABELS.get(approach, approach), "flags": flags, "seed": p.args.seed,
         "mode": {"mixing": p.args.mixing, "mixing_beta": p.args.mixing_beta if p.args.mixing == "laplacian" else None,

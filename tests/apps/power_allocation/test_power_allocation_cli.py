@@ -191,6 +191,48 @@ def test_generate_writes_the_dataset_first(tmp_path, monkeypatch):
     assert [int(r["step"]) for r in rows] == [0, 20]
 
 
+def test_generate_takes_the_batch_size_and_refuses_a_file_of_other_settings(tmp_path, monkeypatch, capsys):
+    """--generate writes B = --batch-size; a file already there written with other settings (here another
+    --data-seed) is refused with one line naming them, before anything is trained or written."""
+    monkeypatch.setitem(experiment.GENERATED, "quick", {"layouts": 2, "batches_per_layout": 2, "test_batches": 1})
+    path = tmp_path / "b8.h5"
+    flags = ["--generate", "--data", str(path), "--preset", "quick", "--pairs", "3", "--batch-size", "8", "--epochs",
+             "1", "--optimizer", "c-sgd", "--layers", "1", "--wmmse-iterations", "5", "--no-jit", "-q"]
+    assert main([*flags, "--out", str(tmp_path / "run")]) == 0
+    with pa.PowerAllocationDataset(path) as data:
+        assert data.batch_size == 8 and data.num_pairs == 3
+        checksum = data.checksum
+    capsys.readouterr()
+    assert main([*flags, "--data-seed", "1", "--out", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists with other settings than the dataset flags (seed: the file has 0, the flags " \
+        "give 1)" in err[0]
+    assert not (tmp_path / "other").exists()
+    with pa.PowerAllocationDataset(path) as data:
+        assert data.checksum == checksum
+
+
+def test_resume_finds_the_dataset_from_another_working_directory(tmp_path, monkeypatch):
+    """config.json records the dataset's absolute path (here given relative to the working directory), so
+    --resume works from anywhere; a resumed run whose dataset is gone says so without naming a refused flag."""
+    monkeypatch.setitem(experiment.GENERATED, "quick", {"layouts": 2, "batches_per_layout": 2, "test_batches": 1})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    out = tmp_path / "run"
+    assert main(["--generate", "--data", "d.h5", "--preset", "quick", "--pairs", "3", "--batch-size", "4", "--epochs",
+                 "2", "--optimizer", "c-sgd", "--layers", "1", "--wmmse-iterations", "5", "--no-jit", "-q",
+                 "--checkpoint-every", "1", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["flags"]["data"] == str(tmp_path / "a" / "d.h5")
+    monkeypatch.chdir(tmp_path / "b")
+    assert main(["--resume", str(out), "-q"]) == 0
+    (tmp_path / "a" / "d.h5").unlink()
+    with pytest.raises(ValueError, match=r"--resume: the run's dataset .*d\.h5 does not exist \(config.json names "
+                                         r"it\); restore that file or start a new run"):
+        experiment.plan(experiment.parse_args(["--resume", str(out)]))
+
+
 def test_help_and_bad_flag_as_a_process(tmp_path):
     run = subprocess.run([sys.executable, "-m", "apps.power_allocation", "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)

@@ -388,6 +388,7 @@ def test_generate_waits_for_a_run_writing_the_same_dataset(tmp_path, monkeypatch
     claimed.wait(10)
     monkeypatch.setattr(pa, "generate", must_not_generate)
     args = argparse.Namespace(preset="quick", pairs=None, data_seed=0, quiet=True, data=path)
-    experiment._generate(args, path)
+    experiment._generate(args, path, pa.PowerAllocationConfig(pairs=3, batch_size=4, layouts=1, batches_per_layout=1,
+                                                              test_batches=1))
     thread.join()
     assert done.is_set() and path.is_file()
