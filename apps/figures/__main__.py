@@ -14,7 +14,8 @@ nothing (no Table I either) and exits with status 1. Bad flags (``--out`` naming
 ``--reproduce`` first runs every experiment the figures need at paper scale, ``--quick`` the same at
 small scale (a few minutes), each app as its own process with its progress bar. Both are resumable:
 an app whose folder already holds a run is continued with ``--resume`` (finished approaches are kept;
-a note says so if that run trains other approaches than the current version asks for).
+a note says so if that run trains other approaches than the current version asks for; a run started with
+another ``--seed`` or preset is refused with exit status 2 before anything runs).
 An app never outlives this process, however it ends (even by SIGKILL: the kernel sends the app SIGTERM,
 on which it checkpoints). Ctrl-C reaches the app as well, and SIGTERM is passed on to it; either way
 this process waits for the app to checkpoint, says how to continue and exits with status 130.
@@ -133,6 +134,24 @@ def resumed_elsewise(target: Path, optimizers: str) -> str | None:
             f"(remove that folder to run {optimizers})")
 
 
+def resumed_conflict(target: Path, preset: str, seed: int) -> str | None:
+    """Why the run in ``target`` cannot be continued for this command: it was started with another ``--seed``
+    or preset (continuing it would draw that run's numbers under this command's name); None if it can."""
+    try:
+        config = json.loads((target / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # the app's --resume names the problem
+    flags = config.get("flags") if isinstance(config, dict) else None
+    if not isinstance(flags, dict):
+        return None
+    saved = {"preset": flags.get("preset") or "paper", "seed": flags.get("seed", seed)}  # (no preset: the paper's)
+    for name, wanted in (("preset", preset), ("seed", seed)):
+        if saved[name] != wanted:
+            return (f"{target} holds a run with {name} {saved[name]}, not {wanted}, which this command would "
+                    f"continue; remove that folder or choose another --runs")
+    return None
+
+
 def run_experiments(runs: Path, preset: str, seed: int, quiet: bool) -> None:
     """Run (or continue) each app's experiment into ``runs/<app>`` as a subprocess; raises
     :class:`Interrupted` once the running app has stopped if this process was told to stop."""
@@ -197,6 +216,13 @@ def draw(runs: Path, out: Path, widths=None, batch_size: int | None = None, cons
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.reproduce or args.quick:
+        preset = "quick" if args.quick else "paper"
+        for folder, *_ in EXPERIMENTS:
+            target = args.runs / folder
+            if (target / "config.json").is_file() and (conflict := resumed_conflict(target, preset, args.seed)):
+                print(f"{PROG}: error: {conflict}", file=sys.stderr)
+                return 2
     try:
         if args.reproduce or args.quick:
             run_experiments(args.runs, "quick" if args.quick else "paper", args.seed, args.quiet)

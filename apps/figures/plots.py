@@ -216,6 +216,7 @@ def _load(app_dir: Path, approaches: Sequence[str], columns: Sequence[str], prob
             document = _read_json(summary) if summary.is_file() else {}
             document = {RENAMED_SUMMARY_KEYS.get(k, k): v for k, v in document.items()}
             _check_entries(summary, document, summary_checks or {})
+            config = _read_json(run / CONFIG) if (run / CONFIG).is_file() else {}  # labels and titles read it
         except BadRun as exc:
             if problems is not None:
                 problems.append(str(exc))
@@ -224,7 +225,7 @@ def _load(app_dir: Path, approaches: Sequence[str], columns: Sequence[str], prob
         if not rows:  # a run that has not logged anything yet
             missing.append(str(run))
             continue
-        found[name] = Run(run, rows, document, summary.is_file(), _config_or_empty(run))
+        found[name] = Run(run, rows, document, summary.is_file(), config)
     return found, missing
 
 
@@ -379,9 +380,20 @@ def _bandwidth_hz(run: Path, summary: dict) -> float:
 # why a curve of Fig. 2b can end below WMMSE-Tr, or far below C-Adam (docs/design.md, section 8)
 FIG2B_WHY = {
     "d-adam": "the nodes' local gradients are very uneven on UWMMSE, and the mean of their normalised Adam steps "
-              "climbs slowly (docs/design.md, section 8); D-GCP-Adam, gradient consensus before the Adam step, "
-              "keeps up with C-Adam",
+              "climbs slowly (docs/design.md, section 8)",
 }
+FIG2B_KEEPS_UP = "; D-GCP-Adam, gradient consensus before the Adam step, keeps up with C-Adam"
+"""Added to D-Adam's note when the figure shows it: a finished D-GCP-Adam run within 10 % of C-Adam's gain
+over WMMSE-Tr."""
+
+
+def _keeps_up(curve, centralized, tr: float) -> bool:
+    """Whether the finished run of ``curve`` ends within 10 % of the finished C-Adam run's gain over WMMSE-Tr."""
+    if curve is None or centralized is None or not (curve[0].finished and centralized[0].finished):
+        return False
+    final = float(curve[0].rows[-1]["test_sum_rate"])
+    top = float(centralized[0].rows[-1]["test_sum_rate"])
+    return math.isfinite(final) and final - tr >= 0.9 * (top - tr)
 
 
 def _style(name: str) -> dict:
@@ -423,6 +435,8 @@ def fig2b(runs: Path, out: Path, problems: list[str] | None = None) -> tuple[lis
             continue
         epochs = int(float(run.rows[-1]["epoch"]))
         epochs, why = f"{epochs} epoch{'' if epochs == 1 else 's'}", FIG2B_WHY.get(name, "it needs more training")
+        if name == "d-adam" and _keeps_up(curves.get("d-gcp-adam"), centralized, tr):
+            why += FIG2B_KEEPS_UP
         if rate[-1] <= tr:
             notes.append(f"{label(name, run.config)} ends below WMMSE-Tr after {epochs}: {why}.")
         elif name != "c-adam" and centralized is not None and centralized[0].finished:

@@ -3,6 +3,7 @@ and its setting, the missing-run report, legends, and which experiments --quick 
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -130,6 +131,13 @@ def test_fig2b_says_why_a_distributed_curve_trails_c_adam(runs, tmp_path, monkey
     plots.fig2b(runs, tmp_path)
     note, = seen["fig2b_power_allocation titles"]
     assert note.startswith("D-Adam (DADAM) trails C-Adam after 1 epoch: ") and "D-GCP-Adam" not in note.split(":")[0]
+    assert " ".join(note.split()).endswith("; D-GCP-Adam, gradient consensus before the Adam step, keeps up with "
+                                           "C-Adam.")  # as drawn (the note is wrapped)
+    shutil.rmtree(runs / "power_allocation" / "d-gcp-adam")  # not drawn: the note does not claim it
+    seen = legends(monkeypatch)
+    plots.fig2b(runs, tmp_path)
+    note, = seen["fig2b_power_allocation titles"]
+    assert note.startswith("D-Adam (DADAM) trails C-Adam after 1 epoch: ") and "D-GCP-Adam" not in note
 
 
 def test_fig2b_draws_a_run_in_progress_from_its_config(runs, tmp_path, monkeypatch):

@@ -114,3 +114,33 @@ def test_missing_out_parents_are_created(runs, tmp_path, capsys):
     assert (status, err) == (0, [])
     assert {p.name for p in out.iterdir()} >= {"fig2a_node_regression.png", "fig2b_power_allocation.pdf",
                                                "fig2c_link_scheduling.png", "table1.csv", "table1.md"}
+
+
+def test_a_run_with_a_corrupt_config_is_skipped_naming_the_file(runs, tmp_path, capsys):
+    """The legends and titles read config.json: a run whose config.json is not JSON is skipped, not drawn
+    with its labels silently lost."""
+    config = runs / "power_allocation" / "d-adam" / "config.json"
+    config.write_text(config.read_text()[:20])
+    status, err = run_main(["--runs", str(runs), "--out", str(tmp_path / "figures"), "-q"], capsys)
+    assert status == 1
+    assert err[0].startswith(f"python -m apps.figures: skipped {config}: not valid JSON (")
+    assert err[1].startswith("python -m apps.figures: missing runs") and str(config.parent) in err[1]
+
+
+@pytest.mark.parametrize("flags, saved", [(["--seed", "1"], {"seed": 0, "preset": "quick"}),
+                                          ([], {"seed": 0, "preset": "paper"}),
+                                          ([], {"seed": 0})])  # (no preset saved: the paper's)
+def test_quick_refuses_to_continue_runs_of_another_seed_or_preset(tmp_path, capsys, flags, saved):
+    """--quick and --reproduce continue the runs in --runs: one started with another --seed or preset is
+    refused (exit status 2) before any app runs, instead of being drawn under this command's settings."""
+    target = tmp_path / "runs" / "node_regression"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text(json.dumps({"app": "node_regression", "flags": saved}))
+    before = files_under(tmp_path)
+    status, err = run_main(["--quick", "--runs", str(tmp_path / "runs"), *flags, "-q"], capsys)
+    name, value = ("seed", 0) if flags else ("preset", saved.get("preset", "paper"))
+    wanted = 1 if flags else "quick"
+    assert status == 2
+    assert err == [f"python -m apps.figures: error: {target} holds a run with {name} {value}, not {wanted}, which "
+                   "this command would continue; remove that folder or choose another --runs"]
+    assert files_under(tmp_path) == before
