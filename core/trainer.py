@@ -1364,7 +1364,8 @@ class Trainer:
         cost = self.cost or NO_COST
         out.update({
             "best_epoch": best_row["epoch"], "best_step": best_row["step"], "best_mp_rounds": best_row["mp_rounds"],
-            "epochs": self.epoch, "steps": self.step, "mp_rounds": self.rounds, "floats_sent_per_node": self.floats,
+            "epochs": self.epoch, "epoch_unit": self.config.unit,  # (App C: an epoch of the trainer is a mini-batch)
+            "steps": self.step, "mp_rounds": self.rounds, "floats_sent_per_node": self.floats,
             "mp_rounds_per_batch": cost.rounds, "floats_sent_per_node_per_batch": cost.floats_per_node,
             "largest_message": cost.largest_message, "wall_s": self.wall, "optimizer": self.optimizer.name,
             "consensus_rounds": self.optimizer.consensus_rounds, "kernel": self.kernel,

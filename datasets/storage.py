@@ -437,8 +437,20 @@ class DatasetReader:
         for check in self.schema.spec(name).checks:
             problem = check(rows)
             if problem:
-                raise DatasetError(f"{self.path}: {name}[{_format_index(index)}] {problem}")
+                raise DatasetError(f"{self.path}: {name}[{self._first_bad(name, index, rows, check)}] {problem}")
         return rows
+
+    def _first_bad(self, name: str, index: int | slice, rows: np.ndarray, check) -> str:
+        """Where ``check`` fails among ``rows`` (array ``name``'s rows ``index``): the first failing row, or the
+        rows' range within the array (a slice may reach past its end)."""
+        if not isinstance(index, slice):
+            return str(index)
+        start, stop, step = index.indices(self._datasets[name].shape[0])
+        if step == 1:
+            for i in range(len(rows)):
+                if check(rows[i:i + 1]):
+                    return str(start + i)
+        return _format_index(slice(start, stop))
 
     def verify(self) -> None:
         """Read every row (content checks) and recompute the checksum; raise `DatasetError` on mismatch."""

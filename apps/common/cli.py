@@ -69,7 +69,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, app: str, checkpoint_ever
                      "parents are created); it must be new or empty, and is locked while the run goes on")
     run.add_argument("--resume", type=Path, default=None,
                      help="continue the interrupted run in this directory with its saved settings, validated as on the "
-                     "command line (other flags but -q are ignored); the folder of one approach of a group run "
+                     "command line; only -q and the execution flags --jobs, --threads, --backend and --partition "
+                     "may be given with it (any other is refused); the folder of one approach of a group run "
                      "resumes that approach only")
     run.add_argument("--checkpoint-every", type=non_negative_int, default=checkpoint_every,
                      help=f"{unit} between checkpoints (0: only at the end)")
@@ -82,7 +83,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, app: str, checkpoint_ever
                      help="TensorFlow intra-op threads of each training process (default: every core; cores / jobs "
                      "per worker with --jobs; cores / local ranks under mpiexec); the thread count can change the "
                      "last bits of a result, so a resume keeps the one recorded")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no final table")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no final table and no notes "
+                     "(errors are still printed)")
     add_version_argument(parser)
     return run
 
@@ -147,6 +149,12 @@ def ignored_flag_notes(args: argparse.Namespace, more=()) -> list[str]:
              if dest in given and hasattr(args, dest) and not matters(args)]
     if "consensus_rounds" in given:
         notes.append(consensus_rounds_note(args))
+    link_flags = [given[d] for d in ("loss_prob", "loss_model", "link_failure") if d in given]
+    if link_flags and hasattr(args, "loss_prob") and links_active(args) and not any(map(is_distributed,
+                                                                                        args.optimizer)):
+        notes.append(f"note: {', '.join(link_flags)} {'has' if len(link_flags) == 1 else 'have'} no effect: "
+                     f"{_names(args.optimizer)} {'trains' if len(args.optimizer) == 1 else 'train'} at a server "
+                     f"over perfect links")
     return [n for n in notes if n]
 
 

@@ -183,7 +183,7 @@ def test_bad_content_is_reported_on_read_and_verify(tmp_path, toy):
             reader.read("a/x", 4)
         with pytest.raises(DatasetError, match=r"a/x\[2\] contains negative values \(min -1\)"):
             reader.read("a/x", 2)
-        with pytest.raises(DatasetError, match=r"a/x\[0:\d+\] contains"):
+        with pytest.raises(DatasetError, match=r"a/x\[4\] contains NaN"):  # the first bad row, not the read's range
             reader.verify()
 
 

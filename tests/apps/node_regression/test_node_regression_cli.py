@@ -179,6 +179,11 @@ def test_flags_without_effect_are_said_and_not_recorded(tmp_path, capsys):
     assert main([*loud, "--mixing", "laplacian", "--mixing-beta", "0.01", "--loss-prob", "0.1", "--on-loss", "stale",
                  "--out", str(tmp_path / "used")]) == 0
     assert "note:" not in capsys.readouterr().err  # each flag now has its effect
+    assert main([f for f in loud if f != "d-sgd"] + ["c-adam", "--loss-prob", "0.1", "--out", str(tmp_path / "c")]) == 0
+    assert ("note: --loss-prob has no effect: C-Adam trains at a server over perfect links"
+            in capsys.readouterr().err)
+    flags = json.loads((tmp_path / "c" / "config.json").read_text())["flags"]
+    assert flags["out"] == str((tmp_path / "c").absolute())  # paths recorded absolute (--resume from anywhere)
     path = nr.generate(nr.NodeRegressionConfig(nodes=12, train_samples=24, test_samples=4, input_dim=6,
                                                teacher_hidden=(5,)), tmp_path / "data.h5")
     common = ["--hidden", "4", "--batch-size", str(B), "--epochs", "1", "--no-jit", "--optimizer", "d-sgd"]
