@@ -1049,13 +1049,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self, resume: bool = False, until_epoch: int | None = None,
-            on_epoch: Callable[[int, str], None] | None = None) -> TrainResult:
+            on_epoch: Callable[[int, str], None] | None = None,
+            on_resumed: Callable[[], None] | None = None) -> TrainResult:
         """Train to ``config.epochs`` (or stop after ``until_epoch`` with a checkpoint and no summary).
 
         With ``resume``, continue from the run directory's checkpoint (if it has none, start afresh).
         On KeyboardInterrupt the last completed epoch is checkpointed before the exception propagates.
         ``on_epoch(epochs_done, postfix)`` is called after every epoch (e.g. a
-        :mod:`core.parallel` progress report; ``postfix`` shows the primary metric).
+        :mod:`core.parallel` progress report; ``postfix`` shows the primary metric), ``on_resumed()`` once the
+        checkpoint of a resumed run has been read and accepted.
 
         Raises :class:`core.runs.RunDiverged` at the first epoch (or logged step) with a non-finite
         metric, parameter or optimizer-state value, after checkpointing the last finite epoch and writing
@@ -1065,6 +1067,8 @@ class Trainer:
         if resume:
             self._refuse_diverged()
             self.restore()
+            if on_resumed is not None:  # (e.g. the app records how the resumed part runs: only once restored)
+                on_resumed()
         last = self.config.epochs if until_epoch is None else min(until_epoch, self.config.epochs)
         fixed, per_epoch = self.graphs.fixed, not self.config.log_every_step
         bar = tqdm(total=self.config.epochs, initial=self.epoch, desc=self.config.description or self.optimizer.name,
@@ -1390,6 +1394,7 @@ class Trainer:
         counts = self.backend.counters()
         steps = max(self.steps_here, 1)
         return {"mpi_ranks": self.backend.size,
+                "mpi_counts_from_step": self.step - self.steps_here,  # (a resumed run: since it was resumed)
                 "mpi_messages_sent_per_batch": [m / steps for m in counts["messages_sent"]],
                 "mpi_bytes_sent_per_batch": [b / steps for b in counts["bytes_sent"]],
                 "mpi_seconds_in_mpi": counts["seconds_in_mpi"]}

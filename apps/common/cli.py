@@ -95,7 +95,8 @@ def add_backend_arguments(group) -> None:
     group.add_argument("--backend", choices=("local", "mpi"), default="local",
                        help="local: every node in this process; mpi: the nodes split over the ranks of "
                        "`mpiexec -n P` (started without mpiexec: P = 1), each rank training its own nodes and "
-                       "exchanging with the others over MPI (no XLA; one approach at a time)")
+                       "exchanging with the others over MPI (a step is then not one XLA program: the stretches between "
+                       "exchanges are XLA-compiled by auto-clustering in Apps A and B; one approach at a time)")
     group.add_argument("--partition", choices=("metis", "contiguous"), default="metis",
                        help="how --backend mpi splits the nodes over the ranks: METIS (fewest cut edges) or "
                        "contiguous blocks of node ids")
@@ -136,6 +137,7 @@ EFFECTIVE_ONLY_WITH = (
     ("on_loss", _lossy, "without lost packets (--loss-prob > 0 or --loss-model gilbert)"),
     ("eval_under_loss", lambda a: links_active(a), "without a link model (--loss-prob, --loss-model gilbert or "
                                                      "--link-failure)"),
+    ("d_adam_variant", lambda a: "d-adam" in a.optimizer, "without d-adam among the approaches"),
 )
 """(flag, when it matters, why not otherwise) of the flags shared by the apps that only some settings read."""
 
@@ -149,7 +151,8 @@ def ignored_flag_notes(args: argparse.Namespace, more=()) -> list[str]:
              if dest in given and hasattr(args, dest) and not matters(args)]
     if "consensus_rounds" in given:
         notes.append(consensus_rounds_note(args))
-    link_flags = [given[d] for d in ("loss_prob", "loss_model", "link_failure") if d in given]
+    link_flags = [given[d] for d in ("loss_prob", "loss_model", "link_failure", "on_loss", "eval_under_loss")
+                  if d in given]
     if link_flags and hasattr(args, "loss_prob") and links_active(args) and not any(map(is_distributed,
                                                                                         args.optimizer)):
         notes.append(f"note: {', '.join(link_flags)} {'has' if len(link_flags) == 1 else 'have'} no effect: "
@@ -236,13 +239,19 @@ def probability(text: str) -> float:
 probability.__name__ = "probability"
 
 
+MAX_RETRANSMISSIONS = 100
+"""``core.links.MAX_RETRANSMISSIONS`` (equal, tested; not imported here: flags are checked before TensorFlow)."""
+
+
 def loss_policy(text: str) -> str:
-    """argparse type of ``--on-loss``: ``zero``, ``stale`` or ``retransmit:R`` with an integer R >= 1."""
+    """argparse type of ``--on-loss``: ``zero``, ``stale`` or ``retransmit:R`` with an integer R from 1 to
+    :data:`MAX_RETRANSMISSIONS`."""
     name, sep, arg = text.strip().partition(":")
     if (name in ("zero", "stale") and not sep) or (name == "retransmit" and sep and arg.strip().isdigit()
-                                                   and int(arg) >= 1):
+                                                   and 1 <= int(arg) <= MAX_RETRANSMISSIONS):
         return f"{name}:{int(arg)}" if sep else name
-    raise argparse.ArgumentTypeError(f"must be zero, stale or retransmit:R with an integer R >= 1, got {text!r}")
+    raise argparse.ArgumentTypeError(f"must be zero, stale or retransmit:R with an integer R from 1 to "
+                                     f"{MAX_RETRANSMISSIONS}, got {text!r}")
 
 
 loss_policy.__name__ = "loss policy"
@@ -280,8 +289,9 @@ def add_link_arguments(parser: argparse.ArgumentParser, exchanges: str = "every 
     links.add_argument("--on-loss", type=loss_policy, default="zero",
                        help="what a receiver does with a lost packet: zero (the neighbour's term counts as 0), stale "
                        "(reuse the last payload of the same kind and layer received from that neighbour), or "
-                       "retransmit:R (lost packets are repeated in extra global rounds, at most R, each counted as "
-                       "a round); in consensus the lost weight moves to the receiver's own term")
+                       "retransmit:R (lost packets are repeated in extra global rounds, at most R <= "
+                       f"{MAX_RETRANSMISSIONS}, each counted as a round); in consensus the lost weight moves to the "
+                       "receiver's own term")
     links.add_argument("--eval-under-loss", action="store_true",
                        help="measure the test metrics over the same imperfect links (default: over perfect links)")
 

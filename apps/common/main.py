@@ -11,8 +11,9 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from core.runs import RunDir, RunError
@@ -271,6 +272,10 @@ def run_experiment(prog: str, argv, parse_args, plan, execute, report, failures:
     except RunDiverged as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+    except RunError as exc:  # e.g. a damaged or foreign checkpoint met on --resume: bad input, nothing written
+        if world.is_root:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         if stop_requested() or isinstance(exc.__context__, KeyboardInterrupt):
             # e.g. an import that the interrupt broke half-way (ImportError from KeyboardInterrupt)
@@ -332,6 +337,29 @@ def check_resumed_dataset(config: Mapping | None, checksum: str, path) -> None:
     if recorded is not None and recorded != checksum:
         raise ValueError(f"--resume: the dataset {path} is not the one this run started on (checksum {checksum} "
                          f"differs from the recorded {recorded}); restore that file or start a new run")
+
+
+def write_run_config(run: RunDir, config: Mapping) -> Callable[[], None]:
+    """config.json of an approach's run, written when it starts; a resumed run keeps its own. Returns what
+    to pass as ``Trainer.run(on_resumed=...)``: :func:`record_resumed` with this invocation's backend."""
+    if not run.config_path.is_file():
+        run.write_config(config)
+    return partial(record_resumed, run, config.get("backend"))
+
+
+def record_resumed(run: RunDir, backend: Mapping | None) -> None:
+    """Append the backend a resumed run now runs on (another P, partition, or in-process) to its config.json's
+    ``resumed`` list, with the time, so that the file says how each part of the run was executed
+    (summary.json's ``mpi_*`` counts cover the last part: from ``mpi_counts_from_step``). Called once the
+    checkpoint was accepted (``Trainer.run(on_resumed=...)``): a refused resume writes nothing."""
+    import time
+
+    from core.runs import atomic_write_json
+
+    saved = run.read_config()
+    resumed = saved.get("resumed") if isinstance(saved.get("resumed"), list) else []
+    saved["resumed"] = [*resumed, {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "backend": backend}]
+    atomic_write_json(run.config_path, saved)
 
 
 def missing_dataset(args: argparse.Namespace, path, create: str = "pass --generate to create it") -> ValueError:

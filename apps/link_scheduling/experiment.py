@@ -72,7 +72,7 @@ from pathlib import Path
 from apps.common import cli as common_cli
 from apps.common.backend import check_backend_flags, check_ranks, on_root, run_on_world, say_notes, start_world
 from apps.common.backend import make_backend as shared_make_backend
-from apps.common.main import World
+from apps.common.main import World, write_run_config
 from core.parallel import default_workers
 from datasets import cli
 from datasets.conflict_graphs import ConflictGraphDataset, ConflictGraphsConfig
@@ -262,7 +262,8 @@ def generate_missing(config: ConflictGraphsConfig, path: Path, quiet: bool) -> N
     if path.exists():
         return
     if not path.parent.is_dir():
-        raise ValueError(f"--data: folder {path.parent} does not exist")
+        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        raise ValueError(f"--data: folder {path.parent} {what}")
     from datasets.conflict_graphs import generate
 
     generate(config, path, quiet=quiet)
@@ -293,6 +294,8 @@ def plan(args: argparse.Namespace) -> Plan:
     path = args.data
     if args.generate and args.resume is None:
         config = dataset_config(args)  # ValueError naming the flag
+        if not path.exists():  # P > |V| is refused before anything is written
+            check_ranks(args, WORLD, config.vertices, PROG, f"conflict graphs of {config.vertices} vertices")
         on_root(WORLD, lambda: generate_missing(config, path, args.quiet))  # under MPI the others wait for it
     elif not path.exists():
         raise missing_dataset(args, path)
@@ -458,8 +461,7 @@ def train_optimizer(p: Plan, name: str, run, plot: Path | None, progress=None) -
     from core.trainer import RandomGraphs, Trainer, TrainerConfig
 
     args, data = p.args, p.data
-    if run is not None and not run.config_path.is_file():
-        run.write_config(run_config(p, name))
+    on_resumed = write_run_config(run, run_config(p, name)) if run is not None else None
     if p.backend is not None and p.backend.distributed:  # this optimizer's bytes only (the backend serves them all)
         p.backend.transport.counters.reset()
     # authors: a trainer step is one mini-batch of B samples on B graphs, replayed as B updates
@@ -480,7 +482,7 @@ def train_optimizer(p: Plan, name: str, run, plot: Path | None, progress=None) -
     trainer = Trainer(task, optimizer, lr, RandomGraphs(task.draw_graph), config, run, links=links,
                       extra_summary={"optimizer": name, "label": LABELS[name], "mode": args.mode,
                                      "untrained_test_ratio": untrained})
-    result = trainer.run(resume=p.resume, on_epoch=progress)
+    result = trainer.run(resume=p.resume, on_epoch=progress, on_resumed=on_resumed)
     if plot is None:
         return result.summary
     rows = result.rows

@@ -31,7 +31,7 @@ from pathlib import Path
 from apps.common import cli as common_cli
 from apps.common.backend import check_backend_flags, check_ranks, on_root, run_on_world, say_notes, start_world
 from apps.common.backend import make_backend as shared_make_backend
-from apps.common.main import World
+from apps.common.main import World, write_run_config
 from core.parallel import default_workers
 from datasets import cli
 from datasets import node_regression as nr
@@ -135,13 +135,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-DATA_FLAGS = (
+UNREAD_FLAGS = (
     *((name, lambda a: a.data is None, "with --data (the file's own settings are used)")
       for name in [f.name for f in dataclasses.fields(nr.NodeRegressionConfig) if f.name != "seed"] + ["data_seed"]),
     ("graph_m", lambda a: a.data is not None or a.graph == "ba", "without --graph ba"),  # (--data: said above)
     ("graph_p", lambda a: a.data is not None or a.graph == "er", "without --graph er"),
+    ("init_scale", lambda a: a.init == "uniform", "with --init glorot"),
 )
-"""App A's data flags that a --data file or the other graph model leaves unread (apps.common.cli.ignored_flag_notes)."""
+"""App A's flags that a --data file, the other graph model or the other initialisation leaves unread
+(apps.common.cli.ignored_flag_notes)."""
 
 
 def load_data(args: argparse.Namespace) -> tuple[nr.NodeRegressionData, dict]:
@@ -189,7 +191,7 @@ def plan(args: argparse.Namespace) -> Plan:
     dataset["graph"] = {"nodes": nodes, "edges": int((graph.senders < graph.receivers).sum()),
                         "components": int(sizes.size), "largest_component": int(sizes[0])}
     say_notes(args, WORLD, PROG, common_cli.disconnected_graph_note(sizes, args.optimizer),
-              *common_cli.ignored_flag_notes(args, DATA_FLAGS))
+              *common_cli.ignored_flag_notes(args, UNREAD_FLAGS))
     return Plan(args, tuple(args.optimizer), out, args.resume is not None, data, dataset, args.resumed_config,
                 is_grouped(args, args.optimizer))
 
@@ -336,13 +338,13 @@ def _train_approach(p: Plan, approach: str, run, progress) -> dict:
     from apps.common.plots import plot_curves
 
     root = WORLD.is_root
-    if root and not run.config_path.is_file():
-        run.write_config(run_config(p, approach))
+    on_resumed = write_run_config(run, run_config(p, approach)) if root else None
     task, graphs = build_task(p.args, p.data, p.backend)
     p.backend.reset_counters()  # this approach's wire counts only (a group run reuses the backend)
     quiet = progress is not None or not root
     args = argparse.Namespace(**{**vars(p.args), "quiet": True}) if quiet else p.args
-    result = make_trainer(args, task, graphs, approach, run).run(resume=p.resume, on_epoch=progress)
+    result = make_trainer(args, task, graphs, approach, run).run(resume=p.resume, on_epoch=progress,
+                                                                 on_resumed=on_resumed)
     if root:
         curves = {name: _curve(result.rows, name) for name in ("test_mse", "train_mse")}
         plot_curves(run.path / "learning_curve.png", curves, xlabel="message-passing rounds", ylabel="MSE",

@@ -60,7 +60,7 @@ from apps.common.backend import (
     say_notes,
     start_world,
 )
-from apps.common.main import World
+from apps.common.main import World, write_run_config
 from core.parallel import default_workers
 from datasets import cli
 from datasets import power_allocation as pa
@@ -242,6 +242,8 @@ def generation_config(args: argparse.Namespace) -> pa.PowerAllocationConfig:
 
 def _generate(args: argparse.Namespace, path: Path, config: pa.PowerAllocationConfig) -> None:
     if not path.parent.is_dir():
+        if path.parent.exists():
+            raise ValueError(f"--data: {path.parent} is a file, not a folder")
         if args.data is not None:
             raise ValueError(f"--data: folder {path.parent} does not exist")
         path.parent.mkdir(parents=True)
@@ -447,8 +449,7 @@ def _train_approach(p: Plan, approach: str, reference: dict, powers: dict | None
 
     args, info = p.args, p.dataset
     root = WORLD.is_root
-    if root and not run.config_path.is_file():
-        run.write_config(run_config(p, approach))
+    on_resumed = write_run_config(run, run_config(p, approach)) if root else None
     dtype = tf.as_dtype(args.dtype)
     init_seed, trainer_seed = derived_seeds(args.seed)
     with pa.PowerAllocationDataset(p.data_path) as data:
@@ -472,7 +473,7 @@ def _train_approach(p: Plan, approach: str, reference: dict, powers: dict | None
             trainer = Trainer(task, optimizer, lr, RandomGraphs(batches.draw, same_shapes=True), config, run,
                               extra_summary={"optimizer": approach, "label": LABELS[approach], **reference},
                               links=links)
-            result = trainer.run(resume=p.resume, on_epoch=progress)
+            result = trainer.run(resume=p.resume, on_epoch=progress, on_resumed=on_resumed)
     summary = with_mbps({**result.summary, "initial_test_sum_rate": result.rows[0]["test_sum_rate"]},
                         info["bandwidth_hz"])
     uwmmse_powers = task.powers(result.theta) if args.save_powers else None  # collective under MPI

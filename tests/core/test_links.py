@@ -12,11 +12,13 @@ from core.links import (
     CHAIN,
     INIT,
     LOSS,
+    MAX_RETRANSMISSIONS,
     GilbertElliott,
     LinkContext,
     LinkModel,
     LossPolicy,
     StaleBuffer,
+    draw_plans,
     lossy_apply,
     lossy_mixing_values,
     on_pattern,
@@ -316,6 +318,22 @@ def test_the_last_arrival_before_each_sample_is_found_within_the_lookback_and_be
         np.testing.assert_array_equal(last.numpy(), want_last)
 
 
+def test_the_largest_retransmission_count_is_drawn_exactly():
+    """R = MAX_RETRANSMISSIONS: the batched program's per-packet attempt counts (int8) hold R + 1 without
+    wrapping, so the packets lost in all R + 1 attempts stay lost (a wrapped count once delivered them all)."""
+    g = graph(12, 0.4)
+    s, r = links(g)
+    policy = f"retransmit:{MAX_RETRANSMISSIONS}"
+    model = LinkModel(seed=4, loss_prob=0.99)
+    batch = draw_plans(model, 0, 2, s, r, [1] * 30, policy)
+    for k in range(2):
+        plan = LinkModel(seed=4, loss_prob=0.99).plan(k, s, r, [1] * 30, policy)
+        np.testing.assert_array_equal(batch.lost.numpy()[k], np.moveaxis(plan.lost, -1, 0))
+        np.testing.assert_array_equal(batch.extra_rounds[k], plan.extra_rounds)
+    still = batch.still_lost.sum() / batch.packets.sum()
+    assert 0.30 < still < 0.43  # 0.99 ** 101 = 0.362 of the packets never arrive
+
+
 def test_retransmit_adds_the_rounds_the_worst_link_needed_and_never_more_than_R():
     g = graph(20, 0.3)
     s, r = links(g)
@@ -433,6 +451,9 @@ def test_link_failures_rebuild_the_mh_weights_of_the_surviving_graph():
     (lambda: LossPolicy.parse("retransmit"), "--on-loss"),
     (lambda: LossPolicy.parse("retransmit:0"), "--on-loss"),
     (lambda: LossPolicy.parse("retransmit:x"), "--on-loss"),
+    (lambda: LossPolicy.parse(f"retransmit:{MAX_RETRANSMISSIONS + 1}"), "--on-loss retransmit:R takes R from 1"),
+    (lambda: LossPolicy("retransmit", 0), "--on-loss"),
+    (lambda: LossPolicy("drop"), "--on-loss"),
     (lambda: LossPolicy.parse("stale:2"), "--on-loss"),
     (lambda: GilbertElliott(0.0, 0.5), "--gilbert-p-gb"),
     (lambda: GilbertElliott(0.1, 0.0), "--gilbert-p-bg"),

@@ -52,3 +52,15 @@ def test_the_optimizer_names_mirror_core():
     assert common_cli.PAPER_OPTIMIZERS == optimizers.OPTIMIZERS
     assert common_cli.EXTRA_OPTIMIZERS == optimizers.EXTRA_OPTIMIZERS
     assert set(common_cli.LABELS) == set(optimizers.OPTIMIZERS + optimizers.EXTRA_OPTIMIZERS)
+
+
+def test_the_retransmission_bound_of_the_flag_is_the_link_model_s():
+    import argparse
+
+    from core import links
+
+    largest = links.MAX_RETRANSMISSIONS
+    assert common_cli.MAX_RETRANSMISSIONS == largest
+    assert common_cli.loss_policy(f"retransmit:{largest}") == f"retransmit:{largest}"
+    with pytest.raises(argparse.ArgumentTypeError, match=f"from 1 to {largest}, got 'retransmit:128'"):
+        common_cli.loss_policy("retransmit:128")

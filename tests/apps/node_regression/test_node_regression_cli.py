@@ -3,6 +3,7 @@ with one line and writes nothing, runs are reproducible and resumable, `--optimi
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,23 @@ def test_resume_after_interruption_gives_the_uninterrupted_metrics(amsgrad_run, 
     assert main(["--resume", str(out), "-q"]) == 0
     assert without_wall(read_csv(out / "metrics.csv")) == without_wall(read_csv(amsgrad_run / "metrics.csv"))
     assert json.loads((out / "summary.json").read_text())["epochs"] == 3
+    config = json.loads((out / "config.json").read_text())  # the start's record, and the resumed part's backend
+    assert [r["backend"] for r in config["resumed"]] == [config["backend"]] == [{"backend": "local", "ranks": 1}]
+
+
+def test_resume_with_a_damaged_checkpoint_is_one_line_and_status_2(amsgrad_run, tmp_path, capsys):
+    out = tmp_path / "damaged"
+    shutil.copytree(amsgrad_run, out, ignore=shutil.ignore_patterns(".lock"))
+    checkpoint = out / "checkpoint" / "latest.npz"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    (out / "summary.json").unlink()  # as if interrupted: --resume reads the checkpoint
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["--resume", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"python -m apps.node_regression: error: checkpoint {checkpoint} is "
+                                               "not a readable checkpoint"), err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
 
 def test_all_approaches(tmp_path):
@@ -179,9 +197,13 @@ def test_flags_without_effect_are_said_and_not_recorded(tmp_path, capsys):
     assert main([*loud, "--mixing", "laplacian", "--mixing-beta", "0.01", "--loss-prob", "0.1", "--on-loss", "stale",
                  "--out", str(tmp_path / "used")]) == 0
     assert "note:" not in capsys.readouterr().err  # each flag now has its effect
-    assert main([f for f in loud if f != "d-sgd"] + ["c-adam", "--loss-prob", "0.1", "--out", str(tmp_path / "c")]) == 0
-    assert ("note: --loss-prob has no effect: C-Adam trains at a server over perfect links"
-            in capsys.readouterr().err)
+    assert main([f for f in loud if f != "d-sgd"] + ["c-adam", "--loss-prob", "0.1", "--eval-under-loss", "--init",
+                                                     "glorot", "--init-scale", "2", "--d-adam-variant", "authors",
+                                                     "--out", str(tmp_path / "c")]) == 0
+    notes = [line.split("note: ")[1] for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert notes == ["--d-adam-variant has no effect without d-adam among the approaches",
+                     "--init-scale has no effect with --init glorot",
+                     "--loss-prob, --eval-under-loss have no effect: C-Adam trains at a server over perfect links"]
     flags = json.loads((tmp_path / "c" / "config.json").read_text())["flags"]
     assert flags["out"] == str((tmp_path / "c").absolute())  # paths recorded absolute (--resume from anywhere)
     path = nr.generate(nr.NodeRegressionConfig(nodes=12, train_samples=24, test_samples=4, input_dim=6,

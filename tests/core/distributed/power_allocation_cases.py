@@ -231,8 +231,9 @@ def check_app_run(mpi_dir: Path, local_dir: Path, size: int) -> None:
             elif k != "wall_s":
                 np.testing.assert_allclose(float(g[k]), float(w[k]), rtol=RTOL, atol=ATOL, err_msg=k)
     s_mpi, s_loc = (json.loads((d / "summary.json").read_text()) for d in (mpi_dir, local_dir))
-    assert set(s_mpi) - set(s_loc) == {"mpi_ranks", "mpi_messages_sent_per_batch", "mpi_bytes_sent_per_batch",
-                                       "mpi_seconds_in_mpi"}, set(s_mpi) ^ set(s_loc)
+    assert set(s_mpi) - set(s_loc) == {"mpi_ranks", "mpi_counts_from_step", "mpi_messages_sent_per_batch",
+                                       "mpi_bytes_sent_per_batch", "mpi_seconds_in_mpi"}, set(s_mpi) ^ set(s_loc)
+    assert s_mpi["mpi_counts_from_step"] == 0
     for k, v in s_loc.items():
         if isinstance(v, float) and k != "wall_s":
             np.testing.assert_allclose(s_mpi[k], v, rtol=RTOL, atol=ATOL, err_msg=k)

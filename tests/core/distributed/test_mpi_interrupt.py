@@ -86,6 +86,10 @@ def test_sigterm_to_one_rank_stops_all_at_an_agreed_epoch_and_resumes(tmp_path):
     assert straight.returncode == 0, straight.stderr
     a, b = json.loads((run / "summary.json").read_text()), json.loads((fresh / "summary.json").read_text())
     assert a["mpi_ranks"] == 2, a  # the resumed part ran on 2 ranks (its wire counts are summed there)
+    assert 0 < a["mpi_counts_from_step"] < a["steps"]  # ... from the step it was resumed at
+    config = json.loads((run / "config.json").read_text())
+    assert config["backend"]["ranks"] == 3  # how the run started, and how it went on:
+    assert [r["backend"]["ranks"] for r in config["resumed"]] == [2], config.get("resumed")
     for key in ("final_test_mse", "final_train_mse", "final_consensus_error"):
         assert a[key] == pytest.approx(b[key], rel=1e-10, abs=1e-12), key
     assert a["mp_rounds"] == b["mp_rounds"] and a["floats_sent_per_node"] == b["floats_sent_per_node"]
