@@ -160,10 +160,10 @@ def non_negative_float(text: str) -> float:
 
 
 def positive_float(text: str) -> float:
-    """argparse type: a finite float > 0."""
-    value = non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    """argparse type: a finite float > 0 (one message for every value it refuses)."""
+    value = _parse(text, float, "a number")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 

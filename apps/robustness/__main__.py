@@ -6,8 +6,8 @@ centralized reference over perfect links (:mod:`apps.robustness.sweep`), then wr
 settings, p in {0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3}, D-SGD, D-AMSGrad, D-naive-PB (K = 1), D-GT and D-GT-Adam,
 policies stale (3 seeds), zero and retransmit:1 (1 seed each), C-SGD as the reference. Flags after ``--`` go to
 every run of the app (e.g. ``-- --epochs 200`` or, for App B, ``-- --data data/power_allocation.h5``).
-Resumable: ``--resume <folder>`` (or the same command with ``--out`` of an unfinished sweep refused, so
-use --resume) continues every unfinished run. Ctrl-C or SIGTERM: the running apps checkpoint, then
+Resumable: ``--resume <folder>`` continues every unfinished run (the same command with ``--out`` of an
+existing sweep is refused: the folder is not new). Ctrl-C or SIGTERM: the running apps checkpoint, then
 exit status 130 with the command that continues. Bad flags: one error line, status 2, nothing written.
 """
 
@@ -28,9 +28,11 @@ from datasets.cli import HelpFormatter, OneLineErrorParser, non_negative_int, po
 silence_startup_notices()  # TF_CPP_MIN_LOG_LEVEL, inherited by the app runs of the sweep
 
 PROG = "python -m apps.robustness"
-OWN_FLAGS = ("--optimizer", "--seed", "--loss-prob", "--on-loss", "--loss-model", "--out", "--resume", "--jobs",
-             "-q", "--quiet")
-"""Flags the sweep sets on every run itself (refused after ``--``)."""
+OWN_FLAGS = {"--optimizer": "--optimizer", "--seed": "--seed", "--loss-prob": "--loss-probs", "--on-loss": "--policies",
+             "--loss-model": None, "--out": "--out", "--resume": "--resume", "--jobs": "--jobs", "-q": "-q",
+             "--quiet": "-q"}
+"""Flags the sweep sets on every run itself (refused after ``--``), with the sweep's own flag for each (None: the
+sweep's model is independent losses, which it does not change)."""
 
 
 def _list(kind, name: str):
@@ -98,7 +100,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     args = parser.parse_args(own)
     taken = [f for f in app_flags if f.split("=")[0] in OWN_FLAGS]
     if taken:
-        parser.error(f"{taken[0]} after -- is set by the sweep itself; use the sweep's own flag")
+        instead = OWN_FLAGS[taken[0].split("=")[0]]
+        parser.error(f"{taken[0]} after -- is set by the sweep itself; "
+                     + (f"use the sweep's own {instead}" if instead else "the sweep draws independent losses only"))
     if args.resume is not None:  # the saved grid and app flags are the sweep's: anything else would not apply
         from apps.common.main import given_flags
 
@@ -188,7 +192,9 @@ def main(argv=None) -> int:
                 saved = json.loads((out / "config.json").read_text())
                 grid = Grid.from_dict(saved["grid"])
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"--resume: {out} holds no sweep of {PROG} ({type(exc).__name__}: {exc})") from None
+                what = f"no {exc.args[0]!r} entry in its config.json" if isinstance(exc, KeyError) else \
+                    f"{type(exc).__name__}: {exc}"
+                raise ValueError(f"--resume: {out} holds no sweep of {PROG} ({what})") from None
         else:
             grid = make_grid(args, app_flags)
             try:

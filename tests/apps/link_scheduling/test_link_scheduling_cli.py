@@ -96,7 +96,8 @@ def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(data, tiny_ru
     """Stopped after mini-batch 2 (with its checkpoint), then resumed: the same rows as the D-Adam run of
     `tiny_runs`, which went through in one go (wall-clock time aside)."""
     full_run = Trainer.run
-    monkeypatch.setattr(Trainer, "run", lambda self, resume=False, on_epoch=None: full_run(self, resume, until_epoch=2))
+    monkeypatch.setattr(Trainer, "run", lambda self, resume=False, on_epoch=None, on_resumed=None:
+                        full_run(self, resume, until_epoch=2))
     assert run(["--data", data, "--optimizer", "d-adam", *TINY_RUN, "--out", tmp_path / "cut"])[0] == 0
     assert len(metrics(tmp_path / "cut")) == 3 and not (tmp_path / "cut" / "summary.json").exists()
     monkeypatch.setattr(Trainer, "run", full_run)

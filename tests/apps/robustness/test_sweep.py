@@ -71,6 +71,8 @@ def test_cell_commands_carry_the_link_flags_and_resume(tmp_path):
     (["--optimizer", "c-sgd"], "centralized"),
     (["--reference", "d-sgd"], "centralized approach"),
     (["--", "--seed", "3"], "set by the sweep itself"),
+    (["--", "--loss-prob", "0.2"], "set by the sweep itself; use the sweep's own --loss-probs"),
+    (["--", "--loss-model=gilbert"], "set by the sweep itself; the sweep draws independent losses only"),
     (["--", "--no-such-flag"], "unrecognized arguments"),
     (["--", "--epochs", "0"], "--epochs"),
 ])
@@ -80,6 +82,14 @@ def test_bad_input_is_one_line_status_2_and_nothing_written(tmp_path, capsys, ar
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+def test_resume_of_a_folder_that_is_no_sweep_names_what_is_missing(tmp_path, capsys):
+    (tmp_path / "config.json").write_text('{"app": "node_regression", "flags": {}}')  # an App A run, say
+    assert status_of(["--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(f"--resume: {tmp_path} holds no sweep of python -m apps.robustness (no "
+                                             "'grid' entry in its config.json)"), err
 
 
 def status_of(argv) -> int:
