@@ -190,6 +190,10 @@ def _start_worker(progress_queue, stop, threads: int, parent_pid: int, grace_s: 
     _PROGRESS, _STOP = progress_queue, stop
     signal.signal(signal.SIGINT, _on_interrupt)
     signal.signal(signal.SIGTERM, _on_terminate)  # before the death signal is requested, so it is handled
+    # tqdm's first bar (a job's own, even disabled) would create a multiprocessing lock, a named semaphore the
+    # parent's resource tracker then reports as leaked when a worker ends by os._exit (_exit_now); its bars only
+    # ever run in this process, so a thread lock does
+    tqdm.set_lock(threading.RLock())
     end_with_parent(parent_pid, signal.SIGTERM)
     threading.Thread(target=_watch, args=(parent_pid, threading.get_ident(), grace_s), daemon=True,
                      name="parent-watchdog").start()

@@ -19,6 +19,14 @@ def fail_in_worker(x, progress=None):
     raise ValueError(f"bad job {x}")
 
 
+def tqdm_lock_in_worker(x, progress=None):
+    """A job: draws a (disabled) bar, as a trainer does, and returns the kind of tqdm's write lock."""
+    from tqdm import tqdm
+
+    tqdm(total=1, disable=True).close()
+    return type(tqdm.get_lock()).__module__, type(tqdm.get_lock()).__name__
+
+
 def test_jobs_run_in_workers_and_come_back_in_order():
     results = run_jobs(square_in_worker, {"c": (3,), "a": (1,), "b": (2,)}, workers=2, total=6, quiet=True)
     assert list(results) == ["c", "a", "b"]
@@ -27,6 +35,14 @@ def test_jobs_run_in_workers_and_come_back_in_order():
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
     threads = max(1, (os.cpu_count() or 1) // 2)
     assert {r[2] for r in results.values()} == {str(threads)}
+
+
+def test_workers_bars_take_no_named_semaphore():
+    """tqdm's default lock is a multiprocessing one, a named semaphore: a worker ended by os._exit (its grace
+    ran out) would leave it to the parent's resource tracker, which warns of a leak on every interrupted
+    ``--jobs`` run. Workers use a thread lock."""
+    results = run_jobs(tqdm_lock_in_worker, {"a": (0,), "b": (1,)}, workers=2, total=2, quiet=True)
+    assert set(results.values()) == {("_thread", "RLock")}
 
 
 def test_one_worker_runs_here_without_a_progress_report():
