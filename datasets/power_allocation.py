@@ -196,12 +196,12 @@ class PowerAllocationConfig:
                 f"--pair-min-distance ({self.pair_min_distance}) must not exceed --pair-max-distance "
                 f"({self.pair_max_distance})"
             )
-        noise_w = link_budget.dbm_to_w(self.noise_power_dbm)
-        single = np.finfo(np.float32)
-        if self.noise_dbm is not None and not single.tiny <= noise_w <= single.max:
+        single = np.finfo(np.float32)  # compared in dBm: 10 ** (dBm / 10) itself overflows for large values
+        lowest, highest = (float(link_budget.w_to_dbm(float(w))) for w in (single.tiny, single.max))
+        if self.noise_dbm is not None and not lowest <= self.noise_dbm <= highest:
             raise ValueError(
-                f"--noise-dbm {self.noise_dbm:g} is a noise power of {noise_w:.3g} W, outside the float32 range "
-                f"the channels and powers are computed in ({single.tiny:.3g} to {single.max:.3g} W)"
+                f"--noise-dbm {self.noise_dbm:g} is outside the float32 range the channels and powers are "
+                f"computed in ({lowest:.1f} to {highest:.1f} dBm)"
             )
 
 

@@ -218,6 +218,7 @@ def test_interrupted_generation_leaves_no_file(tmp_path, monkeypatch, make):
         ({"fading": "nakagami"}, "--fading must be one of rayleigh, rician, none"),
         ({"pair_min_distance": 160.0}, "--pair-min-distance .* must not exceed --pair-max-distance"),
         ({"seed": -1}, "--data-seed must be a non-negative integer"),
+        ({"noise_dbm": 1000.0}, r"--noise-dbm 1000 is outside the float32 range .* \(-349.3 to 415.3 dBm\)"),
     ],
 )
 def test_config_validation(overrides, message):
