@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from functools import lru_cache, partial
 
 from tqdm import tqdm
@@ -57,6 +58,8 @@ _PROGRESS = None  # the worker's end of the parent's progress queue
 _STOP = None  # set once Ctrl-C was pressed: jobs that have not started yet are skipped
 _BUSY = False  # whether the worker is running a job (Ctrl-C interrupts only jobs, not idle workers)
 _INTERRUPTED = False  # a KeyboardInterrupt was raised into the running job (its target may be checkpointing)
+_HELD = False  # the worker is in a _signals_held block: a signal's KeyboardInterrupt waits until it is out
+_DEFERRED: int | None = None  # the signal that arrived meanwhile
 _TERMINATING_SINCE = None  # time.monotonic() of the first SIGTERM: the worker ends once its job has stopped
 
 
@@ -70,7 +73,8 @@ def default_workers(num_jobs: int) -> int:
 
 
 def run_jobs(target: Callable, jobs: Mapping[str, tuple], workers: int, *, total: int, desc: str = "",
-             quiet: bool = False, unit: str = "epoch", threads: int | None = None) -> dict:
+             quiet: bool = False, unit: str = "epoch", threads: int | None = None,
+             initial: Mapping[str, int] | None = None) -> dict:
     """Run ``target(*args, progress=...)`` for every ``name: args`` of ``jobs``; return results by name.
 
     Args:
@@ -83,14 +87,15 @@ def run_jobs(target: Callable, jobs: Mapping[str, tuple], workers: int, *, total
         quiet: no progress bar.
         unit: what the bar counts (what the targets' progress reports count: epochs, or mini-batches).
         threads: TensorFlow threads of each worker (default: the cores shared by the workers).
+        initial: per job the epochs already done (a resumed run), where the shared bar starts.
     """
     if workers <= 1 or len(jobs) <= 1 or _mpi_initialized():
         return {name: target(*args, progress=None) for name, args in jobs.items()}
     context = mp.get_context("spawn")
     progress_queue, stop = context.Queue(), context.Event()
     threads = int(threads) if threads else max(1, (os.cpu_count() or 1) // workers)
-    bar = tqdm(total=total, desc=desc, unit=unit, disable=quiet, dynamic_ncols=True)
-    done = dict.fromkeys(jobs, 0)
+    done = {name: int((initial or {}).get(name, 0)) for name in jobs}
+    bar = tqdm(total=total, initial=sum(done.values()), desc=desc, unit=unit, disable=quiet, dynamic_ncols=True)
     results = {}
     # The kernel's parent-death signal fires when the *thread* that started a worker ends. That is this
     # thread (submit starts them; the manager thread only replaces workers under max_tasks_per_child, not
@@ -200,7 +205,35 @@ def _start_worker(progress_queue, stop, threads: int, parent_pid: int, grace_s: 
     # read by TensorFlow when a job first imports it (importing it here would slow down every worker)
     os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
     silence_startup_notices()
-    progress_queue.put((None, os.getpid(), ""))
+    _put_progress((None, os.getpid(), ""))
+
+
+@contextmanager
+def _signals_held():
+    """Run a block out of reach of the signal handlers' KeyboardInterrupt, which is raised once it has ended.
+    Raised inside the multiprocessing queue's put (in its ``Condition.notify``) it can lose the wake-up of the
+    queue's feeder thread, which then never writes again, and the worker, which joins that thread when it
+    exits, never ends: a hang on Ctrl-C of a ``--jobs`` run (seen once in about a dozen, with SIGINT to the
+    whole process group); inside the stop event's ``is_set`` it can leave the shared semaphore taken."""
+    global _HELD, _DEFERRED
+    _HELD = True
+    try:
+        yield
+    finally:
+        _HELD = False
+    if _DEFERRED is not None:
+        signum, _DEFERRED = _DEFERRED, None
+        (_on_interrupt if signum == signal.SIGINT else _on_terminate)(signum, None)
+
+
+def _put_progress(item) -> None:
+    with _signals_held():
+        _PROGRESS.put(item)
+
+
+def _stop_requested() -> bool:
+    with _signals_held():
+        return _STOP.is_set()
 
 
 def _watch(parent_pid: int, main_thread: int, grace_s: float) -> None:
@@ -234,7 +267,10 @@ def _exit_now() -> None:
 
 
 def _on_interrupt(signum, frame):
-    global _INTERRUPTED
+    global _INTERRUPTED, _DEFERRED
+    if _HELD:
+        _DEFERRED = signum
+        return
     if _BUSY:
         _INTERRUPTED = True
         raise KeyboardInterrupt
@@ -243,9 +279,12 @@ def _on_interrupt(signum, frame):
 def _on_terminate(signum, frame):
     """SIGTERM: stop the running job as on Ctrl-C (once: a second one would cut its checkpoint short), then
     end; an idle worker ends at once."""
-    global _TERMINATING_SINCE, _INTERRUPTED
+    global _TERMINATING_SINCE, _INTERRUPTED, _DEFERRED
     if _TERMINATING_SINCE is None:
         _TERMINATING_SINCE = time.monotonic()
+    if _HELD:  # (the grace period runs from now all the same)
+        _DEFERRED = signum
+        return
     if not _BUSY:
         _exit_now()
     if not _INTERRUPTED:
@@ -255,15 +294,15 @@ def _on_terminate(signum, frame):
 
 def _run_job(target: Callable, name: str, args: tuple):
     global _BUSY, _INTERRUPTED
-    if _STOP.is_set():
+    if _stop_requested():
         return _Interrupted()
     _INTERRUPTED = False
     _BUSY = True
 
     def progress(epochs, postfix=""):
         global _INTERRUPTED
-        _PROGRESS.put((name, int(epochs), postfix))
-        if _STOP.is_set():  # another job failed: stop here as on Ctrl-C (the trainer checkpoints)
+        _put_progress((name, int(epochs), postfix))
+        if _stop_requested():  # another job failed: stop here as on Ctrl-C (the trainer checkpoints)
             _INTERRUPTED = True
             raise KeyboardInterrupt
 
@@ -271,7 +310,8 @@ def _run_job(target: Callable, name: str, args: tuple):
         return target(*args, progress=progress)
     except KeyboardInterrupt:
         if _TERMINATING_SINCE is None:  # (on SIGTERM the parent is gone or stops everything itself)
-            _STOP.set()  # the parent may not have seen the Ctrl-C yet
+            with _signals_held():
+                _STOP.set()  # the parent may not have seen the Ctrl-C yet
         return _Interrupted()
     finally:
         _BUSY = False

@@ -362,6 +362,21 @@ def record_resumed(run: RunDir, backend: Mapping | None) -> None:
     atomic_write_json(run.config_path, saved)
 
 
+def logged_progress(out: Path, names) -> dict[str, int]:
+    """Per approach of a group run in ``out`` the epochs (App C: mini-batches) its metrics.csv has logged, 0
+    for none: where a resumed group's shared progress bar starts (``core.parallel.run_jobs(initial=...)``)."""
+    from core.runs import read_csv
+
+    done = {}
+    for name in names:
+        try:
+            rows = read_csv(Path(out) / name / "metrics.csv")
+            done[name] = int(float(rows[-1]["epoch"])) if rows else 0
+        except (OSError, ValueError, KeyError):
+            done[name] = 0  # (nothing logged yet, or unreadable: the trainer's resume says so)
+    return done
+
+
 def missing_dataset(args: argparse.Namespace, path, create: str = "pass --generate to create it") -> ValueError:
     """The one-line error for a dataset file that does not exist: for a new run with the way to ``create`` it;
     for a resumed run (whose flags cannot change) the file its config.json names."""

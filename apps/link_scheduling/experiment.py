@@ -72,7 +72,7 @@ from pathlib import Path
 from apps.common import cli as common_cli
 from apps.common.backend import check_backend_flags, check_ranks, on_root, run_on_world, say_notes, start_world
 from apps.common.backend import make_backend as shared_make_backend
-from apps.common.main import World, write_run_config
+from apps.common.main import World, logged_progress, write_run_config
 from core.parallel import default_workers
 from datasets import cli
 from datasets.conflict_graphs import ConflictGraphDataset, ConflictGraphsConfig
@@ -424,7 +424,8 @@ def execute(p: Plan) -> dict[str, dict]:
         parent.write_config({**run_config(p, ",".join(args.optimizer)), "grouped": True})
     jobs = {name: (p, name) for name in args.optimizer}
     summaries = run_jobs(train_job, jobs, min(args.jobs, len(jobs)), total=len(jobs) * args.mini_batches,
-                         desc="link scheduling", quiet=args.quiet or not root, unit="mini-batch", threads=args.threads)
+                         desc="link scheduling", quiet=args.quiet or not root, unit="mini-batch", threads=args.threads,
+                         initial=logged_progress(p.out, jobs) if p.resume else None)
     if parent is not None:
         atomic_write_json(parent.summary_path, summaries)
         curves = {}

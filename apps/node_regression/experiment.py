@@ -31,7 +31,7 @@ from pathlib import Path
 from apps.common import cli as common_cli
 from apps.common.backend import check_backend_flags, check_ranks, on_root, run_on_world, say_notes, start_world
 from apps.common.backend import make_backend as shared_make_backend
-from apps.common.main import World, write_run_config
+from apps.common.main import World, logged_progress, write_run_config
 from core.parallel import default_workers
 from datasets import cli
 from datasets import node_regression as nr
@@ -312,7 +312,8 @@ def execute(p: Plan) -> dict[str, dict]:
         parent.write_config({**run_config(p, ",".join(p.approaches)), "grouped": True})
     jobs = {approach: (p, approach) for approach in p.approaches}
     summaries = run_jobs(train_approach, jobs, min(p.args.jobs, len(jobs)), total=len(jobs) * p.args.epochs,
-                         desc="node regression", quiet=p.args.quiet or not root, threads=p.args.threads)
+                         desc="node regression", quiet=p.args.quiet or not root, threads=p.args.threads,
+                         initial=logged_progress(p.out, jobs) if p.resume else None)
     if parent is not None:
         atomic_write_json(parent.summary_path, summaries)
         curves = {LABELS[a]: _curve(RunDir(p.out / a, create=False).read_metrics(), "test_mse") for a in p.approaches}

@@ -60,7 +60,7 @@ from apps.common.backend import (
     say_notes,
     start_world,
 )
-from apps.common.main import World, write_run_config
+from apps.common.main import World, logged_progress, write_run_config
 from core.parallel import default_workers
 from datasets import cli
 from datasets import power_allocation as pa
@@ -397,7 +397,8 @@ def execute(p: Plan) -> tuple[dict[str, dict], dict[str, float]]:
         parent.write_config({**run_config(p, ",".join(p.approaches)), "grouped": True})
     jobs = {approach: (p, approach, reference, powers) for approach in p.approaches}
     summaries = run_jobs(train_approach, jobs, min(args.jobs, len(jobs)), total=len(jobs) * args.epochs,
-                         desc="power allocation", quiet=args.quiet or not root, threads=args.threads)
+                         desc="power allocation", quiet=args.quiet or not root, threads=args.threads,
+                         initial=logged_progress(p.out, jobs) if p.resume else None)
     if parent is not None:
         atomic_write_json(parent.summary_path, summaries)
         curves = {LABELS[a]: _curve(RunDir(p.out / a, create=False).read_metrics(), "test_sum_rate")

@@ -45,6 +45,14 @@ def test_workers_bars_take_no_named_semaphore():
     assert set(results.values()) == {("_thread", "RLock")}
 
 
+def test_a_resumed_group_s_bar_starts_at_the_epochs_already_done(capsys):
+    run_jobs(square_in_worker, {"a": (1,), "b": (2,)}, workers=2, total=8, initial={"a": 1, "b": 2}, desc="t")
+    frames = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    counts = [line.split("|")[2].split()[0] for line in frames if line.startswith("t:") and line.count("|") >= 2]
+    assert counts[0] == "3/8"  # not 0/8: a's epoch 1 and b's 2 were done before the resume
+    assert counts[-1] == "4/8"  # both jobs then report epochs 1 and 2: only a's epoch 2 is new
+
+
 def test_one_worker_runs_here_without_a_progress_report():
     results = run_jobs(square_in_worker, {"a": (4,), "b": (5,)}, workers=1, total=4, quiet=True)
     assert {k: (v[0], v[1]) for k, v in results.items()} == {"a": (16, os.getpid()), "b": (25, os.getpid())}
@@ -246,3 +254,22 @@ def test_workers_get_the_thread_count_asked_for():
     assert set(run_jobs(_worker_threads, {"a": (), "b": ()}, 2, total=2, quiet=True, threads=3).values()) == {"3"}
     default = str(max(1, (os.cpu_count() or 1) // 2))
     assert set(run_jobs(_worker_threads, {"a": (), "b": ()}, 2, total=2, quiet=True).values()) == {default}
+
+
+def test_a_signal_inside_a_held_block_interrupts_once_the_block_is_done(monkeypatch):
+    """A worker's Ctrl-C arriving while it puts a progress report on the queue (where a KeyboardInterrupt can
+    lose the wake-up of the queue's feeder thread, and the worker then never exits) is raised after the put."""
+    import signal
+
+    from core import parallel
+
+    monkeypatch.setattr(parallel, "_BUSY", True)
+    monkeypatch.setattr(parallel, "_INTERRUPTED", False)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with parallel._signals_held():
+            parallel._on_interrupt(signal.SIGINT, None)  # as the handler would run here: nothing raised yet
+            done.append("the block ran to its end")
+    assert done == ["the block ran to its end"] and parallel._INTERRUPTED and parallel._DEFERRED is None
+    with parallel._signals_held():  # without a signal: nothing happens
+        pass

@@ -104,3 +104,15 @@ def test_an_import_broken_by_the_interrupt_counts_as_an_interruption(capsys, tmp
 
     assert run_experiment("prog", ["ok"], parse, plan, broken, lambda r, p: None) == 130
     assert capsys.readouterr().err == "prog: interrupted; continue with --resume runs/x\n"
+
+
+def test_logged_progress_is_the_last_logged_epoch_of_each_approach(tmp_path):
+    from apps.common.main import logged_progress
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "metrics.csv").write_text("epoch,step\n0,0\n1,10\n2,20\n")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "metrics.csv").write_text("epoch,step\n")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "metrics.csv").write_text("epoch,step\nx,0\n")
+    assert logged_progress(tmp_path, ["a", "b", "c", "d"]) == {"a": 2, "b": 0, "c": 0, "d": 0}
