@@ -213,7 +213,7 @@ def _signals_held():
     """Run a block out of reach of the signal handlers' KeyboardInterrupt, which is raised once it has ended.
     Raised inside the multiprocessing queue's put (in its ``Condition.notify``) it can lose the wake-up of the
     queue's feeder thread, which then never writes again, and the worker, which joins that thread when it
-    exits, never ends: a hang on Ctrl-C of a ``--jobs`` run (seen once in about a dozen, with SIGINT to the
+    exits, never ends: a hang on Ctrl-C of a ``--jobs`` run (seen once here, with SIGINT to the
     whole process group); inside the stop event's ``is_set`` it can leave the shared semaphore taken."""
     global _HELD, _DEFERRED
     _HELD = True
