@@ -349,16 +349,16 @@ def write_run_config(run: RunDir, config: Mapping) -> Callable[[], None]:
 
 def record_resumed(run: RunDir, backend: Mapping | None) -> None:
     """Append the backend a resumed run now runs on (another P, partition, or in-process) to its config.json's
-    ``resumed`` list, with the time, so that the file says how each part of the run was executed
-    (summary.json's ``mpi_*`` counts cover the last part: from ``mpi_counts_from_step``). Called once the
-    checkpoint was accepted (``Trainer.run(on_resumed=...)``): a refused resume writes nothing."""
-    import time
+    ``resumed`` list, with when, how and from which commit it was resumed (:func:`core.runs.provenance`), so
+    that the file says how each part of the run was executed (summary.json's ``mpi_*`` counts cover the last
+    part: from ``mpi_counts_from_step``). Called once the checkpoint was accepted
+    (``Trainer.run(on_resumed=...)``): a refused resume writes nothing."""
+    from core.runs import atomic_write_json, provenance
 
-    from core.runs import atomic_write_json
-
+    started = {k: v for k, v in provenance().items() if k in ("started", "command_line", "git_commit", "threads")}
     saved = run.read_config()
     resumed = saved.get("resumed") if isinstance(saved.get("resumed"), list) else []
-    saved["resumed"] = [*resumed, {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "backend": backend}]
+    saved["resumed"] = [*resumed, {**started, "backend": backend}]
     atomic_write_json(run.config_path, saved)
 
 

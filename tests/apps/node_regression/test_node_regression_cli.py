@@ -93,6 +93,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_metrics(amsgrad_run, 
     assert json.loads((out / "summary.json").read_text())["epochs"] == 3
     config = json.loads((out / "config.json").read_text())  # the start's record, and the resumed part's backend
     assert [r["backend"] for r in config["resumed"]] == [config["backend"]] == [{"backend": "local", "ranks": 1}]
+    assert set(config["resumed"][0]) == {"started", "command_line", "git_commit", "threads", "backend"}
 
 
 def test_resume_with_a_damaged_checkpoint_is_one_line_and_status_2(amsgrad_run, tmp_path, capsys):
