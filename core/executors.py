@@ -32,6 +32,7 @@ from core import replicas
 from core.backprop import backward_products, layer_gradients, local_backprop
 from core.comm import CommCost, CommSimulator, Schedule, ScheduleError
 from core.gcnn import GCNN, NO_COUNT, ForwardCache
+from core.graph import SparseOperator
 from core.links import LinkContext
 from core.ops import CSRKernels, Operator
 from core.optimizers import Optimizer
@@ -56,6 +57,53 @@ def flatten_per_sample(grads) -> tf.Tensor:
     """Per-node, per-sample gradients (|V|, B, ...) of a parameter list as (|V|, B, |theta|)."""
     lead = tf.shape(grads[0])[:2]
     return tf.concat([tf.reshape(g, tf.concat([lead, [-1]], 0)) for g in grads], axis=-1)
+
+
+def check_batch(gcnn: GCNN, x, y, num_nodes: int | None, loss: Callable = squared_error,
+                nodes_from: str = "the graph's operator") -> None:
+    """A ValueError naming what does not fit, for a sample-major batch x (B, |V|, g_0), y (B, |V|, g_L) with
+    ``num_nodes`` nodes (a rank's owned nodes on an MPI operator view; None: not checked). Checks the static
+    shapes, so it costs nothing inside a compiled function; a custom ``loss`` may take labels of another width."""
+    for name, t in (("x", x), ("y", y)):
+        if getattr(t, "shape", None) is None or len(t.shape) != 3:
+            raise ValueError(f"{name} must be sample-major (B, |V|, features), got shape "
+                             f"{tuple(getattr(t, 'shape', ())) or type(t).__name__}")
+    g_in, g_out = gcnn.widths[0], gcnn.widths[-1]
+    (bx, vx, fx), (by, vy, fy) = tuple(x.shape), tuple(y.shape)
+    if None not in (vx, num_nodes) and vx != num_nodes:
+        raise ValueError(f"x has {vx} nodes (axis 1 of (B, |V|, g_0)), {nodes_from} {num_nodes}")
+    if fx is not None and fx != g_in:
+        raise ValueError(f"x has {fx} features per node, the GCNN's input width g_0 is {g_in}")
+    if (None not in (bx, by) and bx != by) or (None not in (vx, vy) and vx != vy):
+        raise ValueError(f"y {tuple(y.shape)} does not match x {tuple(x.shape)} in (B, |V|)")
+    if loss is squared_error and fy is not None and fy != g_out:
+        raise ValueError(f"y has {fy} outputs per node, the GCNN's output width g_L is {g_out}")
+
+
+def check_parameters(gcnn: GCNN, theta, optimizer: Optimizer, shift, mixing, x=None) -> None:
+    """A ValueError naming what does not fit: theta (|theta|,) for a centralized optimizer, (|V|, |theta|) per-node
+    copies for a distributed one, which also needs the mixing operator W (static shapes, as :func:`check_batch`);
+    theta, the operators' values and the batch ``x`` in one dtype."""
+    for name, op in (("shift", shift), ("mixing", mixing)):
+        if isinstance(op, SparseOperator):
+            raise ValueError(f"the {name} operator is a NumPy SparseOperator: convert it with core.ops.to_operator")
+    tensors = {"theta": theta, "x": x, "shift": getattr(shift, "values", None),
+               "mixing": getattr(mixing, "values", None)}
+    dtypes = {name: tf.as_dtype(t.dtype).name for name, t in tensors.items() if getattr(t, "dtype", None) is not None}
+    if len(set(dtypes.values())) > 1:
+        raise ValueError("parameters, batch and operators must share one dtype (core.ops.to_operator(op, dtype)), "
+                         "got " + ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items()))
+    size, shape = gcnn.num_params, tuple(getattr(theta, "shape", ()))
+    if optimizer.centralized:
+        if len(shape) != 1 or shape[0] not in (None, size):
+            raise ValueError(f"{optimizer.name} needs one shared parameter vector of shape ({size},), got {shape}")
+        return
+    if len(shape) != 2 or shape[1] not in (None, size) or shape[0] not in (None, shift.num_nodes):
+        raise ValueError(f"{optimizer.name} needs a parameter copy per node, shape ({shift.num_nodes}, {size}) "
+                         f"(core.replicas.replicate), got {shape}")
+    if optimizer.consensus != "none" and mixing is None:
+        raise ValueError(f"{optimizer.name} mixes over the graph: pass the mixing operator W (to_operator of "
+                         "Graph.metropolis_hastings())")
 
 
 def node_major(x, y, self_factor=None):
@@ -160,6 +208,8 @@ class BatchedExecutor(_Executor):
                    kernels: CSRKernels | None = None) -> StepResult:
         """One mini-batch: gradients, consensus per the optimizer's schedule, local update (under the link
         model of ``links``, if given; exchanges over the operators of ``kernels`` as CSR products)."""
+        check_parameters(self.gcnn, theta, optimizer, shift, mixing, x)
+        check_batch(self.gcnn, x, y, shift.num_nodes, self.loss)
         sim = CommSimulator(self.schedule_for(optimizer, x.shape[0]), links=links, kernels=kernels)
         if optimizer.centralized:
             grad, loss = self.centralized_gradient(theta, x, y, shift, self_factor, sim)
@@ -174,6 +224,8 @@ class ProtocolExecutor(_Executor):
 
     def train_step(self, theta, state, x, y, shift: Operator, mixing: Operator | None,
                    optimizer: Optimizer, lr, self_factor=None, links: LinkContext | None = None) -> StepResult:
+        check_parameters(self.gcnn, theta, optimizer, shift, mixing, x)
+        check_batch(self.gcnn, x, y, shift.num_nodes, self.loss)
         schedule = self.schedule_for(optimizer, x.shape[0])
         sim = CommSimulator(schedule, links=links)
         if optimizer.centralized:

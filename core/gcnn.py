@@ -123,12 +123,21 @@ class GCNN:
     _acts: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        widths = tuple(int(w) for w in self.widths)
-        if len(widths) < 2 or min(widths) < 1:
-            raise ValueError(f"widths must list g_0..g_L (at least two positive sizes), got {self.widths}")
+        bad = ValueError(f"widths must list g_0..g_L (at least two positive integers), got {self.widths!r}")
+        try:
+            widths = tuple(int(w) for w in self.widths)
+        except (TypeError, ValueError):
+            raise bad from None
+        if len(widths) < 2 or min(widths) < 1 or widths != tuple(self.widths):  # (2.7 is not a width)
+            raise bad
         n_layers = len(widths) - 1
         acts = (self.activations,) * n_layers if isinstance(self.activations, str) else tuple(self.activations)
-        bias = (bool(self.bias),) * n_layers if isinstance(self.bias, bool) else tuple(map(bool, self.bias))
+        if isinstance(self.bias, bool | np.bool_):
+            bias = (bool(self.bias),) * n_layers
+        elif isinstance(self.bias, tuple | list) and all(isinstance(b, bool | np.bool_) for b in self.bias):
+            bias = tuple(map(bool, self.bias))
+        else:
+            raise ValueError(f"bias must be a bool or one bool per layer, got {self.bias!r}")
         if len(acts) != n_layers or len(bias) != n_layers:
             raise ValueError(f"need one activation and one bias flag per layer ({n_layers} layers)")
         object.__setattr__(self, "widths", widths)

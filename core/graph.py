@@ -93,20 +93,25 @@ class Graph:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_dense(cls, adjacency, *, atol: float = 0.0) -> Graph:
-        """From a dense symmetric |V| x |V| weight matrix (zero = no edge). The diagonal is dropped."""
+        """From a dense symmetric |V| x |V| weight matrix (zero = no edge). The diagonal is dropped.
+
+        ``atol``: how far A may be from A^T; such a nearly symmetric A is symmetrised, (A + A^T) / 2, so that the
+        graph's operators are symmetric."""
         a = _as_real_matrix(adjacency)
         if not np.allclose(a, a.T, rtol=0.0, atol=atol):
             i, j = np.argwhere(~np.isclose(a, a.T, rtol=0.0, atol=atol))[0]
             raise GraphError(
                 f"adjacency must be symmetric (undirected graph): A[{i},{j}]={a[i, j]} but A[{j},{i}]={a[j, i]}"
             )
+        a = (a + a.T) / 2 if atol else a
         np.fill_diagonal(a, 0.0)
         receivers, senders = np.nonzero(a)
         return cls(a.shape[0], senders, receivers, a[receivers, senders])
 
     @classmethod
     def from_sparse(cls, adjacency, *, atol: float = 0.0) -> Graph:
-        """From a SciPy sparse symmetric weight matrix."""
+        """From a SciPy sparse symmetric weight matrix (duplicate entries are summed, the diagonal is dropped;
+        with ``atol`` > 0 a nearly symmetric matrix is symmetrised as in :meth:`from_dense`)."""
         if not sp.issparse(adjacency):
             raise GraphError(f"expected a scipy.sparse matrix, got {type(adjacency).__name__}")
         m = sp.coo_matrix(adjacency)
@@ -114,13 +119,17 @@ class Graph:
             raise GraphError(f"adjacency must be square, got shape {m.shape}")
         if m.shape[0] == 0:
             raise GraphError("graph has no nodes")
+        # duplicates summed before the check: COO input may hold an entry in parts (networkx writes a self-loop
+        # as parts that include a negative one)
+        m = sp.coo_matrix(sp.csr_matrix(m, dtype=np.float64))
         _check_values(m.data)
-        m = sp.coo_matrix(m.tocsr())  # sums duplicates
         m.eliminate_zeros()
         diff = abs(m - m.T)
         if diff.nnz and diff.max() > atol:
             r, c = sp.find(diff > atol)[:2]
             raise GraphError(f"adjacency must be symmetric (undirected graph): entry ({r[0]},{c[0]}) differs")
+        if atol and diff.nnz:
+            m = sp.coo_matrix((m + m.T) / 2)
         keep = m.row != m.col
         return cls(m.shape[0], m.col[keep], m.row[keep], m.data[keep])
 
@@ -146,7 +155,7 @@ class Graph:
             raise GraphError(f"num_nodes must be a positive integer, got {num_nodes!r}")
         e = np.asarray(edges)
         if e.size == 0:
-            e = e.reshape(0, 2)
+            e = e.reshape(0, 2).astype(np.int64)  # [] is a float array
         if e.ndim != 2 or e.shape[1] != 2:
             raise GraphError(f"edges must have shape (E, 2), got {e.shape}")
         if not np.issubdtype(e.dtype, np.integer):
@@ -234,7 +243,7 @@ class Graph:
             return self._operator(-w, self.weighted_degree)
         deg = self.weighted_degree
         inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.where(deg > 0, deg, 1.0)), 0.0)
-        norm = inv_sqrt[self.receivers] * w * inv_sqrt[self.senders]
+        norm = (inv_sqrt[self.receivers] * inv_sqrt[self.senders]) * w  # this order: exactly symmetric
         if kind == "normalized_adjacency":
             return self._operator(norm, None)
         if kind == "normalized_laplacian":
@@ -262,6 +271,10 @@ class Graph:
             lap = self.shift_operator("laplacian")
             vals = -beta * lap.values
             vals[~lap.off_diagonal] += 1.0
+            if np.any(vals < -1e-12):  # a negative self weight: W is no longer an averaging matrix
+                largest = float(self.weighted_degree.max())
+                raise GraphError(f"mixing beta {beta} is above 1 / max weighted degree = {1 / largest:.6g}: "
+                                 "W = I - beta L would have a negative self weight")
             return lap.with_values(vals)
         raise GraphError(f"unknown mixing rule {rule!r}; choose one of {', '.join(MIXING_RULES)}")
 

@@ -179,7 +179,7 @@ class LossPolicy:
         name, sep, arg = text.strip().partition(":")
         if name in ("zero", "stale") and not sep:
             return cls(name)
-        if name == "retransmit" and sep and arg.strip().isdigit() and int(arg) >= 1:
+        if name == "retransmit" and sep and arg.strip().isascii() and arg.strip().isdigit() and int(arg) >= 1:
             return cls("retransmit", int(arg))  # (R above the maximum: __post_init__ says so)
         raise bad
 

@@ -22,6 +22,7 @@ exponential decay.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -47,8 +48,10 @@ class LearningRate:
     staircase: bool = False
 
     def __post_init__(self):
-        if not (isinstance(self.alpha, int | float) and math.isfinite(self.alpha) and self.alpha > 0):
+        if not (isinstance(self.alpha, numbers.Real) and not isinstance(self.alpha, bool)
+                and math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"learning rate must be a finite number > 0, got {self.alpha!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))  # NumPy scalars too; a plain float in config.json
         if self.schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr schedule {self.schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if not 0 < self.decay_rate <= 1:

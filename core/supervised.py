@@ -18,10 +18,24 @@ import tensorflow as tf
 
 from core.backend import LOCAL
 from core.comm import Schedule
-from core.executors import BatchedExecutor, squared_error, unflatten
+from core.executors import BatchedExecutor, check_batch, squared_error, unflatten
 from core.gcnn import GCNN
 from core.optimizers import Optimizer
 from core.trainer import GraphOps, Task
+
+
+def _check_data(gcnn: GCNN, tensors: dict, loss: Callable) -> None:
+    """A ValueError naming the array that does not fit (shapes as :func:`core.executors.check_batch`) or holds
+    NaN or inf (which would otherwise surface as a diverged model)."""
+    nodes = tensors["x_train"].shape[1] if tensors["x_train"].shape.rank == 3 else None
+    for split in ("train", "test"):
+        try:
+            check_batch(gcnn, tensors[f"x_{split}"], tensors[f"y_{split}"], nodes, loss, nodes_from="x_train")
+        except ValueError as e:
+            raise ValueError(f"{split} data: {e}") from None
+    for name, t in tensors.items():
+        if not bool(tf.reduce_all(tf.math.is_finite(t))):
+            raise ValueError(f"{name} holds NaN or inf")
 
 
 class SupervisedGCNN(Task):
@@ -32,7 +46,8 @@ class SupervisedGCNN(Task):
         theta0: the shared initial parameters, flat (|theta|,).
         x_train, y_train, x_test, y_test: arrays, sample-major.
         dtype: float dtype of data and parameters.
-        loss: per-node loss l_i(y_hat, y) (default squared error) and its metric name.
+        loss: per-node loss l_i(y_hat, y) (default squared error).
+        loss_name: the loss's metric name (``train_<loss_name>``, ``test_<loss_name>``).
         eval_graph: the graph to evaluate on when training graphs are drawn per mini-batch (the
             trainer then passes no graph to :meth:`evaluate`).
         backend: :class:`core.backend.LocalBackend` (default) or an :class:`core.backend.MPIBackend`; under
@@ -48,9 +63,15 @@ class SupervisedGCNN(Task):
         self.backend = LOCAL if backend is None else backend
         self.executor = BatchedExecutor(gcnn, loss)
         self.theta0 = tf.convert_to_tensor(theta0, dtype)
+        if self.theta0.shape != (gcnn.num_params,):
+            raise ValueError(f"theta0 must be the flat shared parameters, shape ({gcnn.num_params},), got "
+                             f"{tuple(self.theta0.shape)}")
+        arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+        tensors = {name: tf.convert_to_tensor(a, dtype) for name, a in arrays.items()}
+        _check_data(gcnn, tensors, loss)
         self.data = {
-            "train": (tf.convert_to_tensor(x_train, dtype), tf.convert_to_tensor(y_train, dtype)),
-            "test": (tf.convert_to_tensor(x_test, dtype), tf.convert_to_tensor(y_test, dtype)),
+            "train": (tensors["x_train"], tensors["y_train"]),
+            "test": (tensors["x_test"], tensors["y_test"]),
         }
         self.num_train = int(self.data["train"][0].shape[0])
         self.num_nodes = int(self.data["train"][0].shape[1])

@@ -418,6 +418,19 @@ class TrainResult:
     state: tuple
 
 
+def _check_arguments(optimizer, lr, graphs, config) -> None:
+    """A TypeError naming the argument of :class:`Trainer` that is not of its kind (rather than an AttributeError
+    from deep inside the first epoch)."""
+    expected = ((optimizer, isinstance(optimizer, Optimizer), "optimizer", "an Optimizer (core.optimizers.make_optimizer)"),
+                (lr, isinstance(lr, LearningRate), "lr", "a core.optimizers.LearningRate, e.g. LearningRate(1e-2)"),
+                (graphs, hasattr(graphs, "fixed") and hasattr(graphs, "draw"), "graphs",
+                 "a graph sampler: FixedGraph(GraphOps(...)) or RandomGraphs(draw)"),
+                (config, isinstance(config, TrainerConfig), "config", "a TrainerConfig"))
+    for value, ok, name, what in expected:
+        if not ok:
+            raise TypeError(f"Trainer's {name} must be {what}, got {type(value).__name__}")
+
+
 class Trainer:
     """Runs Algorithm 1 for a :class:`Task`; see the module docstring.
 
@@ -434,6 +447,7 @@ class Trainer:
 
     def __init__(self, task: Task, optimizer: Optimizer, lr: LearningRate, graphs, config: TrainerConfig,
                  run: RunDir | None = None, extra_summary: Mapping | None = None, links: LinkSetup | None = None):
+        _check_arguments(optimizer, lr, graphs, config)
         self.task, self.optimizer, self.lr, self.graphs, self.config = task, optimizer, lr, graphs, config
         self.backend = getattr(task, "backend", None) or LOCAL
         self.run_dir = run

@@ -91,6 +91,10 @@ def test_paper_student_parameter_count_and_uniform_init():
     (dict(widths=(3, 0, 1)), "widths"),
     (dict(widths=(3, 2, 1), activations=("relu",)), "one activation"),
     (dict(widths=(3, 2), activations="swish"), "unknown activation"),
+    (dict(widths=(2.7, 1)), "positive integers"),
+    (dict(widths="31"), "positive integers"),
+    (dict(widths=(3, 1), bias=1), "bias must be a bool"),
+    (dict(widths=(3, 2, 1), bias=(True, "no")), "bias must be a bool"),
 ])
 def test_invalid_architectures(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -32,6 +32,31 @@ def test_self_loops_are_dropped():
     assert Graph.from_dense(a).num_edges == 3
     assert Graph.from_edge_list(np.vstack([EDGES, [[4, 4]]]), 5).num_edges == 3
     assert Graph.from_sparse(sp.csr_matrix(a)).num_edges == 3
+    looped = nx.from_numpy_array(A)
+    looped.add_edge(2, 2)  # networkx hands a self-loop over in COO parts, one of them negative
+    np.testing.assert_array_equal(Graph.from_networkx(looped).adjacency_dense(), A)
+    np.testing.assert_array_equal(Graph.from_networkx(looped, weight=None).adjacency_dense(), A)
+
+
+def test_sparse_duplicates_are_summed_before_the_checks():
+    parts = sp.coo_matrix(([1.0, -0.5, 1.0, -0.5], ([0, 0, 1, 1], [1, 1, 0, 0])), shape=(2, 2))
+    np.testing.assert_array_equal(Graph.from_sparse(parts).weights, [0.5, 0.5])
+
+
+def test_no_edges_from_an_empty_list():
+    g = Graph.from_edge_list([], 3)
+    assert g.num_nodes == 3 and g.num_edges == 0
+
+
+def test_nearly_symmetric_input_is_symmetrised():
+    a = A.copy()
+    a[1, 0] = 1.0 + 1e-9
+    for g in (Graph.from_dense(a, atol=1e-6), Graph.from_sparse(sp.csr_matrix(a), atol=1e-6)):
+        d = g.adjacency_dense()
+        np.testing.assert_array_equal(d, d.T)
+        assert d[0, 1] == pytest.approx(1.0 + 5e-10, abs=1e-15)
+        s = g.shift_operator("normalized_laplacian").to_dense()
+        np.testing.assert_array_equal(s, s.T)
 
 
 @pytest.mark.parametrize(
@@ -119,6 +144,14 @@ def test_laplacian_mixing_is_authors_rule():
     np.testing.assert_allclose(g.mixing_matrix("laplacian", beta).to_dense(), expected, atol=1e-15)
     with pytest.raises(GraphError, match="positive"):
         g.mixing_matrix("laplacian", 0.0)
+
+
+def test_laplacian_mixing_refuses_a_beta_above_one_over_the_degree():
+    star = Graph.from_networkx(nx.star_graph(3))
+    with pytest.raises(GraphError, match=r"beta 1.0 is above 1 / max weighted degree = 0.333333"):
+        star.mixing_matrix("laplacian", beta=1.0)
+    w = star.mixing_matrix("laplacian", beta=1 / 3).to_dense()  # at the bound: the hub keeps weight 0
+    assert w.min() >= 0 and w[0, 0] == pytest.approx(0.0, abs=1e-15)
 
 
 def test_connectivity():

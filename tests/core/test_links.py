@@ -451,6 +451,7 @@ def test_link_failures_rebuild_the_mh_weights_of_the_surviving_graph():
     (lambda: LossPolicy.parse("retransmit"), "--on-loss"),
     (lambda: LossPolicy.parse("retransmit:0"), "--on-loss"),
     (lambda: LossPolicy.parse("retransmit:x"), "--on-loss"),
+    (lambda: LossPolicy.parse("retransmit:\uff13"), "--on-loss"),  # a full-width 3: int() reads it, we do not
     (lambda: LossPolicy.parse(f"retransmit:{MAX_RETRANSMISSIONS + 1}"), "--on-loss retransmit:R takes R from 1"),
     (lambda: LossPolicy("retransmit", 0), "--on-loss"),
     (lambda: LossPolicy("drop"), "--on-loss"),
