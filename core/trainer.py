@@ -421,7 +421,8 @@ class TrainResult:
 def _check_arguments(optimizer, lr, graphs, config) -> None:
     """A TypeError naming the argument of :class:`Trainer` that is not of its kind (rather than an AttributeError
     from deep inside the first epoch)."""
-    expected = ((optimizer, isinstance(optimizer, Optimizer), "optimizer", "an Optimizer (core.optimizers.make_optimizer)"),
+    expected = ((optimizer, isinstance(optimizer, Optimizer), "optimizer",
+                 "an Optimizer (core.optimizers.make_optimizer)"),
                 (lr, isinstance(lr, LearningRate), "lr", "a core.optimizers.LearningRate, e.g. LearningRate(1e-2)"),
                 (graphs, hasattr(graphs, "fixed") and hasattr(graphs, "draw"), "graphs",
                  "a graph sampler: FixedGraph(GraphOps(...)) or RandomGraphs(draw)"),
