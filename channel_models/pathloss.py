@@ -14,6 +14,8 @@ Input handling (the same in every function):
 * a non-finite or non-positive distance, height or frequency raises ValueError;
 * `fc_ghz` outside 0.5-100 GHz (the range the notes of Table 7.4.1-1 give for UMa) raises ValueError
   (never clamped);
+* h_UT outside the UMa range 1.5 m <= h_UT <= 22.5 m of Table 7.4.1-1 raises ValueError (h_BS is not held to
+  the table's 25 m: the ad-hoc networks of the datasets put transmitters at user height, docs/design.md, section 7);
 * d2D outside the path-loss validity range 10 m <= d2D <= 5 km raises ValueError by default; with
   `clamp=True` it is clipped into [10 m, 5 km] first, which is what the dataset generators use, as
   random layouts occasionally put a receiver within 10 m of a transmitter.
@@ -43,6 +45,10 @@ DEFAULT_H_BS = 25.0
 DEFAULT_H_UT = 1.5
 DEFAULT_H_E = 1.0
 """UMa base-station height, user-terminal height and environment height (Table 7.4.1-1, note 1)."""
+
+MIN_H_UT = 1.5
+MAX_H_UT = 22.5
+"""The user-terminal heights the UMa path-loss rows of Table 7.4.1-1 hold for (note 1: 1.5 m <= h_UT <= 22.5 m)."""
 
 _FREQUENCY_SOURCE = "TR 38.901 Table 7.4.1-1 covers 0.5-100 GHz"
 _DISTANCE_SOURCE = "TR 38.901 Table 7.4.1-1 validity range; pass clamp=True to clip instead"
@@ -82,6 +88,7 @@ def uma_los(d2d, fc_ghz, h_bs=DEFAULT_H_BS, h_ut=DEFAULT_H_UT, h_e=DEFAULT_H_E, 
     """
     d2d = _check_distance(d2d, clamp)
     fc_ghz = _check_frequency(fc_ghz)
+    _check_ut_height(h_ut)
     d_bp = breakpoint_distance(fc_ghz, h_bs, h_ut, h_e)
     d3d = distance_3d(d2d, h_bs, h_ut)
     h_bs = np.asarray(h_bs, dtype=np.float64)
@@ -102,6 +109,7 @@ def uma_nlos(d2d, fc_ghz, h_bs=DEFAULT_H_BS, h_ut=DEFAULT_H_UT, h_e=DEFAULT_H_E,
     """
     d2d = _check_distance(d2d, clamp)
     fc_ghz = _check_frequency(fc_ghz)
+    _check_ut_height(h_ut)
     d3d = distance_3d(d2d, h_bs, h_ut)
     h_ut = np.asarray(h_ut, dtype=np.float64)
     pl_nlos = 13.54 + 39.08 * np.log10(d3d) + 20.0 * np.log10(fc_ghz) - 0.6 * (h_ut - 1.5)
@@ -117,6 +125,7 @@ def uma_nlos_optional(d2d, fc_ghz, h_bs=DEFAULT_H_BS, h_ut=DEFAULT_H_UT, clamp=F
     """
     d2d = _check_distance(d2d, clamp)
     fc_ghz = _check_frequency(fc_ghz)
+    _check_ut_height(h_ut)
     d3d = distance_3d(d2d, h_bs, h_ut)
     return 32.4 + 20.0 * np.log10(fc_ghz) + 30.0 * np.log10(d3d)
 
@@ -202,6 +211,10 @@ def get_pathloss_model(name: str) -> PathlossModel:
 
 def _check_frequency(fc_ghz) -> np.ndarray:
     return require_in_range(fc_ghz, "fc_ghz", MIN_FREQUENCY_GHZ, MAX_FREQUENCY_GHZ, _FREQUENCY_SOURCE)
+
+
+def _check_ut_height(h_ut) -> np.ndarray:
+    return require_in_range(h_ut, "h_ut", MIN_H_UT, MAX_H_UT, "TR 38.901 Table 7.4.1-1 note 1, UMa")
 
 
 def _check_distance(d2d, clamp: bool) -> np.ndarray:

@@ -129,7 +129,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line on stderr (`<prog>: error: <message>`), exit status 2."""
+    """ArgumentParser whose errors are one line on stderr (`<prog>: error: <message>`), exit status 2, and that
+    reads a negative number in exponent form as a value (`--noise-dbm -1.1e2`), as it reads `-110`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse's own pattern has no exponent, so "-1.1e2" looked like an option (none of ours starts with a digit)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

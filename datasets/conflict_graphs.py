@@ -137,7 +137,8 @@ def estimate(config: ConflictGraphsConfig) -> cli.Estimate:
             {"train/mean_degree": config.train_graphs, "test/mean_degree": config.test_graphs},
         ),
         memory_bytes=int(1.1 * peak) + _BASE_BYTES,
-        driver="--vertices^2 (a dense graph)",
+        driver=("--vertices^2 (a dense graph)" if _BYTES_PER_PAIR * v * v >= _BYTES_PER_GRAPH * graphs
+                else "--train-graphs + --test-graphs (the seeds and degrees of every graph)"),
     )
 
 
@@ -231,10 +232,11 @@ class ConflictGraphDataset(storage.DatasetReader):
         return self.dims[f"{split}_graphs"]
 
     def graph(self, split: str, index: int) -> ConflictGraph:
-        """Graph `index` of `split`, read from disk and checked."""
+        """Graph `index` of `split`, read from disk and checked (IndexError outside 0..num_graphs - 1)."""
+        index = storage.check_item(index, self.num_graphs(split), f"{split} graph")
         weights = self.read("test/weights", index) if split == "test" else None
         return ConflictGraph(
-            int(index),
+            index,
             self.read(f"{split}/adjacency", index),
             float(self.read(f"{split}/mean_degree", index)),
             weights,

@@ -344,11 +344,20 @@ class NodeRegressionDataset(storage.DatasetReader):
     def expected_dims(self):
         return dims(self.parsed_config)
 
-    def load(self) -> NodeRegressionData:
+    def verify(self) -> None:
+        """The full pass of :meth:`storage.DatasetReader.verify`, and the graph's check of :meth:`load`."""
+        super().verify()
+        self._adjacency()
+
+    def _adjacency(self) -> np.ndarray:
         adjacency = self.read("graph/adjacency", slice(None))
         if np.any(np.diag(adjacency)) or not np.array_equal(adjacency, adjacency.T):
             raise storage.DatasetError(f"{self.path}: graph/adjacency is not a 0/1 symmetric matrix without "
                                        "self-loops")
+        return adjacency
+
+    def load(self) -> NodeRegressionData:
+        adjacency = self._adjacency()
         arrays = [self.read(f"{split}/{v}", slice(None)) for split in SPLITS for v in ("x", "y")]
         theta = self.read("teacher/theta", slice(None))
         return NodeRegressionData(adjacency, *arrays, theta, self.parsed_config)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +56,16 @@ GENERATOR = f"{__name__} 1.0"
 AUTHORS_SHADOWING_STD_DB = 7.2
 SPLITS = ("train", "test")
 FADING_CHOICES = ("rayleigh", "rician", "none")
+MAX_LAYOUT_M = 1e6
+"""Largest --area and --pair-max-distance (m): far beyond the 5 km the path loss holds for (larger distances are
+clipped to it), and small enough that squared distances stay finite."""
 _WRITE_BYTES = 32 * 2**20  # batches of H are computed and written in blocks of about this size
 
 SCHEMA = storage.Schema(
     name="power-allocation",
     version=1,
+    attributes=("noise_dbm", "bandwidth_hz", "shadowing_std_db", "shadowing_source"),
+    positive_attributes=("noise_power_w", "pmax_w"),
     arrays=tuple(
         spec
         for split in SPLITS
@@ -191,13 +197,36 @@ class PowerAllocationConfig:
                 f"--tx-height and --rx-height must exceed h_E = 1 m for {self.pathloss} "
                 f"(breakpoint distance), got {self.tx_height} and {self.rx_height}"
             )
+        if not pathloss.MIN_H_UT <= self.rx_height <= pathloss.MAX_H_UT:
+            raise ValueError(
+                f"--rx-height must be in [{pathloss.MIN_H_UT:g}, {pathloss.MAX_H_UT:g}] m, the user-terminal "
+                f"heights of the UMa path loss (TR 38.901 Table 7.4.1-1), got {self.rx_height:g}"
+            )
         if self.pair_min_distance > self.pair_max_distance:
             raise ValueError(
                 f"--pair-min-distance ({self.pair_min_distance}) must not exceed --pair-max-distance "
                 f"({self.pair_max_distance})"
             )
+        for name in ("area", "pair_max_distance"):
+            if getattr(self, name) > MAX_LAYOUT_M:
+                raise ValueError(f"--{name.replace('_', '-')} must be at most {MAX_LAYOUT_M:g} m (the path loss "
+                                 f"holds to {pathloss.MAX_DISTANCE_2D:g} m), got {getattr(self, name):g}")
         single = np.finfo(np.float32)  # compared in dBm: 10 ** (dBm / 10) itself overflows for large values
         lowest, highest = (float(link_budget.w_to_dbm(float(w))) for w in (single.tiny, single.max))
+        if not single.tiny <= self.pmax <= single.max:
+            raise ValueError(f"--pmax {self.pmax:g} W is outside the float32 range the powers are computed in "
+                             f"({single.tiny:.3g} to {single.max:.3g} W)")
+        if self.noise_dbm is None:
+            try:
+                noise = float(link_budget.thermal_noise_dbm(self.bandwidth_mhz * 1e6, self.noise_temperature))
+            except ValueError:  # k T B is 0 or inf W in float64
+                noise = math.nan
+            if not lowest <= noise <= highest:
+                value = f"{noise:.4g} dBm" if math.isfinite(noise) else "0 or infinite W"
+                raise ValueError(
+                    f"the noise power k T B of --bandwidth-mhz {self.bandwidth_mhz:g} and --noise-temperature "
+                    f"{self.noise_temperature:g} ({value}) is outside the float32 range the channels "
+                    f"and powers are computed in ({lowest:.1f} to {highest:.1f} dBm)")
         if self.noise_dbm is not None and not lowest <= self.noise_dbm <= highest:
             raise ValueError(
                 f"--noise-dbm {self.noise_dbm:g} is outside the float32 range the channels and powers are "
@@ -394,9 +423,10 @@ class PowerAllocationDataset(storage.DatasetReader):
         return self.dims[f"{_check_split(split)}_batches"]
 
     def batch(self, split: str, index: int) -> PowerAllocationBatch:
-        """Batch `index` of `split`, read from disk and checked."""
+        """Batch `index` of `split`, read from disk and checked (IndexError outside 0..num_batches - 1)."""
+        index = storage.check_item(index, self.num_batches(split), f"{split} batch")
         return PowerAllocationBatch(
-            int(index),
+            index,
             self.read(f"{split}/H", index),
             self.read(f"{split}/tx_pos", index),
             self.read(f"{split}/rx_pos", index),

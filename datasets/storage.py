@@ -69,8 +69,25 @@ class OutputBusyError(ValueError):
     before anything is written, like a bad flag."""
 
 
+_H5_ERRORS = (OSError, ValueError, KeyError, RuntimeError, TypeError)
+"""What h5py raises on a damaged file (RuntimeError for damaged attribute headers, TypeError for a garbled string
+type); caught where a file is read and turned into a DatasetError."""
+
+
+class GeneratedDataError(RuntimeError):
+    """A generator produced rows that the schema's content checks refuse (e.g. gains that overflow float32)."""
+
+
 ContentCheck = Callable[[np.ndarray], "str | None"]
 """Validates rows of an array; returns None if fine, else a description of the problem."""
+
+
+def check_item(index, count: int, what: str) -> int:
+    """``index`` as an int in [0, count) (no negative indexing from the end); an IndexError naming ``what``
+    (e.g. "train batch") and the count otherwise."""
+    if isinstance(index, bool) or not isinstance(index, int | np.integer) or not 0 <= index < count:
+        raise IndexError(f"{what} {index!r} does not exist: there are {count}, numbered 0 to {count - 1}")
+    return int(index)
 
 
 def check_finite(rows: np.ndarray) -> str | None:
@@ -107,11 +124,14 @@ class ArraySpec:
 
 @dataclass(frozen=True)
 class Schema:
-    """A dataset kind's on-disk layout: its name, integer version and arrays."""
+    """A dataset kind's on-disk layout: its name, integer version, arrays and the root attributes it adds to the
+    common ones (`attributes`: required; `positive_attributes`: required finite numbers > 0, e.g. powers in W)."""
 
     name: str
     version: int
     arrays: tuple[ArraySpec, ...]
+    attributes: tuple[str, ...] = ()
+    positive_attributes: tuple[str, ...] = ()
     _by_name: dict[str, ArraySpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -151,6 +171,11 @@ class DatasetWriter:
             raise ValueError(
                 f"cannot append rows of shape {rows.shape} to {name} {dataset.shape} at row {start}"
             )
+        for check in self._schema.spec(name).checks:  # what the readers would refuse is never written
+            problem = check(rows)
+            if problem:
+                raise GeneratedDataError(f"the generated {name}[{start}:{start + rows.shape[0]}] {problem} "
+                                         f"(as {dataset.dtype}); settings outside what the data type holds?")
         dataset[start : start + rows.shape[0]] = rows
         self._hashes[name].update(rows)  # C-contiguous: hashes exactly the bytes of rows.tobytes()
         self._filled[name] = start + rows.shape[0]
@@ -432,7 +457,7 @@ class DatasetReader:
             if name not in self._datasets:  # h5py's path lookup costs as much as reading a small row
                 self._datasets[name] = self.file[name]
             rows = self._datasets[name][index]
-        except (OSError, ValueError, KeyError) as exc:
+        except _H5_ERRORS as exc:
             raise DatasetError(f"{self.path}: cannot read {name}[{_format_index(index)}]: {exc}") from exc
         for check in self.schema.spec(name).checks:
             problem = check(rows)
@@ -465,7 +490,7 @@ class DatasetReader:
             digests[spec.name] = digest.hexdigest()
             try:
                 stored = _plain(dataset.attrs.get(ARRAY_DIGEST_ATTR))
-            except (OSError, ValueError) as exc:
+            except _H5_ERRORS as exc:
                 raise DatasetError(f"{self.path}: unreadable checksum of {spec.name}: {exc}") from None
             if stored != digests[spec.name]:
                 raise DatasetError(f"{self.path}: {spec.name} does not match its checksum (corrupted data)")
@@ -493,11 +518,15 @@ class DatasetReader:
         try:
             for key in self.file.attrs:
                 attrs[key] = _plain(self.file.attrs[key])
-        except (OSError, ValueError, KeyError) as exc:
+        except _H5_ERRORS as exc:
             raise DatasetError(f"{self.path}: unreadable attributes (corrupted file?): {exc}") from exc
+        garbled = [key for key in attrs if not isinstance(key, str)]
+        if garbled:
+            raise DatasetError(f"{self.path}: an attribute name is not text ({garbled[0]!r}; corrupted file?)")
         missing = [
             k
-            for k in (ATTR_SCHEMA, ATTR_SCHEMA_VERSION, ATTR_GENERATOR, ATTR_CONFIG, ATTR_CHECKSUM)
+            for k in (ATTR_SCHEMA, ATTR_SCHEMA_VERSION, ATTR_GENERATOR, ATTR_CONFIG, ATTR_CHECKSUM,
+                      *self.schema.attributes, *self.schema.positive_attributes)
             if k not in attrs
         ]
         if ATTR_SCHEMA in missing:
@@ -508,6 +537,15 @@ class DatasetReader:
             )
         if missing:
             raise DatasetError(f"{self.path}: missing root attributes {missing}")
+        version = attrs[ATTR_SCHEMA_VERSION]
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise DatasetError(f"{self.path}: the {ATTR_SCHEMA_VERSION!r} attribute is {version!r}, not an integer "
+                               "(corrupted attributes?)")
+        for key in self.schema.positive_attributes:
+            value = attrs[key]
+            if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+                    and value > 0):
+                raise DatasetError(f"{self.path}: the {key!r} attribute is {value!r}, expected a number > 0")
         if attrs[ATTR_SCHEMA_VERSION] != self.schema.version:
             raise DatasetError(
                 f"{self.path}: schema version {attrs[ATTR_SCHEMA_VERSION]} of {self.schema.name!r}, "
@@ -601,7 +639,7 @@ def stored_kind(path: str | os.PathLike) -> str:
     try:
         with h5py.File(path, "r") as file:
             kind = _plain(file.attrs.get(ATTR_SCHEMA))
-    except OSError as exc:
+    except _H5_ERRORS as exc:
         raise DatasetError(f"{path}: not a readable HDF5 file (truncated or corrupted?): {exc}") from exc
     if not isinstance(kind, str):
         raise DatasetError(f"{path}: not a dataset of this project (no {ATTR_SCHEMA!r} attribute)")

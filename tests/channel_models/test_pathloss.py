@@ -144,7 +144,11 @@ def test_frequency_out_of_range_raises(fc):
 
 def test_bad_heights_raise():
     with pytest.raises(ValueError, match="h_ut - h_e must be > 0"):
-        pl.uma_los(100.0, FC, h_ut=1.0)
+        pl.uma_los(100.0, FC, h_ut=1.5, h_e=2.0)
+    for model in (pl.uma_los, pl.uma_nlos, pl.uma_nlos_optional):
+        for h_ut in (1.0, 30.0):  # outside 1.5-22.5 m, Table 7.4.1-1 note 1
+            with pytest.raises(ValueError, match=r"h_ut must be in \[1.5, 22.5\]"):
+                model(100.0, FC, h_ut=h_ut)
     with pytest.raises(ValueError, match="h_ut must be in"):
         pl.uma_los_probability(100.0, h_ut=30.0)
 

@@ -5,6 +5,7 @@ JSON, missing or mistyped entries, and arrays of the wrong shape or dtype. A Key
 AttributeError escaping a loader would fail these tests.
 """
 
+import hashlib
 import json
 import shutil
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from datasets import node_regression as nr
+from datasets import storage
 from datasets.conflict_graphs import ConflictGraphDataset
 from datasets.power_allocation import PowerAllocationDataset
 from datasets.storage import DatasetError
@@ -159,6 +161,50 @@ def test_missing_size_in_config(request, tmp_path, kind):
 )
 def test_arrays_of_the_wrong_shape_or_dtype(request, tmp_path, kind, edit, message):
     assert_dataset_error(LOADERS[kind][0], edited(request, tmp_path, kind, edit), message)
+
+
+def set_attribute(name, value):
+    def edit(file):
+        if value is KeyError:
+            del file.attrs[name]
+        else:
+            file.attrs[name] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("kind", "edit", "message"),
+    [
+        ("power-allocation", set_attribute("noise_power_w", KeyError), r"missing root attributes \['noise_power_w'\]"),
+        ("power-allocation", set_attribute("shadowing_source", KeyError), r"missing root attributes"),
+        ("power-allocation", set_attribute("pmax_w", -5.0), r"the 'pmax_w' attribute is -5.0, expected a number > 0"),
+        ("power-allocation", set_attribute("noise_power_w", "small"), r"'noise_power_w' attribute is 'small'"),
+        ("power-allocation", set_attribute("noise_power_w", np.inf), r"'noise_power_w' attribute is inf"),
+        ("node-regression", set_attribute("schema_version", "1"), r"the 'schema_version' attribute is '1', not an "
+         r"integer"),
+        ("conflict-graphs", set_attribute(b"\xff\xfe", 1), r"an attribute name is not text"),
+    ],
+)
+def test_root_attributes_are_checked_on_open(request, tmp_path, kind, edit, message):
+    assert_dataset_error(LOADERS[kind][0], edited(request, tmp_path, kind, edit), message)
+
+
+def test_verify_checks_the_graph_as_load_does(request, tmp_path):
+    def self_loop(file):  # a self-loop, with checksums that match it: only the graph check can tell
+        adjacency = file["graph/adjacency"][()]
+        adjacency[0, 0] = 1
+        file["graph/adjacency"][()] = adjacency
+        file["graph/adjacency"].attrs[storage.ARRAY_DIGEST_ATTR] = hashlib.sha256(adjacency).hexdigest()
+        entries = [(name, file[name].dtype.str, file[name].shape, file[name].attrs[storage.ARRAY_DIGEST_ATTR])
+                   for name in (spec.name for spec in nr.SCHEMA.arrays)]
+        metadata = {key: file.attrs[key] for key in file.attrs if key != storage.ATTR_CHECKSUM}
+        file.attrs[storage.ATTR_CHECKSUM] = storage._combine_checksum(metadata, entries)
+
+    path = edited(request, tmp_path, "node-regression", self_loop)
+    with nr.NodeRegressionDataset(path) as reader:
+        with pytest.raises(DatasetError, match="graph/adjacency is not a 0/1 symmetric matrix without self-loops"):
+            reader.verify()
 
 
 def test_stored_config_is_parsed_and_checked(node_file, power_file, graph_file, tiny_graph_config):

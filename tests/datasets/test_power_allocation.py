@@ -10,6 +10,7 @@ import pytest
 from channel_models import link_distances, uma_los, uma_nlos_optional
 from channel_models.shadowing import clipped_normal_std
 from datasets import power_allocation as pa
+from datasets import storage
 from datasets.power_allocation import PowerAllocationConfig, PowerAllocationDataset
 from datasets.storage import DatasetError
 
@@ -219,11 +220,38 @@ def test_interrupted_generation_leaves_no_file(tmp_path, monkeypatch, make):
         ({"pair_min_distance": 160.0}, "--pair-min-distance .* must not exceed --pair-max-distance"),
         ({"seed": -1}, "--data-seed must be a non-negative integer"),
         ({"noise_dbm": 1000.0}, r"--noise-dbm 1000 is outside the float32 range .* \(-349.3 to 415.3 dBm\)"),
+        ({"bandwidth_mhz": 1e300}, r"the noise power k T B of --bandwidth-mhz 1e\+300 and --noise-temperature 298 "
+         r"\(2886 dBm\) is outside the float32 range"),
+        ({"bandwidth_mhz": 1e-300}, r"k T B of --bandwidth-mhz 1e-300 .*\(-3114 dBm\) is outside"),
+        ({"noise_temperature": 1e-320}, r"k T B .* \(0 or infinite W\) is outside"),
+        ({"pmax": 1e-320}, r"--pmax 9.99989e-321 W is outside the float32 range"),
+        ({"layout": "disc", "pair_max_distance": 1e300}, r"--pair-max-distance must be at most 1e\+06 m"),
+        ({"area": 1e7}, r"--area must be at most 1e\+06 m"),
+        ({"rx_height": 30.0}, r"--rx-height must be in \[1.5, 22.5\] m, the user-terminal heights"),
     ],
 )
 def test_config_validation(overrides, message):
     with pytest.raises(ValueError, match=message):
         PowerAllocationConfig(**overrides)
+
+
+def test_gains_the_readers_would_refuse_are_never_written(tmp_path):
+    config = PowerAllocationConfig(pairs=4, layouts=1, batches_per_layout=1, test_batches=1, batch_size=2,
+                                   shadowing_std=1e300)  # gains overflow float32
+    with np.errstate(over="ignore"), pytest.raises(storage.GeneratedDataError,
+                                                   match=r"the generated train/H\[0:1\] contains NaN or infinite"):
+        pa.generate(config, tmp_path / "inf.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_indices_outside_the_split_are_refused(power_file):
+    with PowerAllocationDataset(power_file) as data:
+        for index in (6, -1, True, 1.0):
+            with pytest.raises(IndexError, match=r"train batch .* does not exist: there are 6, numbered 0 to 5"):
+                data.batch("train", index)
+        with pytest.raises(ValueError, match="split must be one of"):
+            data.batch("val", 0)
+        assert data.batch("train", np.int64(5)).index == 5
 
 
 def test_loader_streams_batches_in_order_and_shuffled(power_file):
