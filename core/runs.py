@@ -180,10 +180,13 @@ def provenance() -> dict:
     import subprocess
     import sys
 
+    source = Path(__file__).resolve().parents[1]  # the folder holding core/: a checkout's root, or site-packages
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                capture_output=True, text=True, timeout=5)
-        commit = commit.stdout.strip() if commit.returncode == 0 else None
+        found = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=source,
+                               capture_output=True, text=True, timeout=5)
+        top, commit = (found.stdout.split("\n") + ["", ""])[:2] if found.returncode == 0 else ("", "")
+        # only the toolkit's own checkout: an installed copy may sit inside another project's repository
+        commit = commit.strip() if top and Path(top).resolve() == source else None
     except (OSError, subprocess.SubprocessError):
         commit = None
     memory = None
@@ -194,7 +197,7 @@ def provenance() -> dict:
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
     return {
         "schema_version": CONFIG_SCHEMA_VERSION,
-        "command_line": list(sys.argv),
+        "command_line": _command_line(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git_commit": commit,
         "machine": {"cpu_count": os.cpu_count(), "memory_bytes": memory, "platform": platform.platform(),
@@ -203,9 +206,22 @@ def provenance() -> dict:
     }
 
 
+def _command_line(argv: list[str]) -> list[str]:
+    """``argv`` as typed: ``python -m pkg`` gives argv[0] = .../pkg/__main__.py, recorded as [python, -m, pkg]."""
+    import sys
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if argv and argv[0].endswith("__main__.py") and spec is not None and spec.name.endswith(".__main__"):
+        return [sys.executable, "-m", spec.name[:-len(".__main__")], *argv[1:]]
+    return list(argv)
+
+
 def library_versions() -> dict[str, str]:
-    """Python, platform and the installed versions of the libraries a run depends on."""
-    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    """Python, platform, this toolkit's version (``fdtrain-gnn``, also for an installed copy without git) and the
+    installed versions of the libraries a run depends on."""
+    from core import __version__
+
+    versions = {"python": platform.python_version(), "platform": platform.platform(), "fdtrain-gnn": __version__}
     for name in _LIBRARIES:
         try:
             versions[name] = metadata.version(name)
@@ -308,11 +324,13 @@ def claim_run_dir(path: str | os.PathLike, new: bool) -> RunLock:
     then still be empty (another run may have started into it since it was checked). RunError with a
     one-line message on any problem (including a read-only or full file system)."""
     path = Path(path)
+    existed = path.is_dir()
     try:
         path.mkdir(parents=True, exist_ok=True)
         lock = RunLock(path)
     except OSError as exc:
-        raise RunError(f"cannot create the run directory {path}: {exc.strerror or exc}") from None
+        what = "lock" if existed else "create"  # (a finished run on a read-only file system: only the lock fails)
+        raise RunError(f"cannot {what} the run directory {path}: {exc.strerror or exc}") from None
     if new and _has_content(path):
         lock.release()
         raise RunError(f"{path} already exists and is not empty; use --resume {path} or another --out")

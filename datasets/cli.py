@@ -119,6 +119,18 @@ class DatasetKind:
         return DEFAULT_DATA_DIR / f"{self.name.replace('-', '_')}.h5"
 
 
+def program_name(module_form: str) -> str:
+    """How this process was invoked, for usage lines and error prefixes: the installed console script's name
+    (``fdtrain-datasets``) when run as one, else ``module_form`` (``python -m datasets``)."""
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return script if script.startswith("fdtrain-") else module_form
+
+
+def plain_docstring(text: str) -> str:
+    """A docstring's reST markup as --help shows it: ``code`` and :role:`target` become `code` and `target`."""
+    return re.sub(r":\w+:`([^`]+)`", r"`\1`", text.replace("``", "`"))
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows "(default: X)" for options that take a value and have a default other than None."""
 
@@ -269,7 +281,7 @@ def discover_kinds() -> dict[str, DatasetKind]:
 def build_parser(kinds: dict[str, DatasetKind]) -> OneLineErrorParser:
     """The `python -m datasets` parser with one subcommand per kind."""
     parser = OneLineErrorParser(
-        prog="python -m datasets",
+        prog=program_name("python -m datasets"),
         description="Generate a dataset file (HDF5). "
         "Run `python -m datasets <kind> --help` for the flags of a kind.",
     )

@@ -22,9 +22,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL = ("core", "channel_models", "datasets", "apps")
 SCRIPTS = {
-    "fdtrain-node-regression": "apps.node_regression.experiment:main",
-    "fdtrain-power-allocation": "apps.power_allocation.experiment:main",
-    "fdtrain-link-scheduling": "apps.link_scheduling.experiment:main",
+    "fdtrain-node-regression": "apps.node_regression.__main__:main",
+    "fdtrain-power-allocation": "apps.power_allocation.__main__:main",
+    "fdtrain-link-scheduling": "apps.link_scheduling.__main__:main",
     "fdtrain-figures": "apps.figures.__main__:main",
     "fdtrain-robustness": "apps.robustness.__main__:main",
     "fdtrain-datasets": "datasets.__main__:main",

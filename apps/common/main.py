@@ -386,6 +386,24 @@ def missing_dataset(args: argparse.Namespace, path, create: str = "pass --genera
     return ValueError(f"--data: {path} does not exist; {create}")
 
 
+def prepare_data_folder(path: Path, default: bool) -> None:
+    """``--generate`` is to write ``path``: create its folder when ``path`` is the app's default (``data/``, made on
+    first use), refuse a missing folder the user named (a typo, more likely than a wish) and a parent that is a
+    file; ValueError with one line, also when the folder cannot be created (a read-only file system, say)."""
+    folder = path.parent
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise ValueError(f"--data: {folder} is a file, not a folder")
+    if not default:
+        raise ValueError(f"--data: folder {folder} does not exist")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--generate: cannot create the folder {folder} for {path.name}: "
+                         f"{exc.strerror or exc}") from None
+
+
 def check_generated_settings(path, stored: Mapping, wanted: Mapping) -> None:
     """``--generate`` found ``path`` already there: refuse it (ValueError naming the first settings that
     differ) unless it was written with the settings the dataset flags ask for, ``wanted``."""

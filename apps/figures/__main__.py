@@ -32,11 +32,11 @@ from pathlib import Path
 from apps.common.children import run_app, stop_requests
 from apps.common.cli import add_version_argument
 from core.tf_notices import silence_startup_notices
-from datasets.cli import HelpFormatter, OneLineErrorParser, non_negative_int
+from datasets.cli import HelpFormatter, OneLineErrorParser, non_negative_int, plain_docstring, program_name
 
 silence_startup_notices()  # before Table I's measurement imports TensorFlow here; inherited by the app runs
 
-PROG = "python -m apps.figures"
+PROG = program_name("python -m apps.figures")  # or the console script's name (fdtrain-...)
 
 # (app folder, module, optimizers by preset, extra flags) of the runs each figure needs. Fig. 2b: C-Adam, the
 # paper's D-Adam (DADAM, the default variant) and D-GCP-Adam with K = 5, the distributed Adam that keeps up with
@@ -62,7 +62,8 @@ class Interrupted(Exception):
 
 
 def parse_args(argv=None):
-    parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser = OneLineErrorParser(prog=PROG, description=plain_docstring(__doc__.split("\n\n")[0]),
+                                formatter_class=HelpFormatter)
     parser.add_argument("--runs", type=Path, default=None,
                         help="folder with the apps' run directories (default runs/paper, or runs/demo with --quick)")
     parser.add_argument("--out", type=Path, default=None, help="folder the figures and the table go to, created if "

@@ -79,7 +79,7 @@ from datasets.conflict_graphs import ConflictGraphDataset, ConflictGraphsConfig
 from datasets.storage import DatasetError
 
 APP = "link_scheduling"
-PROG = "python -m apps.link_scheduling"
+PROG = cli.program_name("python -m apps.link_scheduling")  # or the console script's name (fdtrain-...)
 OPTIMIZERS = common_cli.PAPER_OPTIMIZERS + common_cli.EXTRA_OPTIMIZERS
 LABELS = common_cli.LABELS
 MODES = ("algorithm1", "authors")
@@ -257,14 +257,15 @@ def load_data(path: Path) -> Data:
                     dataset.read("test/weights", slice(None)))
 
 
-def generate_missing(config: ConflictGraphsConfig, path: Path, quiet: bool) -> None:
-    """``--generate``: write the dataset to ``path`` unless that file exists (ValueError if its folder does not)."""
+def generate_missing(config: ConflictGraphsConfig, path: Path, quiet: bool, default: bool) -> None:
+    """``--generate``: write the dataset to ``path`` unless that file exists (its folder as
+    :func:`apps.common.main.prepare_data_folder` says; ``default``: ``path`` is the preset's)."""
     if path.exists():
         return
-    if not path.parent.is_dir():
-        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
-        raise ValueError(f"--data: folder {path.parent} {what}")
+    from apps.common.main import prepare_data_folder
     from datasets.conflict_graphs import generate
+
+    prepare_data_folder(path, default)
 
     generate(config, path, quiet=quiet)
 
@@ -296,7 +297,8 @@ def plan(args: argparse.Namespace) -> Plan:
         config = dataset_config(args)  # ValueError naming the flag
         if not path.exists():  # P > |V| is refused before anything is written
             check_ranks(args, WORLD, config.vertices, PROG, f"conflict graphs of {config.vertices} vertices")
-        on_root(WORLD, lambda: generate_missing(config, path, args.quiet))  # under MPI the others wait for it
+        default = "data" not in getattr(args, "given_flags", {})  # the preset's file
+        on_root(WORLD, lambda: generate_missing(config, path, args.quiet, default))  # under MPI the others wait
     elif not path.exists():
         raise missing_dataset(args, path)
     try:
@@ -344,7 +346,7 @@ def run_config(p: Plan, optimizer: str) -> dict:
         "optimizer_mode": {"mixing": p.args.mixing,
                            "mixing_beta": p.args.mixing_beta if p.args.mixing == "laplacian" else None,
                            "d_adam_variant": p.args.d_adam_variant},
-        "dataset": {"path": str(p.data.path), "checksum": p.data.checksum, "config": p.data.config},
+        "dataset": {"path": str(Path(p.data.path).resolve()), "checksum": p.data.checksum, "config": p.data.config},
         "backend": p.backend_info or {"backend": "local", "ranks": 1},
     }
 

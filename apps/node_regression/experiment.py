@@ -38,7 +38,7 @@ from datasets import node_regression as nr
 from datasets.storage import DatasetError
 
 APP = "node_regression"
-PROG = "python -m apps.node_regression"
+PROG = cli.program_name("python -m apps.node_regression")  # or the console script's name (fdtrain-...)
 APPROACHES = common_cli.PAPER_OPTIMIZERS + common_cli.EXTRA_OPTIMIZERS
 LABELS = common_cli.LABELS
 ACTIVATIONS = ("sigmoid", "relu", "leaky_relu", "tanh", "identity")
@@ -157,7 +157,7 @@ def load_data(args: argparse.Namespace) -> tuple[nr.NodeRegressionData, dict]:
             raise ValueError(f"--data: {exc}") from None
         except OSError as exc:
             raise ValueError(f"--data: {args.data}: {exc.strerror or exc}") from None
-        dataset = {"path": str(args.data), "checksum": checksum}
+        dataset = {"path": str(Path(args.data).resolve()), "checksum": checksum}
     else:
         data = nr.generate_arrays(nr.NodeRegressionConfig.from_dict({**vars(args), "seed": args.data_seed}))
         digest = hashlib.sha256(b"".join(a.tobytes() for a in data[:6])).hexdigest()

@@ -44,7 +44,6 @@ gradients).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -67,7 +66,7 @@ from datasets import power_allocation as pa
 from datasets.storage import DatasetError, OutputBusyError, claim_output
 
 APP = "power_allocation"
-PROG = "python -m apps.power_allocation"
+PROG = cli.program_name("python -m apps.power_allocation")  # or the console script's name (fdtrain-...)
 APPROACHES = common_cli.PAPER_OPTIMIZERS + common_cli.EXTRA_OPTIMIZERS
 LABELS = common_cli.LABELS
 DEFAULT_DATA = {"paper": cli.DEFAULT_DATA_DIR / "power_allocation.h5",
@@ -241,12 +240,9 @@ def generation_config(args: argparse.Namespace) -> pa.PowerAllocationConfig:
 
 
 def _generate(args: argparse.Namespace, path: Path, config: pa.PowerAllocationConfig) -> None:
-    if not path.parent.is_dir():
-        if path.parent.exists():
-            raise ValueError(f"--data: {path.parent} is a file, not a folder")
-        if args.data is not None:
-            raise ValueError(f"--data: folder {path.parent} does not exist")
-        path.parent.mkdir(parents=True)
+    from apps.common.main import prepare_data_folder
+
+    prepare_data_folder(path, default=args.data is None)
     # Runs started side by side with --generate (e.g. the cells of python -m apps.robustness) ask for the same
     # file: one writes it, the others wait for its claim (datasets/storage.py) and then read what it wrote.
     deadline, waiting = time.monotonic() + GENERATE_WAIT_S, False
@@ -278,9 +274,6 @@ def check_dataset(path: Path, args: argparse.Namespace, generated: pa.PowerAlloc
         with pa.PowerAllocationDataset(path) as data:
             if generated is not None:
                 check_generated_settings(path, data.config, asdict(generated))
-            for name, value in (("Pmax", data.pmax_w), ("noise power", data.noise_power_w)):
-                if not (math.isfinite(value) and value > 0):
-                    raise ValueError(f"--data: {path} has a non-positive or non-finite {name} ({value})")
             if args.pairs is not None and args.pairs != data.num_pairs:
                 raise ValueError(f"--pairs {args.pairs} does not match the dataset's {data.num_pairs} pairs ({path})")
             if args.batch_size is not None and args.batch_size != data.batch_size:
@@ -288,9 +281,9 @@ def check_dataset(path: Path, args: argparse.Namespace, generated: pa.PowerAlloc
                                  f"{data.batch_size} (one layout per batch; generate a dataset with --batch-size)")
             if not args.no_verify:
                 data.verify()  # every gain finite and non-negative, and the checksum
-            return {"path": str(path), "checksum": data.checksum, "config": data.config,
+            return {"path": str(Path(path).resolve()), "checksum": data.checksum, "config": data.config,
                     "noise_power_w": data.noise_power_w, "pmax_w": data.pmax_w,
-                    "bandwidth_hz": float(data.attrs.get("bandwidth_hz", data.config["bandwidth_mhz"] * 1e6)),
+                    "bandwidth_hz": float(data.attrs["bandwidth_hz"]),
                     "pairs": data.num_pairs, "batch_size": data.batch_size,
                     "train_batches": data.num_batches("train"), "test_batches": data.num_batches("test")}
     except DatasetError as exc:

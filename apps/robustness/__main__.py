@@ -23,11 +23,18 @@ from pathlib import Path
 from apps.common.cli import LABELS, add_version_argument, loss_policy, optimizer_list, probability
 from apps.robustness.sweep import APPS, Cell, Grid, cell_command, cell_done, collect, epochs_done
 from core.tf_notices import silence_startup_notices
-from datasets.cli import HelpFormatter, OneLineErrorParser, non_negative_int, positive_int
+from datasets.cli import (
+    HelpFormatter,
+    OneLineErrorParser,
+    non_negative_int,
+    plain_docstring,
+    positive_int,
+    program_name,
+)
 
 silence_startup_notices()  # TF_CPP_MIN_LOG_LEVEL, inherited by the app runs of the sweep
 
-PROG = "python -m apps.robustness"
+PROG = program_name("python -m apps.robustness")  # or the console script's name (fdtrain-...)
 OWN_FLAGS = {"--optimizer": "--optimizer", "--seed": "--seed", "--loss-prob": "--loss-probs", "--on-loss": "--policies",
              "--loss-model": None, "--out": "--out", "--resume": "--resume", "--jobs": "--jobs", "-q": "-q",
              "--quiet": "-q"}
@@ -50,7 +57,8 @@ def _list(kind, name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog=PROG, formatter_class=HelpFormatter, description=__doc__.split("\n\n")[1],
+    parser = OneLineErrorParser(prog=PROG, formatter_class=HelpFormatter,
+                                description=plain_docstring(__doc__.split("\n\n")[1]),
                                 usage=f"{PROG} [flags] [-- app flags]")
     grid = parser.add_argument_group("the grid")
     grid.add_argument("--app", choices=tuple(APPS), default="node_regression",
@@ -192,8 +200,12 @@ def main(argv=None) -> int:
                 saved = json.loads((out / "config.json").read_text())
                 grid = Grid.from_dict(saved["grid"])
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                what = f"no {exc.args[0]!r} entry in its config.json" if isinstance(exc, KeyError) else \
-                    f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, KeyError):
+                    what = f"no {exc.args[0]!r} entry in its config.json"
+                elif isinstance(exc, OSError):
+                    what = f"{out / 'config.json'}: {exc.strerror or exc}"
+                else:
+                    what = f"{type(exc).__name__}: {exc}"
                 raise ValueError(f"--resume: {out} holds no sweep of {PROG} ({what})") from None
         else:
             grid = make_grid(args, app_flags)

@@ -273,3 +273,29 @@ def test_a_signal_inside_a_held_block_interrupts_once_the_block_is_done(monkeypa
     assert done == ["the block ran to its end"] and parallel._INTERRUPTED and parallel._DEFERRED is None
     with parallel._signals_held():  # without a signal: nothing happens
         pass
+
+
+def test_an_interrupted_shutdown_hurries_the_workers_and_still_waits_for_the_pool(monkeypatch):
+    import multiprocessing as mp
+    import signal
+
+    from core import parallel
+
+    class Pool:  # a shutdown that two Ctrl-Cs cut short before it completes
+        calls = 0
+
+        def shutdown(self, wait, cancel_futures=False):
+            Pool.calls += 1
+            if Pool.calls <= 2:
+                raise KeyboardInterrupt
+
+    class Child:
+        pid = 4242
+
+    sent = []
+    monkeypatch.setattr(mp, "active_children", lambda: [Child()])
+    monkeypatch.setattr(parallel.os, "kill", lambda pid, signum: sent.append((pid, signum)))
+    with pytest.raises(KeyboardInterrupt):
+        parallel.shutdown_pool(Pool(), cancel_futures=True)
+    assert Pool.calls == 3 and sent == [(4242, signal.SIGTERM), (4242, signal.SIGKILL)]
+    parallel.shutdown_pool(Pool())  # not interrupted: returns quietly

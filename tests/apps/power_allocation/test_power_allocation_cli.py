@@ -146,7 +146,7 @@ def other_schema(tmp_path):
     (lambda d, t: other_schema(t), [], "'conflict-graphs' dataset"),
     (lambda d, t: t / "missing.h5", [], "does not exist; pass --generate"),
     (lambda d, t: corrupted(d, t, set_nan), [], "contains NaN"),
-    (lambda d, t: corrupted(d, t, set_pmax), [], "non-positive or non-finite Pmax"),
+    (lambda d, t: corrupted(d, t, set_pmax), [], "the 'pmax_w' attribute is -5.0, expected a number > 0"),
     (lambda d, t: d, ["--pairs", "25"], "--pairs 25 does not match the dataset's 6 pairs"),
     (lambda d, t: d, ["--batch-size", "64"], "--batch-size 64 does not match"),
     (lambda d, t: d, ["--lr", "-1"], "--lr"),
