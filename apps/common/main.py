@@ -8,6 +8,7 @@ section 5 (2 bad input, 1 failure while running, 130 interrupted).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -218,6 +219,21 @@ class MPIWorld(World):
                 yield
             finally:
                 sys.stdout, sys.stderr = out, err
+
+
+def refused_under_mpiexec(prog: str) -> bool:
+    """For the commands that start the apps as processes of their own (apps.figures, apps.robustness): whether
+    this process is a rank of an mpiexec job, where every rank would run the whole command (and the ranks would
+    fight over its folders); the first rank then prints one line saying so. The caller exits with status 2."""
+    from core.distributed.launch import under_mpiexec
+
+    if not under_mpiexec():
+        return False
+    rank = next((os.environ[k] for k in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK") if k in os.environ), "0")
+    if rank == "0":
+        print(f"{prog}: error: does not run under mpiexec (every rank would run the whole command); start it "
+              "without mpiexec (the apps themselves run under mpiexec with --backend mpi)", file=sys.stderr)
+    return True
 
 
 def world_from_env() -> World:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from apps.common.children import run_app, stop_requests
 from apps.common.cli import add_version_argument
+from apps.common.main import refused_under_mpiexec
 from core.tf_notices import silence_startup_notices
 from datasets.cli import HelpFormatter, OneLineErrorParser, non_negative_int, plain_docstring, program_name
 
@@ -217,6 +218,8 @@ def draw(runs: Path, out: Path, widths=None, batch_size: int | None = None, cons
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if refused_under_mpiexec(PROG):
+        return 2
     if args.reproduce or args.quick:
         preset = "quick" if args.quick else "paper"
         for folder, *_ in EXPERIMENTS:

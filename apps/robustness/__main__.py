@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from apps.common.cli import LABELS, add_version_argument, loss_policy, optimizer_list, probability
+from apps.common.main import refused_under_mpiexec
 from apps.robustness.sweep import APPS, Cell, Grid, cell_command, cell_done, collect, epochs_done
 from core.tf_notices import silence_startup_notices
 from datasets.cli import (
@@ -40,6 +41,8 @@ OWN_FLAGS = {"--optimizer": "--optimizer", "--seed": "--seed", "--loss-prob": "-
              "--quiet": "-q"}
 """Flags the sweep sets on every run itself (refused after ``--``), with the sweep's own flag for each (None: the
 sweep's model is independent losses, which it does not change)."""
+IN_PROCESS_ONLY = ("--backend", "--partition")
+"""App flags refused after ``--``: the sweep's runs are processes of this machine, never MPI jobs."""
 
 
 def _list(kind, name: str):
@@ -106,6 +109,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     own = argv[:argv.index("--")] if "--" in argv else argv
     parser = build_parser()
     args = parser.parse_args(own)
+    mpi = [f for f in app_flags if f.split("=")[0] in IN_PROCESS_ONLY]
+    if mpi:
+        parser.error(f"{mpi[0]} after -- would not apply: the sweep runs each app in a process of its own on this "
+                     "machine (in-process backend), never under mpiexec")
     taken = [f for f in app_flags if f.split("=")[0] in OWN_FLAGS]
     if taken:
         instead = OWN_FLAGS[taken[0].split("=")[0]]
@@ -193,6 +200,8 @@ def main(argv=None) -> int:
     from core.runs import RunError, atomic_write_json, check_new_run_path, claim_run_dir, default_run_path, provenance
 
     args, app_flags = parse_args(argv)
+    if refused_under_mpiexec(PROG):
+        return 2
     try:
         if args.resume is not None:
             out = args.resume

@@ -73,6 +73,7 @@ def test_cell_commands_carry_the_link_flags_and_resume(tmp_path):
     (["--", "--seed", "3"], "set by the sweep itself"),
     (["--", "--loss-prob", "0.2"], "set by the sweep itself; use the sweep's own --loss-probs"),
     (["--", "--loss-model=gilbert"], "set by the sweep itself; the sweep draws independent losses only"),
+    (["--", "--backend", "mpi"], "--backend after -- would not apply: the sweep runs each app in a process"),
     (["--", "--no-such-flag"], "unrecognized arguments"),
     (["--", "--epochs", "0"], "--epochs"),
 ])
@@ -90,6 +91,17 @@ def test_resume_of_a_folder_that_is_no_sweep_names_what_is_missing(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith(f"--resume: {tmp_path} holds no sweep of python -m apps.robustness (no "
                                              "'grid' entry in its config.json)"), err
+
+
+def test_a_sweep_under_mpiexec_is_refused_on_the_first_rank_only(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "sweep"
+    for rank, lines in (("0", 1), ("1", 0)):
+        monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+        monkeypatch.setenv("OMPI_COMM_WORLD_RANK", rank)
+        assert status_of(["--quick", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == lines and all("does not run under mpiexec" in line for line in err), err
+    assert not out.exists()
 
 
 def status_of(argv) -> int:
