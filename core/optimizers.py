@@ -189,7 +189,7 @@ class DAdam(Optimizer):
     theta^i <- sum_j W_ij theta^j - alpha m_i / (sqrt(v^_i) + eps).
 
     ``bias_correction=True, eps=1e-7`` gives the paper authors' published variant (bias-corrected local
-    Adam with Keras' epsilon, without the max), see docs/design.md, section 4.
+    Adam with Keras' epsilon, without the max), see docs/design.md, section 3.
     """
 
     name = "d-adam"

@@ -39,8 +39,10 @@ move their data through the backend's transport (the logical counts are unchange
 is the sum of the ranks' parts, the consensus error and the logged node-means are reduced over ranks, the
 finite flags too (all ranks stop together), and checkpoints hold every node's rows, gathered on rank 0 (the
 only rank with a run directory) and scattered on resume, so a run resumes under any P or in-process. The
-steps are compiled without XLA there (the exchanges are ``tf.numpy_function`` calls) and issue their
-exchanges in the same order on every rank.
+steps cannot be compiled whole by XLA there (the exchanges are ``tf.numpy_function`` calls): the apps
+that turn on auto-clustering (:func:`core.backend.enable_xla_autoclustering`, Apps A and B) get each
+stretch between two exchanges compiled as one XLA cluster. Every rank issues the exchanges in the same
+order.
 
 Logs: one row per epoch (``log_every_step=False``; epoch 0 is the initial model) or per mini-batch,
 with columns ``epoch, step, mp_rounds`` (rounds so far, cumulative), ``floats_sent_per_node`` (floats

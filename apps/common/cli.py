@@ -31,7 +31,7 @@ others mix once (core.optimizers.make_optimizer)."""
 def add_consensus_arguments(group, graph: str = "", d_adam_default: str = "paper", d_adam_note: str = "") -> None:
     """``--consensus-rounds``, ``--mixing``, ``--mixing-beta``, ``--d-adam-variant`` of the training apps:
     ``graph`` says where W lives (e.g. " on the conflict graph"), and ``d_adam_note`` ends the D-Adam help
-    (e.g. why the app defaults to "authors")."""
+    (e.g. what the authors' variant is for there)."""
     group.add_argument("--consensus-rounds", type=positive_int, default=1,
                        help=f"gradient-consensus rounds K of {_names(GRADIENT_CONSENSUS)} (eq. 15); the other "
                        "approaches mix once per mini-batch")
@@ -284,8 +284,9 @@ def add_link_arguments(parser: argparse.ArgumentParser, exchanges: str = "every 
     links.add_argument("--gilbert-loss-bad", type=probability, default=None,
                        help="Gilbert-Elliott: loss probability in the bad state")
     links.add_argument("--link-failure", type=probability, default=0.0,
-                       help="each undirected link is down for a whole mini-batch with this probability; S and the "
-                       "consensus weights W are rebuilt on the surviving graph (a topology change, Algorithm 1)")
+                       help="each undirected link is down for a whole mini-batch with this probability; S is "
+                       "restricted to the surviving links (failed entries 0, not renormalised) and the consensus "
+                       "weights W are rebuilt on the surviving graph (a topology change, Algorithm 1)")
     links.add_argument("--on-loss", type=loss_policy, default="zero",
                        help="what a receiver does with a lost packet: zero (the neighbour's term counts as 0), stale "
                        "(reuse the last payload of the same kind and layer received from that neighbour), or "

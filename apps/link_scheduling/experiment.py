@@ -55,7 +55,7 @@ and the actor at 1e-4, C-Adam dipped to 0.70 and needed ~150 mini-batches to rec
 at 3e-3 the dip stays above 0.95 and the ratio passes 1 within ~50 mini-batches.
 
 D-Adam is DADAM by default, as in every app; ``--d-adam-variant authors`` selects the authors' variant
-(bias-corrected local Adam, docs/design.md, section 4), the optimizer behind the distributed curve of
+(bias-corrected local Adam, docs/design.md, section 3), the optimizer behind the distributed curve of
 Fig. 2c, which ``python -m apps.figures`` runs (and the only D-Adam of ``--mode authors``). The design's
 DADAM has no bias correction, so its first ~100 steps are 3-6 times an Adam step; here they push the
 actor, which early on follows a critic that has not learnt yet, into a dip (test ratio ~0.8) it had not

@@ -1,1 +1,1 @@
-"""The robustness sweep: training quality of the distributed optimizers against packet loss (docs/design.md, 12)."""
+"""The robustness sweep: training quality of the distributed optimizers under packet loss (docs/design.md, sec. 12)."""

@@ -1,4 +1,4 @@
-"""``python -m apps.robustness``: training quality against packet loss, the paper's future work (docs/design.md, 12).
+"""``python -m apps.robustness``: training quality under packet loss, the paper's future work (docs/design.md, sec. 12).
 
 Sweeps packet-loss rates p and receiver policies (``--on-loss``) for an app's distributed optimizers, with a
 centralized reference over perfect links (:mod:`apps.robustness.sweep`), then writes ``sweep.csv``,

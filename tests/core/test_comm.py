@@ -66,7 +66,7 @@ def test_table_one_paper_setting(scheme, expected):
 
 
 def test_dopt_floats_and_largest_message_paper_setting():
-    # B(g0 + g1) forward + B g1 backward + |theta| + degree = 3221 floats (docs/design.md, section 6)
+    # B(g0 + g1) forward + B g1 backward + |theta| + degree = 3221 floats (docs/design.md, section 4)
     _, result = run_batched(PAPER_GCNN, PAPER_GRAPH, make_optimizer("d-sgd"), 100)
     assert result.cost.floats_per_node == 100 * 20 + 100 * 10 + 220 + 1 == 3221
     # g_l + g_{L-l-1} + |theta|/(LB), the pieces rounded up: 10 + 10 + ceil(221 / 200)
