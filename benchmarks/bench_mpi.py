@@ -328,9 +328,9 @@ def fit_compute(results: list[Result], batch: int, cores: int) -> tuple[float, f
 
 
 # ---------------------------------------------------------------------------- driver: printing
-def verdict(value: float, target: float, at_most: bool) -> str:
+def verdict(value: float, target: float, at_most: bool, shown=lambda v: f"{v:g}") -> str:
     ok = value <= target if at_most else value >= target
-    return f"{'PASS' if ok else 'FAIL'} (target {'<=' if at_most else '>='} {target:g})"
+    return f"{'PASS' if ok else 'FAIL'} (target {'<=' if at_most else '>='} {shown(target)})"
 
 
 def print_result(r: Result) -> None:
@@ -397,9 +397,10 @@ def derived(rounds: list[list[Result]], sizes, weak_nodes: int | None, batch: in
             print(f"  {head}:")
             heading = head
         value = float(np.median(values))
-        shown = (lambda v: f"{100 * v:.1f} %") if key == "halo" else (lambda v: f"{v:.2f}")
+        # three digits: a value just below a target (0.848 against 0.85) must not print as the target
+        shown = (lambda v: f"{100 * v:.1f} %") if key == "halo" else (lambda v: f"{v:.3f}")
         detail = how if len(values) == 1 else "rounds " + ", ".join(shown(v) for v in values)
-        print(f"    {label} = {shown(value)} ({detail})  {verdict(value, TARGETS[key], at_most)}")
+        print(f"    {label} = {shown(value)} ({detail})  {verdict(value, TARGETS[key], at_most, shown)}")
 
 
 def network_model(results: list[Result], inputs: Inputs, args, cores: int) -> None:
