@@ -201,14 +201,16 @@ def _check_entries(path: Path, document: dict, checks: dict) -> None:
 
 def _load(app_dir: Path, approaches: Sequence[str], columns: Sequence[str], problems: list[str] | None,
           summary_checks: dict | None = None, need_summary: bool = False) -> tuple[dict[str, Run], list[str]]:
-    """``{approach: Run}`` of the newest usable run of each approach, and the missing runs: ``app_dir/<approach>``
-    for an approach without any, or the run skipped for a bad file (its problem appended to ``problems``)."""
+    """``{approach: Run}`` of the newest usable run of each approach, and the missing runs: ``<app>/<approach> (no
+    run under app_dir)`` for an approach without any, or the run skipped for a bad file (its problem appended to
+    ``problems``), or without a summary where ``need_summary``."""
     found, missing = {}, []
     newest = find_runs(app_dir, approaches)
     for name in approaches:
         run = newest.get(name)
         if run is None or (need_summary and not (run / SUMMARY).is_file()):
-            missing.append(str(run or app_dir / name))
+            # no run at all: the approach under the app's folder (<approach>/ or <group>/<approach>/)
+            missing.append(str(run) if run is not None else f"{app_dir.name}/{name} (no run under {app_dir})")
             continue
         summary = run / SUMMARY
         try:
