@@ -12,10 +12,53 @@ import numpy as np
 from core.runs import atomic_savefig
 
 
+def drawable(x, y, logx: bool = False, logy: bool = False, xname: str = "x", yname: str = "y"):
+    """(mask, reason): the points of the curve ``x, y`` that can be drawn (finite, and > 0 on a log axis), and
+    None, or why there is none (e.g. every point of a run that diverged in its first epoch sits at 0 rounds,
+    which a log x axis cannot show), for the curve's legend entry."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    finite = np.isfinite(x) & np.isfinite(y)
+    mask = finite & (x > 0 if logx else True) & (y > 0 if logy else True)
+    if mask.any():
+        return mask, None
+    if not finite.any():
+        return mask, f"no finite {yname}" if x.size else "no point"
+    if logx and not (finite & (x > 0)).any():
+        return mask, f"no point at {xname} > 0"
+    return mask, f"no {yname} > 0"
+
+
+def not_drawn(label: str, reason: str | None) -> str:
+    """``label`` with why its curve is not drawn, inside its trailing parenthesis if it has one."""
+    if reason is None:
+        return label
+    if label.endswith(")"):
+        return f"{label[:-1]}; not drawn: {reason})"
+    return f"{label} (not drawn: {reason})"
+
+
+def log_scales(ax, logx: bool = False, logy: bool = False) -> None:
+    """Log scales on ``ax``. An axis with no positive data gets the range 1 to 10, where matplotlib would
+    otherwise raise when it places the ticks (a figure whose every curve has nothing to draw), and one whose
+    positive data is a single value (only a reference line) a decade around it, which matplotlib would warn about."""
+    for log, axis in ((logx, "x"), (logy, "y")):
+        if not log:
+            continue
+        low, high = getattr(ax.dataLim, f"interval{axis}")
+        low = low if low > 0 else getattr(ax.dataLim, f"minpos{axis}")
+        if not (np.isfinite(high) and high > 0):  # (the limits before the scale, which would autoscale to nothing)
+            getattr(ax, f"set_{axis}lim")(1.0, 10.0)
+        elif not low < high:
+            getattr(ax, f"set_{axis}lim")(high / 10 ** 0.5, high * 10 ** 0.5)
+        getattr(ax, f"set_{axis}scale")("log")
+
+
 def plot_curves(path: str | os.PathLike, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                 xlabel: str, ylabel: str, title: str = "", logx: bool = False, logy: bool = False,
                 markevery: int | None = None) -> None:
-    """Draw ``label -> (x, y)`` curves into a PNG (atomically). Points with x <= 0 are dropped on a log x."""
+    """Draw ``label -> (x, y)`` curves into a PNG (atomically). Only the points a log axis can show are drawn
+    (x > 0 on a log x, y > 0 on a log y, finite values); a curve without any is named in the legend with
+    why, and a figure without any curve says so in its middle."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,21 +66,22 @@ def plot_curves(path: str | os.PathLike, curves: Mapping[str, tuple[Sequence[flo
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     try:
+        reasons = []
         for label, (x, y) in curves.items():
             x, y = np.asarray(x, float), np.asarray(y, float)
-            keep = (x > 0) if logx else np.ones_like(x, bool)
-            ax.plot(x[keep], y[keep], label=label, marker="o" if markevery else None, markersize=3,
-                    markevery=markevery)
+            keep, reason = drawable(x, y, logx, logy, xlabel, ylabel)
+            reasons.append(reason)
+            ax.plot(x[keep], y[keep], label=not_drawn(label, reason), marker="o" if markevery else None,
+                    markersize=3, markevery=markevery)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        if logx:
-            ax.set_xscale("log")
-        if logy:
-            ax.set_yscale("log")
+        log_scales(ax, logx, logy)
         if title:
             ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-        if len(curves) > 1:
+        if all(r is not None for r in reasons):
+            ax.text(0.5, 0.5, "nothing to draw", transform=ax.transAxes, ha="center", va="center", color="0.4")
+        if len(curves) > 1 or any(r is not None for r in reasons):  # a lone curve's legend only to say why
             ax.legend()
         fig.tight_layout()
         atomic_savefig(fig, path, dpi=120)

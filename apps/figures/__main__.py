@@ -8,8 +8,10 @@ the newest run of each approach under ``<runs>/<app>/``, in ``<runs>/<app>/<appr
 ``fig2c_link_scheduling`` as PNG and PDF, and ``table1.md`` / ``table1.csv``. The figures that can be
 drawn are; runs that are missing, and runs skipped for a bad file (one line each naming the file and the
 problem), are named on stderr and give exit status 1. When nothing at all can be drawn it says so, writes
-nothing (no Table I either) and exits with status 1. Bad flags (``--out`` naming a file, a negative
-``--seed``, ...) give one error line and exit status 2 before anything is written.
+nothing (no Table I either) and exits with status 1. Bad flags (``--out`` naming a file or a folder that
+cannot be created and written, tried for real before anything runs; a negative ``--seed``, ...) give one error
+line and exit status 2 before anything is written. ``--seed`` without ``--quick``/``--reproduce`` is ignored,
+with a note on stderr.
 
 ``--reproduce`` first runs every experiment the figures need at paper scale, ``--quick`` the same at
 small scale (a few minutes), each app as its own process with its progress bar. Both are resumable:
@@ -26,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,6 +57,37 @@ EXPERIMENTS = (
 )
 
 
+EPILOG = """\
+--runs holds one folder per app (node_regression, power_allocation, link_scheduling), and in it the run of each
+approach in either layout (the newest run of an approach is drawn):
+
+    <runs>/<app>/<approach>/               what --quick and --reproduce write
+    <runs>/<app>/<timestamp>/<approach>/   the apps' default layout
+
+--quick and --reproduce resume: an app whose folder under --runs already holds a run is continued with the
+app's --resume (finished approaches are kept), so after an interruption or a failure the same command continues
+where it stopped; a run started with another --seed or preset is refused (status 2) before anything runs.
+
+exit status: 0 every figure and Table I drawn; 1 some runs missing or skipped for a bad file (the figures
+are drawn without them), nothing to draw at all, an experiment that failed, or a file that could not be
+written; 2 bad flags (an unusable --runs or --out, a run to resume with another seed or preset, under
+mpiexec), before anything runs or is written; 130 interrupted (Ctrl-C or SIGTERM)."""
+
+
+class ParagraphHelpFormatter(HelpFormatter):
+    """Fills each paragraph of the description and epilog on its own and keeps indented lines as they are
+    (argparse would run the runs layout above into one paragraph)."""
+
+    def _fill_text(self, text, width, indent):
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            if paragraph.startswith(" "):
+                paragraphs.append("\n".join(indent + line for line in paragraph.splitlines()))
+            else:
+                paragraphs.append(super()._fill_text(paragraph, width, indent))
+        return "\n\n".join(paragraphs)
+
+
 class Interrupted(Exception):
     """The experiments were stopped (Ctrl-C or SIGTERM) while ``module`` ran into ``target``."""
 
@@ -64,7 +98,7 @@ class Interrupted(Exception):
 
 def parse_args(argv=None):
     parser = OneLineErrorParser(prog=PROG, description=plain_docstring(__doc__.split("\n\n")[0]),
-                                formatter_class=HelpFormatter)
+                                epilog=EPILOG, formatter_class=ParagraphHelpFormatter)
     parser.add_argument("--runs", type=Path, default=None,
                         help="folder with the apps' run directories (default runs/paper, or runs/demo with --quick)")
     parser.add_argument("--out", type=Path, default=None, help="folder the figures and the table go to, created if "
@@ -74,7 +108,9 @@ def parse_args(argv=None):
                       help="first run every experiment the figures need at paper scale (resumable)")
     mode.add_argument("--quick", action="store_true",
                       help="first run every experiment at small scale (a few minutes)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed passed to every experiment")
+    parser.add_argument("--seed", type=non_negative_int, default=None,
+                        help="seed passed to every experiment of --quick or --reproduce (default 0); without them "
+                        "nothing is trained and it is ignored, with a note")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     add_version_argument(parser)
     args = parser.parse_args(argv)
@@ -92,11 +128,18 @@ def parse_args(argv=None):
             problem = None if folder.is_dir() else f"{folder} is a file, not a folder"
         if problem:
             parser.error(f"{flag}: {problem}")
+    # (after the checks, so that a bad flag is still the only line) a seed the user thinks applies: it does not
+    if args.seed is not None and not running:
+        print(f"{PROG}: note: --seed is ignored without --quick or --reproduce (nothing is trained)", file=sys.stderr)
+    args.seed = 0 if args.seed is None else args.seed
     return args
 
 
 def _cannot_create(folder: Path) -> str | None:
-    """Why ``folder`` cannot be used or created as a folder (a file in the way, no permission), or None."""
+    """Why ``folder`` cannot be used or created as a folder (a file in the way, no permission, a read-only or
+    virtual file system such as /proc), or None. It tries for real, creating and removing a folder in ``folder``
+    or its nearest existing ancestor (os.access passes everything as root), and creates nothing that stays, so
+    that a command refused later leaves no empty folder behind."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -104,8 +147,11 @@ def _cannot_create(folder: Path) -> str | None:
         if existing == folder:
             return f"{folder} is a file, not a folder"
         return f"cannot create {folder}: {existing} is a file"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"cannot write into {existing} (permission denied)"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=existing))
+    except OSError as exc:
+        reason = " ".join((exc.strerror or str(exc) or type(exc).__name__).split()).lower()
+        return f"cannot write into {existing} ({reason})"
     return None
 
 
@@ -255,6 +301,7 @@ def main(argv=None) -> int:
         print(f"wrote {path}")
     if missing:
         print(f"{PROG}: missing runs (their curves are left out): " + ", ".join(missing), file=sys.stderr)
+    if missing or problems:  # (a skipped run need not leave its approach missing: an older run may stand in)
         return 1
     print(f"figures and Table I are in {args.out}")
     return 0

@@ -19,7 +19,9 @@ Each figure is drawn from whatever of its runs exist; the runs that are missing 
 so the caller can report them. A run whose metrics.csv, summary.json or config.json cannot be used (not
 valid CSV or JSON, a missing column, a value of the wrong type) is skipped and counted as missing, and
 one line naming the file and the problem goes to the caller's ``problems`` list. A run still in
-progress (no summary.json yet) is drawn to its last checkpointed epoch and labelled so. Legends name
+progress (no summary.json yet) is drawn to its last checkpointed epoch and labelled so; a curve with no point
+the log axes of Fig. 2a can show (a run that diverged in its first epoch has only its initial model, at 0
+rounds) is named in the legend with why, and the figure says so if no curve has one. Legends name
 the optimizers as :data:`apps.common.cli.LABELS` does, with the variant where it matters ("D-Adam
 (DADAM)", "D-Adam (authors' variant)", "D-GCP-Adam (K = 5)"). Figures are written as PNG and PDF,
 atomically, into ``out`` (created if missing); a figure without any run is not written at all.
@@ -38,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from apps.common.cli import LABELS
+from apps.common.plots import drawable, log_scales, not_drawn
 from apps.common.plots import legend_below as _legend
 from apps.common.plots import new_figure as _new_figure
 from apps.common.plots import save_figure as _save
@@ -126,21 +129,30 @@ def _newest(runs: list[Path]) -> Path:
     return max(runs, key=key)
 
 
-def find_runs(app_dir: Path, approaches: Sequence[str]) -> dict[str, Path]:
+def find_runs(app_dir: Path, approaches: Sequence[str], problems: list[str] | None = None) -> dict[str, Path]:
     """The newest run directory (one with a metrics.csv) of each of ``approaches`` under ``app_dir``:
     ``app_dir/<approach>/``, ``app_dir/<group>/<approach>/``, or a single-approach run ``app_dir/<name>/``
-    whose config.json names the approach. Approaches without any run are left out."""
+    whose config.json names the approach. Approaches without any run are left out. A run whose config.json
+    names its approach with something other than a string is skipped, one line for ``problems``."""
     candidates: dict[str, list[Path]] = {name: [] for name in approaches}
 
-    def consider(folder: Path, name) -> None:
+    def consider(folder: Path, name: str | None) -> None:
         if name in candidates and (folder / METRICS).is_file():
             candidates[name].append(folder)
 
     for child in _subfolders(app_dir):
         if (child / METRICS).is_file():  # a run: <approach>/, or one approach in a folder of another name
-            config = {} if child.name in candidates else _config_or_empty(child)
-            consider(child, child.name if child.name in candidates else
-                     config.get("optimizer", config.get("approach")))  # "approach": runs before 0.2
+            if child.name in candidates:
+                consider(child, child.name)
+                continue
+            config = _config_or_empty(child)
+            key = "optimizer" if "optimizer" in config else "approach"  # "approach": runs before 0.2
+            name = config.get(key)
+            if name is not None and not isinstance(name, str):  # a list or a number cannot name one approach
+                if problems is not None:
+                    problems.append(f"{child / CONFIG}: {key} must be a string, got {json.dumps(name)}")
+                continue
+            consider(child, name)
         else:  # a group of approaches (<timestamp>/ or any --out), or a run that has logged nothing yet
             for grandchild in _subfolders(child):
                 consider(grandchild, grandchild.name)
@@ -205,7 +217,7 @@ def _load(app_dir: Path, approaches: Sequence[str], columns: Sequence[str], prob
     run under app_dir)`` for an approach without any, or the run skipped for a bad file (its problem appended to
     ``problems``), or without a summary where ``need_summary``."""
     found, missing = {}, []
-    newest = find_runs(app_dir, approaches)
+    newest = find_runs(app_dir, approaches, problems)
     for name in approaches:
         run = newest.get(name)
         if run is None or (need_summary and not (run / SUMMARY).is_file()):
@@ -322,27 +334,32 @@ def fig2a(runs: Path, out: Path, problems: list[str] | None = None) -> tuple[lis
         return [], missing
     floor = _noise_floor(found)
     plt, fig, (ax, near) = _new_figure(2, 7.0, height_ratios=(2.1, 1))
-    lowest, best_end = [], []
+    lowest, best_end, drawn = [], [], False
     for name, run in found.items():
         rounds, mse, steps = (_column(run.rows, c) for c in ("mp_rounds", "test_mse", "step"))
-        keep = rounds > 0  # the initial model sits at 0 rounds, off a log axis
+        # the initial model sits at 0 rounds, off the log axes, and a diverged run's MSE is nan: a run that
+        # diverged in its first epoch has nothing else, and is only named in the legend
+        keep, reason = drawable(rounds, mse, logx=True, logy=True, xname="message-passing rounds", yname="test MSE")
         rounds, mse, steps = rounds[keep], mse[keep], steps[keep]
+        drawn |= reason is None
         marks = [i for i, s in enumerate(steps) if s % 200 == 0] or None
         color, style, width, marker = FIG2A_STYLES[name]
         kwargs = dict(color=color, linestyle=style, linewidth=width, marker=marker, markersize=4.5 if width < 2 else 5,
                       markevery=marks, zorder=2 if width >= 2 else 3)
-        ax.plot(rounds, mse, label=_legend_name(name, run), **kwargs)
+        ax.plot(rounds, mse, label=not_drawn(_legend_name(name, run), reason), **kwargs)
         near.plot(rounds, mse, **kwargs)
-        finite = mse[np.isfinite(mse)]
-        if finite.size:
-            lowest.append(finite.min())
-            best_end.append(finite[-1])
+        if mse.size:
+            lowest.append(mse.min())
+            best_end.append(mse[-1])
     for axes in (ax, near):
         axes.axhline(floor, color="k", linestyle=(0, (1, 1.5)), linewidth=1.1, zorder=1,
                      label=f"noise floor ({floor:g})" if axes is ax else None)
-        axes.set_xscale("log")
         axes.grid(True, which="both", alpha=0.3)
-    ax.set_yscale("log")
+    log_scales(ax, logx=True, logy=True)
+    log_scales(near, logx=True)
+    if not drawn:
+        _note(ax, ["No run has a point after 0 message-passing rounds to draw (each diverged in its first epoch "
+                   "or has logged only its initial model); the legend says why for each."])
     span = math.log10(max(ax.get_ylim()) / min(ax.get_ylim()))  # decades: label more values on a short axis
     ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0) if span > 1 else
                                           (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)))

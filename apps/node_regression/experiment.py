@@ -316,7 +316,8 @@ def execute(p: Plan) -> dict[str, dict]:
                          initial=logged_progress(p.out, jobs) if p.resume else None)
     if parent is not None:
         atomic_write_json(parent.summary_path, summaries)
-        curves = {LABELS[a]: _curve(RunDir(p.out / a, create=False).read_metrics(), "test_mse") for a in p.approaches}
+        curves = {_group_label(a, summaries.get(a)): _curve(RunDir(p.out / a, create=False).read_metrics(), "test_mse")
+                  for a in p.approaches}
         plot_curves(p.out / "test_mse_vs_rounds.png", curves, xlabel="message-passing rounds", ylabel="test MSE",
                     logx=True, logy=True, title="Node regression")
     raise_if_diverged(summaries, LABELS)
@@ -351,6 +352,16 @@ def _train_approach(p: Plan, approach: str, run, progress) -> dict:
         plot_curves(run.path / "learning_curve.png", curves, xlabel="message-passing rounds", ylabel="MSE",
                     logx=True, logy=True, title=f"{LABELS[approach]}: node regression")
     return result.summary
+
+
+def _group_label(approach: str, summary) -> str:
+    """An approach's legend entry in the group figure, saying where it diverged: a run that diverged in its first
+    epoch has only its initial model, at 0 rounds, which the log axis leaves out (plot_curves says so)."""
+    diverged = summary.get("diverged") if isinstance(summary, dict) else None
+    if not isinstance(diverged, dict):
+        return LABELS[approach]
+    epoch = diverged.get("epoch")
+    return LABELS[approach] + (f" (diverged at epoch {epoch})" if isinstance(epoch, int) else " (diverged)")
 
 
 def _curve(rows, name):
