@@ -142,9 +142,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line on stderr (`<prog>: error: <message>`), exit status 2, and that
-    reads a negative number in exponent form as a value (`--noise-dbm -1.1e2`), as it reads `-110`."""
+    reads a negative number in exponent form as a value (`--noise-dbm -1.1e2`), as it reads `-110`.
+
+    Abbreviated flags are refused (`--ep 3` is no `--epochs 3`): a prefix that names a flag today may name
+    another tomorrow, and it slips past checks that look for a flag by its name (e.g. the flags the robustness
+    sweep refuses after `--`). Its subcommand parsers inherit this, being of the same class."""
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         # argparse's own pattern has no exponent, so "-1.1e2" looked like an option (none of ours starts with a digit)
         self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")

@@ -3,10 +3,13 @@
 A child can never outlive its parent, however the parent ends: it asks the kernel for SIGTERM when the
 parent dies (``preexec_fn``: :func:`core.parallel.parent_death_preexec`; the thread that starts a child is
 the one that waits for it, so it outlives the child as the death signal needs). Within
-:func:`stop_requests` SIGTERM only records a stop request, which is passed on to every running child once;
-Ctrl-C reaches the children directly, being in the same process group. Either way the children checkpoint
-(every training app handles SIGTERM as Ctrl-C) and are waited for: a second signal would cut their
-checkpoints short, and killing them would lose them. No new child starts once a stop was requested.
+:func:`stop_requests` SIGTERM and SIGINT only record a stop request, and the signal is passed on to every
+running child once. The children run in a session of their own, so that a signal reaches them only this way:
+a Ctrl-C at the terminal (SIGINT to the foreground process group) and ``kill -INT <pid>`` of this process alone
+stop them alike, and none gets a second signal from the group, which would cut its checkpoint short (an app
+raises KeyboardInterrupt again on a second SIGINT or SIGTERM). The children checkpoint (every training app
+handles SIGTERM as Ctrl-C) and are waited for; killing them would lose their checkpoints. No new child starts
+once a stop was requested.
 """
 
 from __future__ import annotations
@@ -21,28 +24,35 @@ from contextlib import contextmanager
 
 
 class StopRequest:
-    """Whether this process was told to stop (SIGTERM or Ctrl-C) while it runs children."""
+    """Whether this process was told to stop (SIGTERM or Ctrl-C) while it runs children, and by which signal
+    (the one passed on to them: a child sees what a child of the terminal would have seen)."""
 
     requested = False
+    signum = signal.SIGTERM
 
 
 @contextmanager
 def stop_requests():
-    """Within the block SIGTERM only records a stop request (:func:`run_children` passes it on to the running
-    children); elsewhere than in the main thread, where no handler can be installed, SIGTERM stays fatal."""
+    """Within the block SIGTERM and SIGINT only record a stop request (:func:`run_children` passes it on to the
+    running children), so that no KeyboardInterrupt can land between a child's end and the record of its status;
+    elsewhere than in the main thread, where no handler can be installed, they keep their handlers. An ignored
+    SIGINT (a background job of a non-interactive shell) stays ignored."""
     stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
 
     def request(signum, frame):
-        stop.requested = True
+        if not stop.requested:
+            stop.requested, stop.signum = True, signum
 
-    previous = signal.signal(signal.SIGTERM, request)
+    watched = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else [])
+    previous = {s: signal.signal(s, request) for s in watched}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run_app(command: list[str], stop: StopRequest) -> int | None:
@@ -56,7 +66,9 @@ HELD = {signal.SIGINT, signal.SIGTERM}
 
 def _start(command: list[str], **popen) -> subprocess.Popen:
     """Popen of a child that unblocks the signals :func:`_signals_held` holds back (a signal mask is inherited
-    across exec) and asks for its parent-death signal before it runs."""
+    across exec) and asks for its parent-death signal before it runs, in a session of its own (see the module
+    docstring: signals reach it from this process only; a session rather than a process group, so that no
+    terminal job control (``stty tostop``) stops a child writing its progress bar to the inherited terminal)."""
     from core.parallel import parent_death_preexec
 
     death = parent_death_preexec(signal.SIGTERM)
@@ -65,7 +77,7 @@ def _start(command: list[str], **popen) -> subprocess.Popen:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
         death()
 
-    return subprocess.Popen(command, preexec_fn=preexec, **popen)
+    return subprocess.Popen(command, preexec_fn=preexec, start_new_session=True, **popen)
 
 
 @contextmanager
@@ -111,7 +123,7 @@ def run_children(commands: Mapping, stop: StopRequest, parallel: int = 1,
                 if not forwarded:
                     forwarded = True
                     for child in running.values():
-                        child.send_signal(signal.SIGTERM)
+                        child.send_signal(stop.signum)
             for key, child in list(running.items()):
                 status = child.poll()
                 if status is not None:
@@ -123,6 +135,7 @@ def run_children(commands: Mapping, stop: StopRequest, parallel: int = 1,
                 on_poll()
             if running:
                 time.sleep(0.2)  # polled, so that a stop request is passed on within 0.2 s
-        except KeyboardInterrupt:
-            stop.requested = forwarded = True  # the children had the Ctrl-C too: wait for their checkpoints
+        except KeyboardInterrupt:  # outside stop_requests: pass the Ctrl-C on (the children are not in our group)
+            if not stop.requested:
+                stop.requested, stop.signum = True, signal.SIGINT
     return statuses

@@ -19,8 +19,9 @@ an app whose folder already holds a run is continued with ``--resume`` (finished
 a note says so if that run trains other approaches than the current version asks for; a run started with
 another ``--seed`` or preset is refused with exit status 2 before anything runs).
 An app never outlives this process, however it ends (even by SIGKILL: the kernel sends the app SIGTERM,
-on which it checkpoints). Ctrl-C reaches the app as well, and SIGTERM is passed on to it; either way
-this process waits for the app to checkpoint, says how to continue and exits with status 130.
+on which it checkpoints). Ctrl-C (at the terminal or as ``kill -INT`` of this process) and SIGTERM are
+passed on to it once (it runs in a session of its own); either way this process waits for the app to
+checkpoint, says how to continue and exits with status 130.
 """
 
 from __future__ import annotations

@@ -145,12 +145,6 @@ class Grid:
                 "policies": list(self.policies), "seeds": self.seeds, "other_seeds": self.other_seeds,
                 "base_seed": self.base_seed, "app_flags": list(self.app_flags), "reference": self.reference}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> Grid:
-        return cls(d["app"], tuple(d["optimizers"]), tuple(float(p) for p in d["loss_probs"]), tuple(d["policies"]),
-                   int(d["seeds"]), int(d["other_seeds"]), int(d.get("base_seed", 0)), tuple(d.get("app_flags", ())),
-                   d.get("reference", ""))
-
 
 def cell_command(grid: Grid, cell: Cell, out: Path) -> list[str]:
     """The app's command line for ``cell``: a new run into its folder, or the ``--resume`` of the run there."""
@@ -218,9 +212,10 @@ def _first(summary: dict, *keys, default=0.0) -> float:
     return default
 
 
-def collect(grid: Grid, out: Path) -> list[Row]:
+def collect(grid: Grid, out: Path, fallback: dict | None = None) -> list[Row]:
     """Every approach's result, per policy (the lossless cells count for every policy at p = 0); approaches
-    without a summary (not run yet, or stopped) are left out."""
+    without a summary (not run yet, or stopped) are left out, or given their row of ``fallback`` (keyed by
+    policy, p, seed and optimizer) if it has one."""
     metric = grid.spec.metric
     rows = []
     for policy in grid.policies:
@@ -230,6 +225,8 @@ def collect(grid: Grid, out: Path) -> list[Row]:
                 for name in cell.optimizers:
                     s = read_summary(cell.approach_path(out, name))
                     if s is None:
+                        if (policy, p, seed, name) in (fallback or {}):
+                            rows.append(fallback[(policy, p, seed, name)])
                         continue
                     diverged = bool(s.get("diverged"))
                     final = _first(s, f"final_{metric}", default=math.nan)
@@ -238,6 +235,28 @@ def collect(grid: Grid, out: Path) -> list[Row]:
                                     _first(s, "packet_loss_rate"),
                                     _first(s, "extra_rounds"), _first(s, "mp_rounds")))
     return rows
+
+
+def previous_rows(grid: Grid, path: Path, cells) -> dict:
+    """The rows of a sweep.csv written before (``path``) that belong to ``cells``, keyed as :func:`collect`'s
+    ``fallback``; none if the file is missing or not one this version wrote (results are never made up)."""
+    import csv
+
+    cells = set(cells)
+    try:
+        with open(path, newline="") as f:
+            table = list(csv.DictReader(f))
+        previous = [Row(r["policy"], float(r["loss_prob"]), int(r["seed"]), r["optimizer"], float(r["final"]),
+                        float(r["best"]), bool(int(r["diverged"])), float(r["loss_rate"]), float(r["extra_rounds"]),
+                        float(r["mp_rounds"])) for r in table]
+    except (OSError, KeyError, ValueError, TypeError):
+        return {}
+    kept = {}
+    for r in previous:
+        if r.policy in grid.policies and r.loss_prob in grid.loss_probs and r.seed in grid.seeds_of(r.policy):
+            if grid.cell_of(r.policy, r.loss_prob, r.seed) in cells:
+                kept[(r.policy, r.loss_prob, r.seed, r.optimizer)] = r
+    return kept
 
 
 def points(rows: Sequence[Row]) -> list[dict]:
