@@ -392,7 +392,12 @@ def main(argv=None) -> int:
         if stop.requested or len(statuses) < len(todo):
             print(f"{PROG}: interrupted; continue with {PROG} --resume {out}", file=sys.stderr)
             return 130
-        written = _write_results(grid, out, args.quiet, failed)
+        try:
+            written = _write_results(grid, out, args.quiet, failed)
+        except KeyboardInterrupt:  # (each file is written atomically: what is there is whole)
+            print(f"{PROG}: interrupted while writing the results; {PROG} --resume {out} writes them",
+                  file=sys.stderr)
+            return 130
         if failed:
             for cell, status in failed.items():
                 log = out / "logs" / _log_name(cell)

@@ -112,7 +112,7 @@ def status_of(argv) -> int:
         return exc.code
 
 
-def test_tiny_sweep_end_to_end_and_resume_is_a_no_op(tmp_path, capsys):
+def test_tiny_sweep_end_to_end_and_resume_is_a_no_op(tmp_path, capsys, monkeypatch):
     out = tmp_path / "sweep"
     argv = ["--optimizer", "d-sgd", "--loss-probs", "0,0.2", "--policies", "stale,retransmit:1", "--seeds", "1",
             "--jobs", "2",
@@ -145,6 +145,14 @@ def test_tiny_sweep_end_to_end_and_resume_is_a_no_op(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "would not apply" in err[0] and (extra[0] in err[0] or "after --" in err[0]), err
     assert one.read_bytes() == before
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("apps.robustness.__main__._write_results", ctrl_c)  # a Ctrl-C while the results are written
+    assert main(["--resume", str(out), "-q"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted while writing the results" in err[0] and f"--resume {out}" in err[0], err
 
 
 def test_diverged_points_are_results_not_failures(tmp_path):
