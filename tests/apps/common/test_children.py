@@ -11,29 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.stand_in_app import SIGNAL_RECORDER
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
 
 ROOT = Path(__file__).resolve().parents[3]
 
-# records its pid, then every signal it gets (a second one would be a second line), "checkpoints" for half a second
-CHILD = '''
-import os, signal, sys, time
-from pathlib import Path
-
-out = Path(sys.argv[1])
-
-def stop(signum, frame):
-    with open(out / "signals", "a") as f:
-        f.write(signal.Signals(signum).name + "\\n")
-    time.sleep(0.5)
-    (out / "checkpointed").write_text("")
-    sys.exit(130)
-
-signal.signal(signal.SIGTERM, stop)
-signal.signal(signal.SIGINT, stop)
-(out / "pid").write_text(str(os.getpid()))
-time.sleep(60)
-'''
 
 # what the sweep does: run_children within stop_requests; prints whether a stop was requested and the statuses
 PARENT = '''
@@ -47,7 +30,7 @@ print(stop.requested, statuses)
 
 
 def start(tmp_path):
-    (tmp_path / "child.py").write_text(CHILD)
+    (tmp_path / "child.py").write_text(SIGNAL_RECORDER)
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path / "child.py"), str(tmp_path)], cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True,
                               start_new_session=True,  # its own group, as a terminal's job

@@ -9,25 +9,12 @@ import pytest
 
 from apps.figures import plots
 from apps.figures.__main__ import EXPERIMENTS, draw, experiment_command, main, resumed_elsewise
+from tests.apps.figures.figure_legends import legends
 
 
 def read_table(out):
     with open(out / "table1.csv") as f:
         return list(csv.DictReader(f))
-
-
-def legends(monkeypatch):
-    """The legend texts of every figure drawn from now on, by file stem."""
-    seen = {}
-    real_save = plots._save
-
-    def save(plt, fig, out, stem):
-        seen[stem] = [t.get_text() for legend in fig.legends for t in legend.texts]
-        seen[stem + " titles"] = [ax.get_title(loc="left") for ax in fig.axes]
-        return real_save(plt, fig, out, stem)
-
-    monkeypatch.setattr(plots, "_save", save)
-    return seen
 
 
 def test_draws_every_figure_and_table_in_the_runs_setting(runs, tmp_path):

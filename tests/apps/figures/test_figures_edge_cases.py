@@ -10,6 +10,7 @@ import pytest
 from apps.figures import plots
 from apps.figures.__main__ import main, parse_args
 from tests.apps.figures.conftest import write_run
+from tests.apps.figures.figure_legends import legends
 
 PROG = "python -m apps.figures"
 
@@ -21,20 +22,6 @@ def run_main(argv, capsys):
         status = stop.code
     captured = capsys.readouterr()
     return status, captured.out, captured.err.splitlines()
-
-
-def legends(monkeypatch):
-    """The legend texts and panel titles of every figure drawn from now on, by file stem."""
-    seen = {}
-    real_save = plots._save
-
-    def save(plt, fig, out, stem):
-        seen[stem] = [t.get_text() for legend in fig.legends for t in legend.texts]
-        seen[stem + " titles"] = [ax.get_title(loc="left") for ax in fig.axes]
-        return real_save(plt, fig, out, stem)
-
-    monkeypatch.setattr(plots, "_save", save)
-    return seen
 
 
 def diverged_in_first_epoch(runs):

@@ -11,31 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.stand_in_app import SIGNAL_RECORDER
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG")
 
 ROOT = Path(__file__).resolve().parents[3]
 
-# Stands in for an app: records its pid, then runs until a signal, on which it records the signal,
-# "checkpoints" for half a second (a second signal would show up as a second line) and exits with 130.
-FAKE_APP = '''
-import os, signal, sys, time
-from pathlib import Path
-
-out = Path(sys.argv[sys.argv.index("--out") + 1])
-out.mkdir(parents=True)
-
-def stop(signum, frame):
-    with open(out / "signals", "a") as f:
-        f.write(signal.Signals(signum).name + "\\n")
-    time.sleep(0.5)
-    (out / "checkpointed").write_text("")
-    sys.exit(130)
-
-signal.signal(signal.SIGTERM, stop)
-signal.signal(signal.SIGINT, stop)
-(out / "pid").write_text(str(os.getpid()))
-time.sleep(60)
-'''
 
 # apps.figures with two stand-in experiments
 LAUNCH = '''
@@ -48,7 +29,7 @@ sys.exit(figures.main(sys.argv[1:]))
 
 
 def start_figures(tmp_path, **popen):
-    (tmp_path / "fake_app.py").write_text(FAKE_APP)
+    (tmp_path / "fake_app.py").write_text(SIGNAL_RECORDER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
     runs = tmp_path / "runs"
     # Ctrl-C's default disposition, whatever this process inherited (a shell's background job ignores SIGINT, and
