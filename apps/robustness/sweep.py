@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from apps.common.cli import LABELS
@@ -196,13 +196,19 @@ class Row:
     loss_rate: float = 0.0
     extra_rounds: float = 0.0
     mp_rounds: float = 0.0
-    extras: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"policy": self.policy, "loss_prob": self.loss_prob, "seed": self.seed, "optimizer": self.optimizer,
                 "label": LABELS.get(self.optimizer, self.optimizer), "final": self.final, "best": self.best,
                 "diverged": int(self.diverged), "loss_rate": self.loss_rate, "extra_rounds": self.extra_rounds,
                 "mp_rounds": self.mp_rounds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Row:
+        """A row of sweep.csv as :meth:`as_dict` wrote it (strings); KeyError or ValueError if it is not one."""
+        return cls(d["policy"], float(d["loss_prob"]), int(d["seed"]), d["optimizer"], float(d["final"]),
+                   float(d["best"]), bool(int(d["diverged"])), float(d["loss_rate"]), float(d["extra_rounds"]),
+                   float(d["mp_rounds"]))
 
 
 def _first(summary: dict, *keys, default=0.0) -> float:
@@ -246,9 +252,7 @@ def previous_rows(grid: Grid, path: Path, cells) -> dict:
     try:
         with open(path, newline="") as f:
             table = list(csv.DictReader(f))
-        previous = [Row(r["policy"], float(r["loss_prob"]), int(r["seed"]), r["optimizer"], float(r["final"]),
-                        float(r["best"]), bool(int(r["diverged"])), float(r["loss_rate"]), float(r["extra_rounds"]),
-                        float(r["mp_rounds"])) for r in table]
+        previous = [Row.from_dict(r) for r in table]
     except (OSError, KeyError, ValueError, TypeError):
         return {}
     kept = {}

@@ -37,7 +37,10 @@ def start(tmp_path):
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 20
     while not (tmp_path / "pid").is_file() or not (tmp_path / "pid").read_text():
-        assert time.monotonic() < deadline and parent.poll() is None, "the child did not start"
+        if time.monotonic() > deadline or parent.poll() is not None:
+            if parent.poll() is None:
+                os.killpg(parent.pid, signal.SIGKILL)
+            pytest.fail("the child did not start")
         time.sleep(0.05)
     return parent
 
@@ -49,7 +52,12 @@ def start(tmp_path):
 ], ids=["sigint-to-parent", "ctrl-c-to-group", "sigterm-to-parent"])
 def test_a_stop_reaches_the_child_once_and_it_is_waited_for(tmp_path, target, signum):
     parent = start(tmp_path)
-    target(parent.pid, signum)
-    out, _ = parent.communicate(timeout=20)
+    try:
+        target(parent.pid, signum)
+        out, _ = parent.communicate(timeout=20)
+    finally:  # on a timeout too: the parent's session ends (its child has the parent-death signal)
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait()
     assert out.strip() == "True {0: 130}"
     assert (tmp_path / "signals").read_text() == signum.name + "\n" and (tmp_path / "checkpointed").is_file()
