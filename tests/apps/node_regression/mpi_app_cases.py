@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.core.distributed.comparing import ATOL, COUNTS, RTOL
+from tests.core.distributed.comparing import ATOL, COUNTS, RTOL, wait_for_all
 from tests.core.distributed.comparing import in_process as run_in_process
 
 
@@ -71,7 +71,7 @@ def run(out: Path, rank: int, size: int, comm, ok) -> None:
             assert backend["xla"] == "autoclustering", backend  # the stretches between exchanges run as XLA
             print(f"APP {approach} P={size} bytes/batch={s_mpi['mpi_bytes_sent_per_batch']} "
                   f"edge_cut={backend['edge_cut']}/{backend['num_edges']}", flush=True)
-        comm.Barrier()
+        wait_for_all(comm)
         ok(f"app/{approach}")
     # validation: every rank ends with 2; the message is rank 0's alone (the others print nothing)
     for extra, needle in ((["--jobs", "2"], "--jobs: the MPI backend trains one approach at a time"),
@@ -87,5 +87,5 @@ def run(out: Path, rank: int, size: int, comm, ok) -> None:
         else:
             assert text == "", text
         assert not (out / f"refused_p{size}").exists()
-    comm.Barrier()
+    wait_for_all(comm)
     ok("app/validation")

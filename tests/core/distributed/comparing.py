@@ -1,10 +1,11 @@
 """What the MPI case scripts share: the tolerances, the comparison of an MPI run with the in-process one, a run
-directory's metrics.csv as numbers, and running an app in-process inside a rank (imported by the case modules
-and tests; no side effects, no MPI)."""
+directory's metrics.csv as numbers, running an app in-process inside a rank, and a barrier that sleeps while it
+waits (imported by the case modules and tests; no side effects, no MPI import)."""
 
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +49,14 @@ def in_process(ex, argv: list[str]) -> int:
         return run_experiment(ex.PROG, argv, ex.parse_args, ex.plan, ex.execute, lambda *a: None, world=World())
     finally:
         ex.WORLD = saved
+
+
+def wait_for_all(comm, poll_s: float = 0.002) -> None:
+    """A barrier on ``comm`` that sleeps while it waits.
+
+    ``MPI_Barrier`` spins: while rank 0 trains an in-process reference, the other ranks waiting for it would
+    take the cores it runs on (two launches side by side put five processes on the two cores of CI).
+    """
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll_s)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.core.distributed.comparing import ATOL, RTOL, compare_rows, in_process, metrics_rows
+from tests.core.distributed.comparing import ATOL, RTOL, compare_rows, in_process, metrics_rows, wait_for_all
 
 CASES = {2: ["link_scheduling/d-adam", "link_scheduling/c-adam", "link_scheduling/app",
              "link_scheduling/d-adam/retransmit", "link_scheduling/d-adam/stale",
@@ -149,7 +149,7 @@ def equal_to_in_process(data, rank: int, size: int, comm, name: str, method: str
             assert result.summary["mpi_messages_sent_per_batch"] == [MESSAGES[name]] * 2, result.summary
         print(f"COUNTS {case} bytes/batch={result.summary['mpi_bytes_sent_per_batch']} "
               f"messages/batch={result.summary['mpi_messages_sent_per_batch']}", flush=True)
-    comm.Barrier()
+    wait_for_all(comm)
     return case
 
 
@@ -180,7 +180,7 @@ def resume_across_p(data, out: Path, rank: int, size: int, comm, name: str, meth
         compare_rows("resume mpi->local", trainer.run(resume=True).rows, ref[0])
         compare_state("resume mpi->local", trainer.theta.numpy(), task, ref[1], ref[2])
         make_trainer(make_task(data), name, RunDir(local_dir), links=links).run(until_epoch=1)
-    comm.Barrier()
+    wait_for_all(comm)
     task = make_task(data, backend)
     trainer = make_trainer(task, name, RunDir(local_dir, create=False) if rank == 0 else None, links=links)
     rows = trainer.run(resume=True).rows
@@ -189,7 +189,7 @@ def resume_across_p(data, out: Path, rank: int, size: int, comm, name: str, meth
         assert rows[1]["epoch"] == 1 and len(rows) == MINI_BATCHES + 1, rows
         compare_rows("resume local->mpi", rows, ref[0])
         compare_state("resume local->mpi", theta, task, ref[1], ref[2])
-    comm.Barrier()
+    wait_for_all(comm)
     return "link_scheduling/resume_across_p" + ("" if links is None else f"/{links}")
 
 
@@ -203,7 +203,7 @@ def app_case(out: Path, rank: int, size: int, comm) -> str:
     if rank == 0 and not data.exists():
         generate(ConflictGraphsConfig(vertices=V, min_degree=1.0, max_degree=5.0, train_graphs=3, test_graphs=2,
                                       test_samples=4, seed=3), data)
-    comm.Barrier()
+    wait_for_all(comm)
     mpi_dir, local_dir = out / f"ls_app_mpi_p{size}", out / f"ls_app_local_p{size}"
     argv = ["--data", str(data), "--optimizer", "c-adam,d-adam", "--batch-size", str(B), "--mini-batches", "2",
             "--dtype", "float64", "--checkpoint-every", "1", "-q", "--seed", "2", "--jobs", "1"]  # no forks under MPI
@@ -229,7 +229,7 @@ def app_case(out: Path, rank: int, size: int, comm) -> str:
             assert (mpi_dir / name / "learning_curve.png").is_file()
         print(f"APP link_scheduling P={size} bytes/batch={s_mpi['mpi_bytes_sent_per_batch']} "
               f"edge_cut={backend['edge_cut']}/{backend['num_edges']}", flush=True)
-    comm.Barrier()
+    wait_for_all(comm)
     return "link_scheduling/app"
 
 
@@ -243,7 +243,7 @@ def app_validation(out: Path, rank: int, size: int, comm) -> str:
     if rank == 0 and not data.exists():
         generate(ConflictGraphsConfig(vertices=2, min_degree=0.0, max_degree=1.0, train_graphs=2, test_graphs=1,
                                       test_samples=2, seed=0), data)
-    comm.Barrier()
+    wait_for_all(comm)
     for extra, needle in ((["--mode", "authors"], "--mode authors does not run on --backend mpi"),
                           ([], f"--backend mpi: {size} ranks for conflict graphs of 2 vertices")):
         target = out / f"ls_refused_p{size}"
@@ -258,7 +258,7 @@ def app_validation(out: Path, rank: int, size: int, comm) -> str:
         else:
             assert text == "", text
         assert not target.exists()
-    comm.Barrier()
+    wait_for_all(comm)
     return "link_scheduling/app_validation"
 
 

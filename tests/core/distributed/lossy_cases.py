@@ -34,6 +34,7 @@ from trainer_cases import (  # noqa: E402  (installs the abort-on-exception hook
     gathered,
     make_task,
     ok,
+    wait_for_all,
 )
 
 from core.backend import LocalBackend, MPIBackend  # noqa: E402
@@ -85,7 +86,7 @@ def equal_to_in_process(name: str, setup: str) -> None:
         for k in ("mp_rounds", "floats_sent_per_node", "extra_rounds", "extra_floats_per_node", "packets",
                   *LINK_COLUMNS[:2]):
             assert result.summary[k] == ref.summary[k], (k, result.summary[k], ref.summary[k])
-    COMM.Barrier()
+    wait_for_all(COMM)
     ok(f"lossy/{name}/{setup}")
 
 
@@ -100,7 +101,7 @@ def resume_across_p(out: Path) -> None:
         ref_task, ref_graphs = make_task(graph, LocalBackend(graph.num_nodes))
         ref_trainer = make_trainer(ref_task, ref_graphs, name, setup, epochs=4)
         ref = (ref_trainer.run(), ref_trainer.theta.numpy())
-    COMM.Barrier()
+    wait_for_all(COMM)
     task, graphs = make_task(graph, backend)
     make_trainer(task, graphs, name, setup, epochs=4, run=RunDir(mpi_dir) if RANK == 0 else None).run(until_epoch=2)
     if RANK == 0:
@@ -110,7 +111,7 @@ def resume_across_p(out: Path) -> None:
         compare("lossy resume mpi->local", res.rows, t.theta.numpy(), ref[0].rows, ref[1])
         local_task, local_graphs = make_task(graph, LocalBackend(graph.num_nodes))
         make_trainer(local_task, local_graphs, name, setup, epochs=4, run=RunDir(local_dir)).run(until_epoch=1)
-    COMM.Barrier()
+    wait_for_all(COMM)
     task, graphs = make_task(graph, backend)
     t = make_trainer(task, graphs, name, setup, epochs=4, run=RunDir(local_dir, create=False) if RANK == 0 else None)
     res = t.run(resume=True)
@@ -118,7 +119,7 @@ def resume_across_p(out: Path) -> None:
     if RANK == 0:
         assert [r[k] for r in res.rows for k in COUNTS] == [r[k] for r in ref[0].rows for k in COUNTS]
         compare("lossy resume local->mpi", res.rows, theta, ref[0].rows, ref[1])
-    COMM.Barrier()
+    wait_for_all(COMM)
     ok("lossy/resume_across_p")
 
 

@@ -40,6 +40,7 @@ from core.optimizers import LearningRate, make_optimizer
 from core.runs import RunDir
 from core.trainer import RandomGraphs, Trainer, TrainerConfig
 from datasets import power_allocation as pa
+from tests.core.distributed.comparing import wait_for_all
 
 F64 = tf.float64
 PAIRS, BATCH, LAYERS, HIDDEN = 7, 4, 1, 3  # 7 pairs: ranks of unequal sizes
@@ -59,7 +60,7 @@ def dataset(out: Path, comm) -> Path:
     if comm.Get_rank() == 0 and not path.exists():
         pa.generate(pa.PowerAllocationConfig(pairs=PAIRS, batch_size=BATCH, layouts=2, batches_per_layout=3,
                                              test_batches=2, area=400.0, seed=1), path)
-    comm.Barrier()
+    wait_for_all(comm)
     return path
 
 
@@ -157,7 +158,7 @@ def trainer_equal(path: Path, name: str, comm, compare, method: str, reference: 
         print(f"COUNTS power_allocation/{name} rounds/batch={s['mp_rounds_per_batch']} floats/node/batch="
               f"{s['floats_sent_per_node_per_batch']} bytes/batch={s['mpi_bytes_sent_per_batch']} "
               f"messages/batch={s['mpi_messages_sent_per_batch']}", flush=True)
-    comm.Barrier()
+    wait_for_all(comm)
 
 
 def resume_across_p(path: Path, out: Path, name: str, comm, compare, reference: dict) -> None:
@@ -169,21 +170,21 @@ def resume_across_p(path: Path, out: Path, name: str, comm, compare, reference: 
             shutil.rmtree(d, ignore_errors=True)
         ref_trainer, ref = reference_run(path, name, reference)
         want = gathered(None, ref_trainer)
-    comm.Barrier()
+    wait_for_all(comm)
     train(path, backend, name, run=RunDir(mpi_dir) if rank == 0 else None, until=1)  # P ranks: 1 of 2 epochs
     if rank == 0:  # in-process resume of the P-rank checkpoint; then 1 in-process epoch for the P ranks to resume
         t, res = train(path, LocalBackend(PAIRS), name, run=RunDir(mpi_dir), resume=True)
         compare(f"pa resume mpi->local/{name}", res.rows, t.theta.numpy(), ref.rows, ref_trainer.theta.numpy())
         check_arrays(f"pa resume mpi->local/{name}", gathered(None, t), want)
         train(path, LocalBackend(PAIRS), name, run=RunDir(local_dir), until=1)
-    comm.Barrier()
+    wait_for_all(comm)
     t, res = train(path, backend, name, run=RunDir(local_dir, create=False) if rank == 0 else None, resume=True)
     arrays = gathered(backend, t)
     if rank == 0:
         assert res.rows[1]["epoch"] == 1 and len(res.rows) == 3, res.rows
         compare(f"pa resume local->mpi/{name}", res.rows, arrays[0], ref.rows, ref_trainer.theta.numpy())
         check_arrays(f"pa resume local->mpi/{name}", arrays, want)
-    comm.Barrier()
+    wait_for_all(comm)
 
 
 def _metrics(path: Path) -> list[dict]:
@@ -217,7 +218,7 @@ def app_equal(path: Path, out: Path, names: str, comm) -> None:
             check_app_run(mpi_dir / name, local_dir / name, size)
             assert group_mpi[name] == json.loads((mpi_dir / name / "summary.json").read_text())
         assert (mpi_dir / "test_sum_rate_vs_epoch.png").is_file()
-    comm.Barrier()
+    wait_for_all(comm)
 
 
 def check_app_run(mpi_dir: Path, local_dir: Path, size: int) -> None:

@@ -50,7 +50,13 @@ from core.replicas import flatten  # noqa: E402
 from core.runs import RunDir  # noqa: E402
 from core.supervised import SupervisedGCNN  # noqa: E402
 from core.trainer import FixedGraph, GraphOps, Trainer, TrainerConfig  # noqa: E402
-from tests.core.distributed.comparing import ATOL, COUNTS, RTOL, compare  # noqa: E402, F401  (the cases share them)
+from tests.core.distributed.comparing import (  # noqa: E402, F401  (the cases share them)
+    ATOL,
+    COUNTS,
+    RTOL,
+    compare,
+    wait_for_all,
+)
 
 COMM = mpi().COMM_WORLD
 RANK, P = COMM.Get_rank(), COMM.Get_size()
@@ -140,7 +146,7 @@ def equal_to_in_process(problem, name: str, per_step: bool = False) -> None:
         assert result.summary["mpi_ranks"] == P and len(result.summary["mpi_bytes_sent_per_batch"]) == P
         print(f"COUNTS {problem.__name__}/{name} bytes/batch={result.summary['mpi_bytes_sent_per_batch']} "
               f"messages/batch={result.summary['mpi_messages_sent_per_batch']}", flush=True)
-    COMM.Barrier()
+    wait_for_all(COMM)
     ok(f"{problem.__name__}/{name}{'/per_step' if per_step else ''}")
 
 
@@ -159,7 +165,7 @@ def resume_across_p(out: Path) -> None:
             ref_task, ref_graphs = make_task(graph, LocalBackend(graph.num_nodes))
             ref_trainer = make_trainer(ref_task, ref_graphs, name, epochs=4)
             ref = (ref_trainer.run(), ref_trainer.theta.numpy())
-        COMM.Barrier()
+        wait_for_all(COMM)
         # P ranks: 2 of 4 epochs, checkpointed on rank 0
         task, graphs = make_task(graph, backend)
         make_trainer(task, graphs, name, epochs=4, run=RunDir(mpi_dir) if RANK == 0 else None).run(until_epoch=2)
@@ -171,7 +177,7 @@ def resume_across_p(out: Path) -> None:
             # in-process: 1 epoch, checkpointed, to be resumed by the P ranks
             local_task, local_graphs = make_task(graph, LocalBackend(graph.num_nodes))
             make_trainer(local_task, local_graphs, name, epochs=4, run=RunDir(local_dir)).run(until_epoch=1)
-        COMM.Barrier()
+        wait_for_all(COMM)
         task, graphs = make_task(graph, backend)
         t = make_trainer(task, graphs, name, epochs=4, run=RunDir(local_dir, create=False) if RANK == 0 else None)
         res = t.run(resume=True)
@@ -179,7 +185,7 @@ def resume_across_p(out: Path) -> None:
         if RANK == 0:
             assert res.rows[1]["epoch"] == 1 and len(res.rows) == 5, res.rows
             compare(f"resume local->mpi/{name}", res.rows, theta, ref[0].rows, ref[1])
-        COMM.Barrier()
+        wait_for_all(COMM)
         ok(f"resume_across_p/{name}")
 
 
